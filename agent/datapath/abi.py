@@ -1,0 +1,65 @@
+"""Python view of native/include/edgewarden_abi.h: traffic classes, verdict
+reasons and constants, all read from the compiled cffi module so the header
+stays the only definition."""
+
+import enum
+
+from agent._libbpf import ffi, lib
+
+
+def _enum_from_c(name: str, c_type: str, prefix: str, *, skip: tuple[str, ...] = ()) -> type[enum.IntEnum]:
+    members = {
+        c_name[len(prefix):].lower(): value
+        for value, c_name in sorted(ffi.typeof(c_type).elements.items())
+        if c_name not in skip
+    }
+    return enum.IntEnum(name, members)
+
+
+TrafficClass = _enum_from_c("TrafficClass", "enum ew_traffic_class", "EW_CLASS_", skip=("EW_CLASS_COUNT",))
+VerdictReason = _enum_from_c(
+    "VerdictReason", "enum ew_verdict_reason", "EW_REASON_", skip=("EW_REASON_COUNT", "EW_REASON_SLOTS")
+)
+
+CLASS_COUNT = lib.EW_CLASS_COUNT
+REASON_SLOTS = lib.EW_REASON_SLOTS
+DROP_REASONS = frozenset(r for r in VerdictReason if r.name.startswith("drop_"))
+
+TENANT_UNASSIGNED = lib.EW_TENANT_UNASSIGNED
+TENANT_SUSPENDED = lib.EW_TENANT_SUSPENDED
+TENANT_HAS_SOURCE_BLOCKS = lib.EW_TENANT_HAS_SOURCE_BLOCKS
+TENANT_HAS_PORT_BLOCKS = lib.EW_TENANT_HAS_PORT_BLOCKS
+CONFIG_GLOBAL_V4_BLOCKS = lib.EW_CONFIG_GLOBAL_V4_BLOCKS
+CONFIG_GLOBAL_V6_BLOCKS = lib.EW_CONFIG_GLOBAL_V6_BLOCKS
+FAMILY_IPV4 = lib.EW_FAMILY_IPV4
+FAMILY_IPV6 = lib.EW_FAMILY_IPV6
+MAX_VLAN_TAGS = lib.EW_MAX_VLAN_TAGS
+MAX_IPV6_EXT_HEADERS = lib.EW_MAX_IPV6_EXT_HEADERS
+
+COUNTER_FIELDS = ffi.sizeof("struct ew_counters") // 8
+
+# Map name -> (key C type, value C type), as declared in bpf/maps.h.
+MAP_LAYOUTS: dict[str, tuple[str, str]] = {
+    "ew_vips": ("struct ew_vip_key", "__u32"),
+    "ew_tenants": ("__u32", "struct ew_tenant"),
+    "ew_port_blocks": ("struct ew_port_key", "__u8"),
+    "ew_gblock_v4": ("struct ew_lpm_v4_key", "struct ew_block_value"),
+    "ew_gblock_v6": ("struct ew_lpm_v6_key", "struct ew_block_value"),
+    "ew_tblock_v4": ("struct ew_tenant_lpm_v4_key", "struct ew_block_value"),
+    "ew_tblock_v6": ("struct ew_tenant_lpm_v6_key", "struct ew_block_value"),
+    "ew_counters": ("__u32", "struct ew_counters"),
+    "ew_config": ("__u32", "struct ew_config"),
+}
+PERCPU_MAPS = frozenset({"ew_counters"})
+
+
+def _counter_layout() -> dict[str, slice]:
+    """Field name -> slice of u64 indexes inside struct ew_counters."""
+    layout = {}
+    for name, field in ffi.typeof("struct ew_counters").fields:
+        start = field.offset // 8
+        layout[name] = slice(start, start + field.type.length)
+    return layout
+
+
+COUNTER_LAYOUT = _counter_layout()

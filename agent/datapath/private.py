@@ -1,0 +1,43 @@
+"""The real XDP program with private, unpinned maps, driven by
+BPF_PROG_TEST_RUN: nothing is attached and nothing is sent. Used by
+`edgewarden classify`, the datapath tests and the benchmarks."""
+
+from __future__ import annotations
+
+from agent.datapath.apply import ApplyReport, apply_compiled
+from agent.datapath.counters import TenantCounters, read_counters
+from agent.datapath.program import LoadedProgram
+from agent.datapath.syscalls import test_run
+from agent.policy.compile import compile_policy
+from agent.policy.model import Policy
+
+
+class PrivateDatapath:
+    def __init__(self, policy: Policy | None = None):
+        self.program = LoadedProgram(pin_dir=None)
+        self.last_apply: ApplyReport | None = None
+        if policy is not None:
+            self.apply(policy)
+
+    def apply(self, policy: Policy) -> ApplyReport:
+        self.last_apply = apply_compiled(self.program.maps, compile_policy(policy))
+        return self.last_apply
+
+    def run(self, frame: bytes) -> int:
+        """The XDP action the program returns for one frame."""
+        return test_run(self.program.prog_fd, frame).retval
+
+    def time_per_packet_ns(self, frame: bytes, repeat: int) -> float:
+        return test_run(self.program.prog_fd, frame, repeat).duration_ns
+
+    def counters(self) -> dict[int, TenantCounters]:
+        return read_counters(self.program.maps["ew_counters"])
+
+    def close(self) -> None:
+        self.program.close()
+
+    def __enter__(self) -> "PrivateDatapath":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,255 @@
+"""Reading and writing the policy document (TOML for people, a plain dict for
+msgpack on the wire), with validation that reports every error with its
+location and produces nothing unless the whole document is valid."""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from agent.policy.model import PROTOCOL_NUMBERS, Policy, PortRule, Tenant, TenantState, Vip
+
+MAX_TENANT_ID = 2**32 - 1
+MAX_PORTS_PER_RULE = 4096
+
+TOP_LEVEL_KEYS = {"revision", "global", "tenants"}
+GLOBAL_KEYS = {"blocked_sources"}
+TENANT_KEYS = {"id", "name", "state", "vips", "blocked_ports", "blocked_sources"}
+VIP_KEYS = {"address", "protocol", "port"}
+
+
+class PolicyError(ValueError):
+    """The document is invalid; `errors` lists every problem as 'location: what is wrong'."""
+
+    def __init__(self, source: str, errors: list[str]):
+        self.source = source
+        self.errors = errors
+        lines = "\n".join(f"  {source}: {e}" for e in errors)
+        super().__init__(f"policy {source} is invalid ({len(errors)} error(s)); nothing was applied:\n{lines}")
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.errors.append(f"{where}: {message}" if where else message)
+
+
+def _check_keys(table: dict, allowed: set[str], where: str, errs: _Collector) -> None:
+    for key in sorted(set(table) - allowed):
+        errs.add(where, f"unknown key {key!r} (expected one of: {', '.join(sorted(allowed))})")
+
+
+def _parse_network(text: Any, where: str, errs: _Collector):
+    if not isinstance(text, str):
+        errs.add(where, f"expected a CIDR string, got {type(text).__name__}")
+        return None
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        errs.add(where, f"{text!r} is not an IP address or CIDR prefix")
+        return None
+
+
+def _parse_sources(values: Any, where: str, errs: _Collector) -> tuple:
+    if not isinstance(values, list):
+        errs.add(where, "expected a list of CIDR strings")
+        return ()
+    nets = (_parse_network(v, f"{where}[{i}]", errs) for i, v in enumerate(values))
+    return tuple(n for n in nets if n is not None)
+
+
+def _parse_port(value: Any, where: str, errs: _Collector) -> int | None:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        errs.add(where, f"port {value!r} is not in 1..65535")
+        return None
+    return value
+
+
+def _parse_protocol(value: Any, where: str, errs: _Collector) -> str | None:
+    if not isinstance(value, str) or value.lower() not in PROTOCOL_NUMBERS:
+        errs.add(where, f"protocol {value!r} is not one of: {', '.join(PROTOCOL_NUMBERS)}")
+        return None
+    return value.lower()
+
+
+def _parse_vip(value: Any, where: str, errs: _Collector) -> Vip | None:
+    if isinstance(value, str):
+        value = {"address": value}
+    if not isinstance(value, dict):
+        errs.add(where, "a VIP is an address string or a table {address, protocol, port}")
+        return None
+    _check_keys(value, VIP_KEYS, where, errs)
+    try:
+        address = ipaddress.ip_address(str(value.get("address", "")).strip())
+    except ValueError:
+        errs.add(where, f"address {value.get('address')!r} is not an IP address")
+        return None
+    has_proto, has_port = "protocol" in value, "port" in value
+    if has_proto != has_port:
+        errs.add(where, "protocol and port go together: give both, or neither for every port")
+        return None
+    if not has_proto:
+        return Vip(address)
+    protocol = _parse_protocol(value["protocol"], where, errs)
+    port = _parse_port(value["port"], where, errs)
+    return Vip(address, protocol, port) if protocol and port else None
+
+
+def _parse_port_rule(value: Any, where: str, errs: _Collector) -> PortRule | None:
+    """'tcp/25' or 'udp/6000-6010'."""
+    if not isinstance(value, str) or "/" not in value:
+        errs.add(where, f"{value!r} is not a port rule like 'tcp/25' or 'udp/6000-6010'")
+        return None
+    proto_text, _, span = value.partition("/")
+    protocol = _parse_protocol(proto_text.strip(), where, errs)
+    first_text, _, last_text = span.strip().partition("-")
+    first = _parse_port(first_text, where, errs)
+    last = _parse_port(last_text, where, errs) if last_text else first
+    if protocol is None or first is None or last is None:
+        return None
+    if last < first:
+        errs.add(where, f"port range {span!r} runs backwards")
+        return None
+    if last - first + 1 > MAX_PORTS_PER_RULE:
+        errs.add(where, f"port range {span!r} covers more than {MAX_PORTS_PER_RULE} ports")
+        return None
+    return PortRule(protocol, first, last)
+
+
+def _parse_tenant(table: Any, where: str, errs: _Collector) -> Tenant | None:
+    if not isinstance(table, dict):
+        errs.add(where, "expected a table")
+        return None
+    _check_keys(table, TENANT_KEYS, where, errs)
+    tenant_id = table.get("id")
+    if isinstance(tenant_id, bool) or not isinstance(tenant_id, int) or not 1 <= tenant_id <= MAX_TENANT_ID:
+        errs.add(where, f"id {tenant_id!r} must be an integer in 1..{MAX_TENANT_ID} (0 is the unassigned tenant)")
+        tenant_id = None
+    name = table.get("name")
+    if not isinstance(name, str) or not name.strip():
+        errs.add(where, "name must be a non-empty string")
+        name = None
+    state_text = table.get("state", "active")
+    try:
+        state = TenantState(state_text)
+    except ValueError:
+        errs.add(where, f"state {state_text!r} is not one of: {', '.join(s.value for s in TenantState)}")
+        state = None
+    vips_in = table.get("vips", [])
+    ports_in = table.get("blocked_ports", [])
+    if not isinstance(vips_in, list):
+        errs.add(f"{where}.vips", "expected a list")
+        vips_in = []
+    if not isinstance(ports_in, list):
+        errs.add(f"{where}.blocked_ports", "expected a list")
+        ports_in = []
+    vips = [_parse_vip(v, f"{where}.vips[{i}]", errs) for i, v in enumerate(vips_in)]
+    ports = [_parse_port_rule(p, f"{where}.blocked_ports[{i}]", errs) for i, p in enumerate(ports_in)]
+    sources = _parse_sources(table.get("blocked_sources", []), f"{where}.blocked_sources", errs)
+    if tenant_id is None or name is None or state is None or None in vips or None in ports:
+        return None
+    return Tenant(tenant_id, name.strip(), state, tuple(vips), tuple(ports), sources)
+
+
+def policy_from_document(doc: Any, source: str = "<document>") -> Policy:
+    """Validate a whole document; raise PolicyError listing every problem."""
+    errs = _Collector()
+    if not isinstance(doc, dict):
+        raise PolicyError(source, ["the document must be a table"])
+    _check_keys(doc, TOP_LEVEL_KEYS, "", errs)
+    revision = doc.get("revision", 0)
+    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
+        errs.add("revision", f"{revision!r} must be a non-negative integer")
+    global_table = doc.get("global", {})
+    if not isinstance(global_table, dict):
+        errs.add("global", "expected a table")
+        global_table = {}
+    _check_keys(global_table, GLOBAL_KEYS, "global", errs)
+    global_sources = _parse_sources(global_table.get("blocked_sources", []), "global.blocked_sources", errs)
+
+    tenants_in = doc.get("tenants", [])
+    if not isinstance(tenants_in, list):
+        errs.add("tenants", "expected an array of tables ([[tenants]])")
+        tenants_in = []
+    tenants = []
+    seen_ids: dict[int, str] = {}
+    seen_names: dict[str, str] = {}
+    vip_owner: dict[Vip, str] = {}
+    for i, table in enumerate(tenants_in):
+        where = f"tenants[{i}]"
+        tenant = _parse_tenant(table, where, errs)
+        if tenant is None:
+            continue
+        where = f"tenants[{i}] ({tenant.name!r})"
+        if tenant.id in seen_ids:
+            errs.add(where, f"id {tenant.id} is already used by {seen_ids[tenant.id]}")
+        if tenant.name in seen_names:
+            errs.add(where, f"name {tenant.name!r} is already used by {seen_names[tenant.name]}")
+        seen_ids[tenant.id] = seen_names[tenant.name] = where
+        for vip in tenant.vips:
+            if vip in vip_owner:
+                errs.add(where, f"VIP {vip} is already assigned to {vip_owner[vip]}")
+            vip_owner[vip] = where
+        tenants.append(tenant)
+    if errs.errors:
+        raise PolicyError(source, errs.errors)
+    return Policy(revision=revision, tenants=tuple(tenants), blocked_sources=global_sources)
+
+
+def load_policy(path: str | Path) -> Policy:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise PolicyError(str(path), [f"cannot read: {err.strerror}"]) from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise PolicyError(str(path), [f"not valid TOML: {err}"]) from None
+    return policy_from_document(doc, str(path))
+
+
+def policy_to_document(policy: Policy) -> dict:
+    """The canonical document; policy_from_document(policy_to_document(p)) == p."""
+
+    def vip_doc(vip: Vip):
+        if vip.protocol is None:
+            return str(vip.address)
+        return {"address": str(vip.address), "protocol": vip.protocol, "port": vip.port}
+
+    return {
+        "revision": policy.revision,
+        "global": {"blocked_sources": [str(n) for n in policy.blocked_sources]},
+        "tenants": [
+            {
+                "id": t.id,
+                "name": t.name,
+                "state": t.state.value,
+                "vips": [vip_doc(v) for v in t.vips],
+                "blocked_ports": [str(r) for r in t.blocked_ports],
+                "blocked_sources": [str(n) for n in t.blocked_sources],
+            }
+            for t in policy.tenants
+        ],
+    }
+
+
+def policy_to_toml(policy: Policy) -> str:
+    return tomli_w.dumps(policy_to_document(policy))
+
+
+def save_policy(policy: Policy, path: str | Path) -> None:
+    """Write atomically: a crash leaves the old document or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(policy_to_toml(policy))
+    tmp.replace(path)

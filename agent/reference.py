@@ -1,0 +1,235 @@
+"""Pure-Python reference model of the datapath: how a frame is parsed,
+which tenant it belongs to, which verdict reason it gets and what it adds
+to the counters. It works from the policy document itself, not from the
+compiled maps, so tests that hold the XDP program to it check the compiler,
+the map layouts and the program together. Precedence of reasons:
+global source block > tenant suspended > tenant source block > malformed >
+blocked destination port > pass."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import defaultdict
+from dataclasses import dataclass
+
+from agent.datapath.abi import (
+    DROP_REASONS, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, TENANT_UNASSIGNED, TrafficClass, VerdictReason,
+)
+from agent.policy.model import PROTOCOL_NUMBERS, Policy
+
+ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+VLAN_TPIDS = (0x8100, 0x88A8)
+TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
+IPV6_EXTENSION_HEADERS = (0, 43, 44, 60)   # hop-by-hop, routing, fragment, destination options
+
+
+@dataclass(frozen=True)
+class PacketFacts:
+    """What the parser learned; `family` 0 means no usable IP header."""
+
+    length: int
+    family: int = 0
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    l4_proto: int = 0
+    dport: int | None = None        # TCP/UDP destination port when the header was read
+    fragment: str = "none"          # "none" | "first" | "nonfirst"
+    malformed: bool = False
+    l4_parsed: bool = False
+    tcp_flags: int = 0
+    non_ip: bool = False            # well-formed frame of another ethertype
+
+    @property
+    def traffic_class(self) -> TrafficClass:
+        if self.family == 0 or self.malformed:
+            return TrafficClass.other
+        if self.fragment != "none":
+            return TrafficClass.fragment
+        if not self.l4_parsed:
+            return TrafficClass.other
+        if self.l4_proto == TCP:
+            syn_only = (self.tcp_flags & 0x12) == 0x02
+            return TrafficClass.tcp_syn if syn_only else TrafficClass.tcp_other
+        if self.l4_proto == UDP:
+            return TrafficClass.udp
+        return TrafficClass.icmp
+
+
+def parse_frame(frame: bytes) -> PacketFacts:
+    n = len(frame)
+    if n < 14:
+        return PacketFacts(n)
+    ethertype = struct.unpack_from("!H", frame, 12)[0]
+    offset = 14
+    for _ in range(MAX_VLAN_TAGS):
+        if ethertype not in VLAN_TPIDS:
+            break
+        if offset + 4 > n:
+            return PacketFacts(n)
+        ethertype = struct.unpack_from("!H", frame, offset + 2)[0]
+        offset += 4
+    if ethertype in VLAN_TPIDS:         # deeper stack than we inspect
+        return PacketFacts(n)
+    if ethertype == ETH_P_IP:
+        return _parse_ipv4(frame, offset)
+    if ethertype == ETH_P_IPV6:
+        return _parse_ipv6(frame, offset)
+    return PacketFacts(n, non_ip=True)
+
+
+def _parse_ipv4(frame: bytes, offset: int) -> PacketFacts:
+    n = len(frame)
+    if offset + 20 > n or frame[offset] >> 4 != 4:
+        return PacketFacts(n)
+    ihl = (frame[offset] & 0x0F) * 4
+    proto = frame[offset + 9]
+    frag_field = struct.unpack_from("!H", frame, offset + 6)[0]
+    base = dict(length=n, family=4, l4_proto=proto,
+                src=ipaddress.IPv4Address(frame[offset + 12:offset + 16]),
+                dst=ipaddress.IPv4Address(frame[offset + 16:offset + 20]))
+    if ihl < 20 or offset + ihl > n:
+        return PacketFacts(**base, malformed=True)
+    if frag_field & 0x1FFF:
+        fragment = "nonfirst"
+    elif frag_field & 0x2000:
+        fragment = "first"
+    else:
+        fragment = "none"
+    return _parse_l4(frame, offset + ihl, base, fragment)
+
+
+def _parse_ipv6(frame: bytes, offset: int) -> PacketFacts:
+    n = len(frame)
+    if offset + 40 > n or frame[offset] >> 4 != 6:
+        return PacketFacts(n)
+    base = dict(length=n, family=6,
+                src=ipaddress.IPv6Address(frame[offset + 8:offset + 24]),
+                dst=ipaddress.IPv6Address(frame[offset + 24:offset + 40]))
+    next_header = frame[offset + 6]
+    pos = offset + 40
+    fragment = "none"
+    for _ in range(MAX_IPV6_EXT_HEADERS):
+        if next_header not in IPV6_EXTENSION_HEADERS:
+            break
+        if next_header == 44:
+            if pos + 8 > n:
+                return PacketFacts(**base, l4_proto=next_header, malformed=True)
+            following = frame[pos]
+            frag_field = struct.unpack_from("!H", frame, pos + 2)[0]
+            pos += 8
+            if frag_field & 0xFFF8:
+                return PacketFacts(**base, l4_proto=following, fragment="nonfirst")
+            if frag_field & 1:
+                fragment = "first"
+            next_header = following
+        else:
+            if pos + 2 > n or pos + (frame[pos + 1] + 1) * 8 > n:
+                return PacketFacts(**base, l4_proto=next_header, malformed=True)
+            following = frame[pos]
+            pos += (frame[pos + 1] + 1) * 8
+            next_header = following
+    if next_header in IPV6_EXTENSION_HEADERS:   # chain longer than we walk
+        return PacketFacts(**base, l4_proto=next_header, fragment=fragment, malformed=True)
+    return _parse_l4(frame, pos, dict(base, l4_proto=next_header), fragment)
+
+
+def _parse_l4(frame: bytes, pos: int, base: dict, fragment: str) -> PacketFacts:
+    n = len(frame)
+    proto, family = base["l4_proto"], base["family"]
+    if fragment == "nonfirst":
+        return PacketFacts(**base, fragment=fragment)
+    if proto == TCP:
+        if pos + 20 > n:
+            return PacketFacts(**base, fragment=fragment, malformed=True)
+        data_offset = (frame[pos + 12] >> 4) * 4
+        if data_offset < 20 or pos + data_offset > n:
+            return PacketFacts(**base, fragment=fragment, malformed=True)
+        return PacketFacts(**base, fragment=fragment, l4_parsed=True,
+                           dport=struct.unpack_from("!H", frame, pos + 2)[0], tcp_flags=frame[pos + 13])
+    if proto == UDP:
+        if pos + 8 > n:
+            return PacketFacts(**base, fragment=fragment, malformed=True)
+        return PacketFacts(**base, fragment=fragment, l4_parsed=True, dport=struct.unpack_from("!H", frame, pos + 2)[0])
+    if (proto == ICMP and family == 4) or (proto == ICMPV6 and family == 6):
+        if pos + 4 > n:
+            return PacketFacts(**base, fragment=fragment, malformed=True)
+        return PacketFacts(**base, fragment=fragment, l4_parsed=True)
+    return PacketFacts(**base, fragment=fragment)
+
+
+def find_tenant(policy: Policy, facts: PacketFacts) -> int:
+    if facts.family == 0:
+        return TENANT_UNASSIGNED
+    port_known = facts.l4_parsed and facts.l4_proto in (TCP, UDP)
+    any_port_owner = TENANT_UNASSIGNED
+    for tenant in policy.tenants:
+        for vip in tenant.vips:
+            if vip.address != facts.dst:
+                continue
+            if vip.protocol is None:
+                any_port_owner = tenant.id
+            elif port_known and PROTOCOL_NUMBERS[vip.protocol] == facts.l4_proto and vip.port == facts.dport:
+                return tenant.id
+    return any_port_owner
+
+
+def _source_in(networks, address) -> bool:
+    return any(address.version == net.version and address in net for net in networks)
+
+
+def decide(policy: Policy, facts: PacketFacts) -> tuple[int, VerdictReason]:
+    """(tenant id, verdict reason) for one parsed frame."""
+    if facts.non_ip:
+        return TENANT_UNASSIGNED, VerdictReason.pass_non_ip
+    if facts.family == 0:
+        return TENANT_UNASSIGNED, VerdictReason.drop_malformed
+    tenant_id = find_tenant(policy, facts)
+    tenant = policy.tenant(tenant_id)
+    if _source_in(policy.blocked_sources, facts.src):
+        return tenant_id, VerdictReason.drop_global_block
+    if tenant is not None and tenant.suspended:
+        return tenant_id, VerdictReason.drop_tenant_suspended
+    if tenant is not None and _source_in(tenant.blocked_sources, facts.src):
+        return tenant_id, VerdictReason.drop_tenant_block
+    if facts.malformed:
+        return tenant_id, VerdictReason.drop_malformed
+    if tenant is not None and facts.l4_parsed and facts.l4_proto in (TCP, UDP):
+        for rule in tenant.blocked_ports:
+            if PROTOCOL_NUMBERS[rule.protocol] == facts.l4_proto and rule.first <= facts.dport <= rule.last:
+                return tenant_id, VerdictReason.drop_port_block
+    return tenant_id, VerdictReason.pass_allowed
+
+
+@dataclass(frozen=True)
+class Verdict:
+    tenant_id: int
+    reason: VerdictReason
+    traffic_class: TrafficClass
+    length: int
+
+    @property
+    def dropped(self) -> bool:
+        return self.reason in DROP_REASONS
+
+
+def judge(policy: Policy, frame: bytes) -> Verdict:
+    facts = parse_frame(frame)
+    tenant_id, reason = decide(policy, facts)
+    return Verdict(tenant_id, reason, facts.traffic_class, facts.length)
+
+
+class ReferenceCounters:
+    """What the counters map should hold after the judged frames: tenant -> field -> value."""
+
+    def __init__(self) -> None:
+        self.by_tenant: dict[int, dict[str, dict[str, int]]] = defaultdict(
+            lambda: {"class_packets": defaultdict(int), "class_bytes": defaultdict(int),
+                     "reason_packets": defaultdict(int), "reason_bytes": defaultdict(int)})
+
+    def count(self, verdict: Verdict) -> None:
+        t = self.by_tenant[verdict.tenant_id]
+        t["class_packets"][verdict.traffic_class.name] += 1
+        t["class_bytes"][verdict.traffic_class.name] += verdict.length
+        t["reason_packets"][verdict.reason.name] += 1
+        t["reason_bytes"][verdict.reason.name] += verdict.length

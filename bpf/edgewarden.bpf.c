@@ -1,0 +1,30 @@
+/* edgewarden XDP program: parse, find the tenant, decide, account. */
+#include "parse.h"
+#include "maps.h"
+#include "account.h"
+#include "verdict.h"
+
+SEC("xdp")
+int edgewarden_xdp(struct xdp_md *ctx)
+{
+    struct packet_facts facts = {};
+    __u32 tenant_id = EW_TENANT_UNASSIGNED;
+    __u32 reason;
+
+    switch (parse_packet(ctx, &facts)) {
+    case EW_PARSED_IP:
+        tenant_id = lookup_tenant(&facts);
+        reason = decide_ip_verdict(&facts, tenant_id);
+        break;
+    case EW_PARSED_NON_IP:
+        reason = EW_REASON_PASS_NON_IP;
+        break;
+    default:
+        reason = EW_REASON_DROP_MALFORMED;
+        break;
+    }
+    account_packet(tenant_id, facts.traffic_class, reason, facts.length);
+    return reason_is_drop(reason) ? XDP_DROP : XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "GPL";
