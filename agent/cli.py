@@ -1,0 +1,312 @@
+"""The `edgewarden` command: a thin shell over agent.datapath and
+agent.policy that works on the live pinned maps, so no daemon has to run."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+from dataclasses import replace
+from typing import Callable
+
+from agent.datapath.abi import DROP_REASONS, TrafficClass, VerdictReason
+from agent.datapath.counters import read_counters
+from agent.datapath.interfaces import (
+    AttachMode, InterfaceError, apply_policy, attach, current_policy, detach, interface_status, live_maps,
+    managed_interfaces,
+)
+from agent.datapath.syscalls import BpfError
+from agent.pcap import CaptureError
+from agent.policy import Policy, PolicyError, TenantState, load_policy
+from agent.policy.compile import decode_global_block_key, decode_tenant_block_key
+
+
+class UsageError(Exception):
+    pass
+
+
+def _print_table(headers: list[str], rows: list[list]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
+    for row in [headers, *rows]:
+        print("  ".join(str(v).rjust(w) if isinstance(v, int) else str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _target_interfaces(args) -> list[str]:
+    if getattr(args, "iface", None):
+        return [args.iface]
+    interfaces = managed_interfaces()
+    if not interfaces:
+        raise InterfaceError("no interface is managed by edgewarden; run: edgewarden attach IFACE")
+    return interfaces
+
+
+# --- attach / detach / status ------------------------------------------------
+
+def cmd_attach(args) -> int:
+    policy = load_policy(args.policy) if args.policy else None
+    status, report = attach(args.iface, AttachMode(args.mode), policy)
+    print(f"attached to {status.ifname} in {status.mode} mode, program id {status.prog_id}, "
+          f"policy revision {status.revision}")
+    if report:
+        print(f"policy {report.summary()}")
+    return 0
+
+
+def cmd_detach(args) -> int:
+    detach(args.iface, keep_maps=args.keep_maps)
+    print(f"detached from {args.iface}" + (" (maps kept pinned)" if args.keep_maps else ""))
+    return 0
+
+
+def cmd_status(args) -> int:
+    statuses = [interface_status(i) for i in managed_interfaces()]
+    if args.json:
+        print(json.dumps({"interfaces": [s.as_dict() for s in statuses]}, indent=2))
+        return 0
+    if not statuses:
+        print("no interface is managed by edgewarden")
+        return 0
+    _print_table(["INTERFACE", "MODE", "PROGRAM", "EDGEWARDEN", "REVISION"],
+                 [[s.ifname if s.ifindex else f"{s.ifname} (gone)", s.mode, s.prog_id or "-",
+                   "yes" if s.ours else "NO", s.revision if s.revision is not None else "-"] for s in statuses])
+    return 0
+
+
+# --- policy ------------------------------------------------------------------
+
+def cmd_policy_apply(args) -> int:
+    policy = load_policy(args.file)
+    report = apply_policy(args.iface, policy)
+    print(f"{args.iface}: applied {report.summary()}")
+    return 0
+
+
+def cmd_policy_check(args) -> int:
+    policy = load_policy(args.file)
+    print(f"{args.file}: valid, revision {policy.revision}, {len(policy.tenants)} tenant(s), "
+          f"{len(policy.blocked_sources)} global block(s)")
+    return 0
+
+
+def _change_policy(args, change: Callable[[Policy], Policy], what: str) -> int:
+    """Edit each target interface's live policy document and apply the diff, as a new revision."""
+    for ifname in _target_interfaces(args):
+        old = current_policy(ifname)
+        new = replace(change(old), revision=old.revision + 1)
+        report = apply_policy(ifname, new)
+        print(f"{ifname}: {what}; {report.summary()}")
+    return 0
+
+
+def _tenant_or_fail(policy: Policy, tenant_id: int):
+    tenant = policy.tenant(tenant_id)
+    if tenant is None:
+        known = ", ".join(f"{t.id} ({t.name})" for t in policy.tenants) or "none"
+        raise UsageError(f"no tenant {tenant_id} in the live policy (tenants: {known})")
+    return tenant
+
+
+def _network(text: str):
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise UsageError(f"{text!r} is not an IP address or CIDR prefix") from None
+
+
+def cmd_block_add(args) -> int:
+    net = _network(args.cidr)
+
+    def change(policy: Policy) -> Policy:
+        if args.tenant is None:
+            return policy if net in policy.blocked_sources else replace(policy, blocked_sources=(*policy.blocked_sources, net))
+        tenant = _tenant_or_fail(policy, args.tenant)
+        if net in tenant.blocked_sources:
+            return policy
+        return policy.replace_tenant(replace(tenant, blocked_sources=(*tenant.blocked_sources, net)))
+
+    scope = f"tenant {args.tenant}" if args.tenant is not None else "global"
+    return _change_policy(args, change, f"blocked {net} ({scope})")
+
+
+def cmd_block_del(args) -> int:
+    net = _network(args.cidr)
+
+    def change(policy: Policy) -> Policy:
+        if args.tenant is None:
+            if net not in policy.blocked_sources:
+                raise UsageError(f"{net} is not on the global block list")
+            return replace(policy, blocked_sources=tuple(n for n in policy.blocked_sources if n != net))
+        tenant = _tenant_or_fail(policy, args.tenant)
+        if net not in tenant.blocked_sources:
+            raise UsageError(f"{net} is not on tenant {args.tenant}'s block list")
+        return policy.replace_tenant(replace(tenant, blocked_sources=tuple(n for n in tenant.blocked_sources if n != net)))
+
+    scope = f"tenant {args.tenant}" if args.tenant is not None else "global"
+    return _change_policy(args, change, f"unblocked {net} ({scope})")
+
+
+def cmd_block_list(args) -> int:
+    """Reads the live maps (what the datapath enforces), not the document."""
+    result = {}
+    for ifname in _target_interfaces(args):
+        entries = []
+        with live_maps(ifname) as maps:
+            for name in ("ew_gblock_v4", "ew_gblock_v6"):
+                entries += [{"tenant_id": None, "prefix": str(decode_global_block_key(name, k))} for k in maps[name].keys()]
+            for name in ("ew_tblock_v4", "ew_tblock_v6"):
+                for k in maps[name].keys():
+                    tenant_id, net = decode_tenant_block_key(name, k)
+                    entries.append({"tenant_id": tenant_id, "prefix": str(net)})
+        if args.tenant is not None:
+            entries = [e for e in entries if e["tenant_id"] == args.tenant]
+        result[ifname] = sorted(entries, key=lambda e: (e["tenant_id"] or 0, e["prefix"]))
+    if args.json:
+        print(json.dumps({"interfaces": result}, indent=2))
+        return 0
+    for ifname, entries in result.items():
+        print(f"{ifname}: {len(entries)} prefix(es)")
+        _print_table(["SCOPE", "PREFIX"], [["global" if e["tenant_id"] is None else f"tenant {e['tenant_id']}",
+                                            e["prefix"]] for e in entries])
+    return 0
+
+
+def _set_state(args, state: TenantState) -> int:
+    def change(policy: Policy) -> Policy:
+        return policy.replace_tenant(replace(_tenant_or_fail(policy, args.tenant), state=state))
+
+    return _change_policy(args, change, f"tenant {args.tenant} {state.value}")
+
+
+# --- stats -------------------------------------------------------------------
+
+def cmd_stats(args) -> int:
+    document = {"interfaces": {}}
+    for ifname in _target_interfaces(args):
+        policy = current_policy(ifname)
+        with live_maps(ifname) as maps:
+            counters = read_counters(maps["ew_counters"])
+        tenants = []
+        for tenant_id in sorted(counters):
+            if args.tenant is not None and tenant_id != args.tenant:
+                continue
+            known = policy.tenant(tenant_id)
+            name = known.name if known else ("unassigned" if tenant_id == 0 else "?")
+            state = known.state.value if known else "-"
+            tenants.append({"name": name, "state": state, **counters[tenant_id].as_dict()})
+        document["interfaces"][ifname] = {"policy_revision": policy.revision, "tenants": tenants}
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return 0
+    reasons = [r.name for r in VerdictReason]
+    for ifname, body in document["interfaces"].items():
+        print(f"{ifname} (policy revision {body['policy_revision']})")
+        _print_table(["TENANT", "NAME", "STATE", "PACKETS", "BYTES", "PASSED", "DROPPED", *[r.upper() for r in reasons]],
+                     [[t["tenant_id"], t["name"], t["state"], t["packets"], t["bytes"], t["passed_packets"],
+                       t["dropped_packets"], *[t["reason_packets"][r] for r in reasons]] for t in body["tenants"]])
+    return 0
+
+
+# --- classify ----------------------------------------------------------------
+
+def cmd_classify(args) -> int:
+    from agent.classify import classify_capture
+
+    policy = load_policy(args.policy)
+    result = classify_capture(args.pcap, policy)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['capture']}: {result['packets']} packets, {result['bytes']} bytes, "
+          f"policy revision {result['policy_revision']}")
+    print("actions: " + ", ".join(f"{k} {v}" for k, v in result["actions"].items() if v))
+    _print_table(["REASON", "VERDICT", "PACKETS", "BYTES"],
+                 [[r, "drop" if VerdictReason[r] in DROP_REASONS else "pass", v["packets"], v["bytes"]]
+                  for r, v in result["reasons"].items() if v["packets"]])
+    print()
+    classes = [c.name for c in TrafficClass]
+    _print_table(["TENANT", "NAME", "PACKETS", "PASSED", "DROPPED", *[c.upper() for c in classes]],
+                 [[t["tenant_id"], t["name"] or "?", t["packets"], t["passed_packets"], t["dropped_packets"],
+                   *[t["class_packets"][c] for c in classes]] for t in result["tenants"]])
+    return 0
+
+
+# --- argument parsing --------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgewarden", description="XDP per-tenant accounting and enforcement for CDN edges.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("attach", help="load and attach the datapath to an interface (adopts pinned maps)")
+    p.add_argument("iface")
+    p.add_argument("--mode", choices=[m.value for m in AttachMode], default=AttachMode.NATIVE.value,
+                   help="native (default), generic, or auto (native, else generic)")
+    p.add_argument("--policy", metavar="FILE", help="policy document (TOML) to apply before attaching")
+    p.set_defaults(func=cmd_attach)
+
+    p = sub.add_parser("detach", help="detach the datapath and remove its pinned maps")
+    p.add_argument("iface")
+    p.add_argument("--keep-maps", action="store_true", help="keep maps pinned so a later attach adopts them")
+    p.set_defaults(func=cmd_detach)
+
+    p = sub.add_parser("status", help="interfaces, attach mode, program id, policy revision")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    policy = sub.add_parser("policy", help="apply or check a policy document").add_subparsers(dest="policy_command", required=True)
+    p = policy.add_parser("apply", help="apply a policy document to an attached interface (writes only the diff)")
+    p.add_argument("file")
+    p.add_argument("--iface", required=True)
+    p.set_defaults(func=cmd_policy_apply)
+    p = policy.add_parser("check", help="validate a policy document without applying it")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_policy_check)
+
+    block = sub.add_parser("block", help="source block lists (global or per tenant)").add_subparsers(dest="block_command", required=True)
+    for verb, func, help_text in (("add", cmd_block_add, "block a source prefix"),
+                                  ("del", cmd_block_del, "unblock a source prefix")):
+        p = block.add_parser(verb, help=help_text)
+        p.add_argument("cidr")
+        p.add_argument("--tenant", type=int, help="per-tenant list (default: global)")
+        p.add_argument("--iface", help="one interface (default: all managed)")
+        p.set_defaults(func=func)
+    p = block.add_parser("list", help="list blocked prefixes in the live maps")
+    p.add_argument("--tenant", type=int)
+    p.add_argument("--iface")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_block_list)
+
+    for verb, state in (("suspend", TenantState.SUSPENDED), ("resume", TenantState.ACTIVE)):
+        p = sub.add_parser(verb, help=f"{verb} a tenant: {'drop' if state is TenantState.SUSPENDED else 'pass again'} all its traffic")
+        p.add_argument("tenant", type=int)
+        p.add_argument("--iface")
+        p.set_defaults(func=lambda args, state=state: _set_state(args, state))
+
+    p = sub.add_parser("stats", help="per-tenant packet and byte counters by class and verdict reason")
+    p.add_argument("--tenant", type=int)
+    p.add_argument("--iface")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("classify", help="run a pcap/pcapng through the real XDP program under a policy (nothing sent)")
+    p.add_argument("pcap")
+    p.add_argument("--policy", required=True, metavar="FILE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_classify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (PolicyError, UsageError) as err:
+        print(f"edgewarden: {err}", file=sys.stderr)
+        return 2
+    except (InterfaceError, BpfError, CaptureError, OSError, ValueError) as err:
+        print(f"edgewarden: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Throwaway network-namespace topologies for the demo and live tests: a
+peer namespace joined to an edge namespace by a veth pair, with the edge
+owning the tenants' VIPs. Every name carries a unique prefix, and
+everything is removed on exit, also after an error."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+NETNS_DIR = "/var/run/netns"
+
+
+def run(cmd: list[str], *, check: bool = True, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
+    return result
+
+
+@dataclass
+class EdgeLab:
+    """peer namespace --veth--> edge namespace (XDP goes on `edge_if`).
+
+    The peer owns the source addresses traffic is sent from; the edge owns
+    the VIPs and routes back to the peer. Addresses are documentation ranges.
+    """
+
+    peer_sources: tuple[str, ...] = ("198.51.100.1",)
+    peer_sources_v6: tuple[str, ...] = ("2001:db8:1::1",)
+    vips: tuple[str, ...] = ("203.0.113.10",)
+    vips_v6: tuple[str, ...] = ()
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    edge_link_v4: str = "198.51.100.254"
+    edge_link_v6: str = "2001:db8:1::fe"
+
+    def __post_init__(self) -> None:
+        self.peer_ns = f"ew-{self.tag}-peer"
+        self.edge_ns = f"ew-{self.tag}-edge"
+        self.peer_if = f"ewp{self.tag}"     # <= 15 characters
+        self.edge_if = f"ewe{self.tag}"
+        self._up = False
+
+    # -- lifecycle ---------------------------------------------------------
+    def up(self) -> "EdgeLab":
+        try:
+            for ns in (self.peer_ns, self.edge_ns):
+                run(["ip", "netns", "add", ns])
+                self.ns(ns, ["ip", "link", "set", "lo", "up"])
+            self._up = True
+            run(["ip", "link", "add", self.peer_if, "netns", self.peer_ns, "type", "veth",
+                 "peer", "name", self.edge_if, "netns", self.edge_ns])
+            self._configure_edge()
+            self._configure_peer()
+        except Exception:
+            self.down()
+            raise
+        return self
+
+    def _configure_edge(self) -> None:
+        e = lambda *cmd: self.ns(self.edge_ns, list(cmd))
+        e("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0")
+        e("ip", "addr", "add", f"{self.edge_link_v4}/24", "dev", self.edge_if)
+        e("ip", "-6", "addr", "add", f"{self.edge_link_v6}/64", "dev", self.edge_if, "nodad")
+        for vip in self.vips:
+            e("ip", "addr", "add", f"{vip}/32", "dev", "lo")
+        for vip in self.vips_v6:
+            e("ip", "-6", "addr", "add", f"{vip}/128", "dev", "lo", "nodad")
+        e("ip", "link", "set", self.edge_if, "up")
+
+    def _configure_peer(self) -> None:
+        p = lambda *cmd: self.ns(self.peer_ns, list(cmd))
+        p("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0")
+        for i, src in enumerate(self.peer_sources):
+            p("ip", "addr", "add", f"{src}/24", "dev", self.peer_if)
+        for src in self.peer_sources_v6:
+            p("ip", "-6", "addr", "add", f"{src}/64", "dev", self.peer_if, "nodad")
+        p("ip", "link", "set", self.peer_if, "up")
+        p("ip", "route", "add", "203.0.113.0/24", "via", self.edge_link_v4)
+        if self.vips_v6:
+            p("ip", "-6", "route", "add", "2001:db8:10::/48", "via", self.edge_link_v6)
+
+    def down(self) -> None:
+        for ns in (self.peer_ns, self.edge_ns):
+            if os.path.exists(f"{NETNS_DIR}/{ns}"):
+                run(["ip", "netns", "del", ns], check=False)
+        self._up = False
+
+    def __enter__(self) -> "EdgeLab":
+        return self.up()
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    # -- acting inside ---------------------------------------------------------
+    @staticmethod
+    def ns(namespace: str, cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+        return run(["ip", "netns", "exec", namespace, *cmd], **kwargs)
+
+    def edgewarden(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """The CLI inside the edge namespace. nsenter --net, not ip netns exec,
+        which remounts /sys and hides bpffs and the pinned maps."""
+        return run(["nsenter", f"--net={NETNS_DIR}/{self.edge_ns}", sys.executable, "-m", "agent.cli", *args],
+                   check=check, timeout=60)
+
+    def ping(self, source: str, target: str, count: int = 3) -> bool:
+        """True if every echo got a reply."""
+        cmd = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", "-I", source, target]
+        if ":" in target:
+            cmd.insert(1, "-6")
+        return self.ns(self.peer_ns, cmd, check=False).returncode == 0
+
+    def tcp_exchange(self, source: str, target: str, port: int, payload: bytes = b"hello edge\n") -> bool:
+        """One request/response over a real TCP connection to an echo server
+        started for it in the edge namespace; True if the echo came back."""
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", self.edge_ns, sys.executable, "-c", _ECHO_SERVER, target, str(port)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            ready = server.stdout.readline().strip()
+            if ready != "ready":
+                raise RuntimeError(f"echo server did not start: {server.stderr.read()}")
+            client = self.ns(self.peer_ns, [sys.executable, "-c", _ECHO_CLIENT, source, target, str(port), payload.hex()],
+                             check=False, timeout=15)
+            return client.returncode == 0 and client.stdout.strip() == "ok"
+        finally:
+            server.kill()
+            server.wait()
+
+
+# Bounded in time: the server serves one connection or gives up after 6 s.
+_ECHO_SERVER = """
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((host, port)); s.listen(8); s.settimeout(6)
+print('ready', flush=True)
+try:
+    c, _ = s.accept()
+    c.settimeout(3)
+    c.sendall(c.recv(4096))
+    c.close()
+except OSError:
+    pass
+"""
+
+_ECHO_CLIENT = """
+import socket, sys
+src, host, port, payload = sys.argv[1], sys.argv[2], int(sys.argv[3]), bytes.fromhex(sys.argv[4])
+s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET)
+s.settimeout(3)
+try:
+    s.bind((src, 0)); s.connect((host, port)); s.sendall(payload)
+    print('ok' if s.recv(4096) == payload else 'mismatch')
+except OSError as e:
+    print('failed', e)
+"""
