@@ -340,8 +340,8 @@ addresses_v4 = _mostly(
     st.builds(lambda net, host: str(net[host]), st.sampled_from(DOC_NETS_V4), st.integers(0, 255)),
     st.ip_addresses(v=4).map(str))
 addresses_v6 = _mostly(
-    st.builds(lambda subnet, host: f"2001:db8:{subnet:x}::{host:x}",
-              st.integers(0, 3), st.integers(0, 0xFFFF)),
+    st.builds(lambda subnet, host: str(ipaddress.IPv6Address(f"2001:db8:{subnet:x}::{host:x}")),
+              st.integers(0, 3), st.integers(0, 255)),
     st.ip_addresses(v=6).map(str))
 ports = _mostly(st.sampled_from(PORTS), st.integers(0, 65535))
 
@@ -388,7 +388,8 @@ def _l4_segment(draw, src, dst, v6):
     if kind == "sctp":
         return IPPROTO_SCTP, sctp(sport, dport, draw(st.integers(0, 2**32 - 1))), sport, dport
     if kind == "icmp":
-        ident, seq, reply = draw(st.integers(0, 65535)), draw(st.integers(0, 65535)), draw(st.booleans())
+        u16 = st.integers(0, 65535)
+        ident, seq, reply = draw(u16), draw(u16), draw(st.booleans())
         if v6:
             return IPPROTO_ICMPV6, icmpv6_echo(ident, seq, draw(_small_payload), reply,
                                                src=src, dst=dst), None, None
@@ -421,6 +422,7 @@ def _ipv6_ext_chain(draw, fragment):
     chain = []
     if draw(st.booleans()):
         chain.append((IPV6_HOPOPTS, draw(_ipv6_options_body(True))))
+    after_hop_by_hop = len(chain)
     room = 8 - len(chain) - (fragment is not None)
     for header_type in draw(st.lists(st.sampled_from((IPV6_ROUTING, IPV6_DSTOPTS)), max_size=room)):
         if header_type == IPV6_ROUTING:
@@ -428,7 +430,7 @@ def _ipv6_ext_chain(draw, fragment):
         else:
             chain.append((IPV6_DSTOPTS, draw(_ipv6_options_body(False))))
     if fragment is not None:
-        chain.insert(draw(st.integers(min(len(chain), 1), len(chain))), fragment)
+        chain.insert(draw(st.integers(after_hop_by_hop, len(chain))), fragment)
     return chain
 
 
@@ -447,15 +449,17 @@ def annotated_frames(draw):
     """Well-formed frames as `Frame` records (use frames() for just the bytes)."""
     vlans = tuple(draw(st.lists(st.integers(1, 4094), max_size=2)))
     l3 = 14 + 4 * len(vlans)
-    family = draw(st.sampled_from((4, 6, 0)))
+    # Padding to the 60-byte Ethernet minimum, as on the wire, leaves bytes
+    # after the L3 packet that parsers must not take for more headers.
+    pad = draw(st.booleans())
+    family = draw(st.sampled_from((4, 6, 4, 6, 0)))  # one frame in five is not IP
     if family == 0:
         if draw(st.booleans()):
-            data = ethernet(arp(draw(addresses_v4), draw(addresses_v4)), ETH_P_ARP, vlans)
-            ethertype = ETH_P_ARP
+            ethertype, payload = ETH_P_ARP, arp(draw(addresses_v4), draw(addresses_v4))
         else:
-            data = ethernet(lldp(), ETH_P_LLDP, vlans, dst_mac="01:80:c2:00:00:0e")
-            ethertype = ETH_P_LLDP
-        return Frame(data, ethertype, vlans, l3=l3, end=len(data))
+            ethertype, payload = ETH_P_LLDP, lldp()
+        data = ethernet(payload, ethertype, vlans)
+        return Frame(data.ljust(60 if pad else 0, b"\0"), ethertype, vlans, l3=l3, end=len(data))
 
     v6 = family == 6
     addresses = addresses_v6 if v6 else addresses_v4
@@ -464,13 +468,14 @@ def annotated_frames(draw):
     fragment = draw(st.sampled_from((None, None, "first", "later")))
     if fragment == "later":
         # Mid-datagram bytes: no L4 header to find, whatever the protocol says.
-        proto = draw(st.sampled_from((IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 if v6 else IPPROTO_ICMP)))
+        proto = draw(st.sampled_from((IPPROTO_TCP, IPPROTO_UDP,
+                                      IPPROTO_ICMPV6 if v6 else IPPROTO_ICMP)))
         payload, sport, dport = draw(st.binary(min_size=8, max_size=48)), None, None
         frag_offset, more = draw(st.integers(1, 8000)), draw(st.booleans())
     else:
         proto, payload, sport, dport = draw(_l4_segment(src, dst, v6))
         frag_offset, more = (0, True) if fragment else (None, False)
-    ident = draw(st.integers(0, 2**16 - 1 if not v6 else 2**32 - 1))
+    ident = draw(st.integers(0, 2**32 - 1 if v6 else 2**16 - 1))
 
     if v6:
         fragment_header = (None if fragment is None
@@ -491,8 +496,8 @@ def annotated_frames(draw):
         ext = ()
     end = len(data)
     l4 = end - len(payload)
-    if draw(st.booleans()):
-        data = data.ljust(60, b"\0")  # minimum Ethernet size, as seen on the wire
+    if pad:
+        data = data.ljust(60, b"\0")
     has_l4 = fragment != "later" and proto != IPPROTO_NONE
     return Frame(data, ETH_P_IPV6 if v6 else ETH_P_IP, vlans, src, dst, proto, sport, dport,
                  frag_offset, l3, l4 if has_l4 else None, end, ext)
@@ -511,12 +516,13 @@ def _replace(data, offset, value):
 
 
 def _truncate_at_boundary(draw, f):
-    cuts = {0, 6, 12, f.l3, f.end, *(offset for _, offset in f.ext)}
+    cuts = {12, f.l3, *(offset for _, offset in f.ext)}
     cuts |= {14 + 4 * i for i in range(len(f.vlans))}
     if f.ethertype in (ETH_P_IP, ETH_P_IPV6):
         cuts.add(f.l3 + (20 if f.ethertype == ETH_P_IP else 40))
     if f.l4 is not None:
         cuts |= {f.l4, f.l4 + 8, f.l4 + 20}
+    # Cutting at f.end would only drop Ethernet padding, which is no damage.
     return f.data[:draw(st.sampled_from(sorted(c for c in cuts if c < f.end)))]
 
 

@@ -1,0 +1,49 @@
+# edgewarden: `make demo` and `make test` set up everything they need
+# (apt packages, .venv, the build) and are safe to run again.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool xdp-tools \
+	iproute2 iputils-ping tshark tcpreplay nftables util-linux gcc g++ make
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.py native/*.pyx native/*.cpp native/include/*.h bpf/*.c bpf/*.h)
+
+.PHONY: all setup os-packages build demo test bench clean
+
+all: build
+
+setup: os-packages build
+
+# dpkg-query first so a machine that has everything never touches apt.
+os-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing OS packages:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+$(VENV)/.stamp-deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel cffi Cython pybind11
+	touch $@
+
+# Editable install compiles the extensions and the XDP object in place.
+$(VENV)/.stamp-build: $(VENV)/.stamp-deps $(BUILD_INPUTS)
+	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	touch $@
+
+build: os-packages $(VENV)/.stamp-build
+
+demo: setup
+	$(PY) -m agent.demo
+
+# pytest exits 5 when it collected no tests: that is a failure, not a pass.
+test: setup
+	@$(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+bench: setup
+	$(PY) benchmarks/bench_datapath.py
+
+clean:
+	rm -rf build *.egg-info agent/*.so agent/datapath/*.bpf.o native/counters.c $(VENV)

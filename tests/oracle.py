@@ -1,0 +1,69 @@
+"""Holds the XDP program (through BPF_PROG_TEST_RUN) to the pure-Python
+reference model, packet by packet: same XDP action, same counter deltas."""
+
+import errno
+
+import pytest
+
+from agent._libbpf import lib
+from agent.datapath.abi import VerdictReason
+from agent.datapath.syscalls import BpfError
+from agent.datapath.counters import TenantCounters
+from agent.datapath.private import PrivateDatapath
+from agent.reference import ReferenceCounters, judge
+
+ETH_HLEN = 14
+FIELDS = ("class_packets", "class_bytes", "reason_packets", "reason_bytes")
+
+
+def _nonzero(counters: TenantCounters) -> dict:
+    return {f: {k: v for k, v in getattr(counters, f).items() if v} for f in FIELDS}
+
+
+def counters_snapshot(datapath: PrivateDatapath) -> dict[int, dict]:
+    return {t: _nonzero(c) for t, c in datapath.counters().items()}
+
+
+def delta(before: dict[int, dict], after: dict[int, dict]) -> dict[int, dict]:
+    result = {}
+    for tenant, fields in after.items():
+        old = before.get(tenant, {f: {} for f in FIELDS})
+        d = {f: {k: v - old[f].get(k, 0) for k, v in fields[f].items() if v - old[f].get(k, 0)} for f in FIELDS}
+        if any(d.values()):
+            result[tenant] = d
+    return result
+
+
+def reference_delta(verdict) -> dict[int, dict]:
+    ref = ReferenceCounters()
+    ref.count(verdict)
+    return {t: {f: dict(v) for f, v in fields.items()} for t, fields in ref.by_tenant.items()}
+
+
+class Oracle:
+    """Runs frames through the kernel and the reference under one policy."""
+
+    def __init__(self, datapath: PrivateDatapath, policy):
+        self.datapath = datapath
+        self.policy = policy
+
+    def check(self, frame: bytes, *, counters: bool = True):
+        verdict = judge(self.policy, frame)
+        if len(frame) < ETH_HLEN:
+            # The kernel refuses to test-run frames shorter than an Ethernet
+            # header (and no driver hands XDP such a runt); the reference
+            # must call them malformed.
+            with pytest.raises(BpfError) as refused:
+                self.datapath.run(frame)
+            assert refused.value.errno == errno.EINVAL
+            assert verdict.reason is VerdictReason.drop_malformed
+            return verdict
+        before = counters_snapshot(self.datapath) if counters else None
+        action = self.datapath.run(frame)
+        expected = lib.XDP_DROP if verdict.dropped else lib.XDP_PASS
+        assert action == expected, (
+            f"XDP returned {action}, reference says {verdict} for frame {frame.hex()}")
+        if counters:
+            got = delta(before, counters_snapshot(self.datapath))
+            assert got == reference_delta(verdict), f"counter deltas differ for {verdict}, frame {frame.hex()}"
+        return verdict
