@@ -4,7 +4,9 @@
 #include "account.h"
 #include "verdict.h"
 
-SEC("xdp")
+/* Frags-aware: attachable to interfaces with jumbo MTU; headers are always
+ * in the linear part that parse.h reads. */
+SEC("xdp.frags")
 int edgewarden_xdp(struct xdp_md *ctx)
 {
     struct packet_facts facts = {};

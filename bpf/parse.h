@@ -34,7 +34,7 @@ enum ew_fragment_kind {
 /* What the datapath knows about one frame once parsing is done. */
 struct packet_facts {
     void *l3;             /* struct iphdr * or struct ipv6hdr *, if family != 0 */
-    __u32 length;         /* whole frame, as counted in bytes counters */
+    __u32 length;         /* whole frame with fragments, as counted in bytes counters */
     __u16 dport;          /* network byte order, 0 unless a TCP/UDP header was read */
     __u8 family;          /* 0 (not IP or unreadable), EW_FAMILY_IPV4, EW_FAMILY_IPV6 */
     __u8 l4_proto;
@@ -267,7 +267,9 @@ static __always_inline enum ew_parse_result parse_packet(struct xdp_md *ctx, str
     __u16 ethertype;
     __u8 tcp_flags = 0;
 
-    f->length = data_end - data;
+    /* Whole frame including fragments of a multi-buffer packet (jumbo frames,
+     * GRO): only the linear part is parsed, but all of it is counted. */
+    f->length = bpf_xdp_get_buff_len(ctx);
     f->traffic_class = EW_CLASS_OTHER;
     if (parse_ethhdr(&nh, data_end, &ethertype) < 0 || skip_vlan_tags(&nh, data_end, &ethertype) < 0)
         return EW_PARSE_BROKEN;

@@ -1,0 +1,526 @@
+#!/usr/bin/env python3
+"""Datapath cost in ns per packet, measured with BPF_PROG_TEST_RUN.
+
+One run, the same packet bytes, five programs:
+
+  1. a minimal XDP_DROP program (benchmarks/bpf/xdp_drop.bpf.c);
+  2. xdp-filter from xdp-tools, loaded by its own tool on a veth pair in a
+     throwaway network namespace and told to drop one source address; its
+     program is test-run directly (by id, taken from the interface);
+  3. edgewarden dropping the same source through its global block list;
+  4. edgewarden passing a tenant's packet with full accounting (VIP lookup,
+     global, tenant source and tenant port block lookups, per-CPU counters);
+  5. a minimal count-and-pass program (benchmarks/bpf/count_pass.bpf.c).
+
+Each program is checked for the right verdict first (DROP for the blocked
+source, PASS for the tenant packet), then timed in interleaved rounds of
+`--repeat` runs; the figure is the median over rounds of the kernel's own
+average duration per run. Figures are ratios against baselines measured in
+the same run (DESIGN.md, "Measuring"), printed as markdown; --write-results
+also replaces the "Datapath (BPF_PROG_TEST_RUN)" section of
+benchmarks/RESULTS.md.
+
+Needs root, bpffs, clang, bpftool and xdp-tools. Nothing is attached to the
+machine's own interfaces; everything created is removed on exit, also on
+error.
+
+    .venv/bin/python benchmarks/bench_datapath.py [--write-results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO / "benchmarks"
+BASELINE_SOURCES = BENCH_DIR / "bpf"
+RESULTS_PATH = BENCH_DIR / "RESULTS.md"
+RESULTS_TITLE = "# edgewarden benchmark results"
+SECTION_TITLE = "## Datapath (BPF_PROG_TEST_RUN)"
+BPFFS = Path("/sys/fs/bpf")
+NETNS_DIR = Path("/var/run/netns")
+XDP_FILTER_PIN_ROOT = BPFFS / "xdp-filter"
+
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from frames import tcp_ipv4_frame  # noqa: E402  (tests/frames.py)
+
+from agent.datapath.private import PrivateDatapath  # noqa: E402
+from agent.datapath.syscalls import obj_get, prog_fd_by_id, prog_info, test_run  # noqa: E402
+from agent.policy import policy_from_document  # noqa: E402
+
+XDP_DROP = 1
+XDP_PASS = 2
+ACTION_NAMES = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
+
+# --- the traffic and the policy -----------------------------------------------------
+
+BLOCKED_SOURCE = "198.51.100.200"  # inside the global block 198.51.100.128/25
+CLIENT_SOURCE = "192.0.2.10"       # blocked nowhere
+TENANT_VIP = "203.0.113.10"        # tenant 1 ("shop"), every port
+TENANT_PORT = 443
+
+# Both frames are TCP SYNs of the same length to the tenant's VIP on 443;
+# only the source address differs.
+BLOCKED_FRAME = tcp_ipv4_frame(BLOCKED_SOURCE, TENANT_VIP, 40000, TENANT_PORT, "S")
+TENANT_FRAME = tcp_ipv4_frame(CLIENT_SOURCE, TENANT_VIP, 40000, TENANT_PORT, "S")
+
+# A realistic edge policy: a global list of bogons plus an abusive range, four
+# tenants with VIPs (some per port), and on the measured tenant both a source
+# block list and blocked ports, so its pass path does every lookup there is.
+POLICY_DOCUMENT = {
+    "revision": 1,
+    "global": {
+        "blocked_sources": [
+            "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+            "172.16.0.0/12", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
+            "198.51.100.128/25",
+            "fc00::/7", "fe80::/10", "2001:db8:dead::/48",
+        ],
+    },
+    "tenants": [
+        {
+            "id": 1, "name": "shop",
+            "vips": [TENANT_VIP, "203.0.113.11", "2001:db8:10::10"],
+            "blocked_ports": ["tcp/25", "tcp/3306", "tcp/6379", "udp/11211", "udp/1900"],
+            "blocked_sources": ["192.0.2.64/26", "192.0.2.192/27", "2001:db8:bad::/48"],
+        },
+        {
+            "id": 2, "name": "blog",
+            "vips": ["203.0.113.20", {"address": "203.0.113.21", "protocol": "tcp", "port": 443}],
+            "blocked_ports": ["tcp/22"],
+        },
+        {
+            "id": 3, "name": "api",
+            "vips": ["203.0.113.30", "2001:db8:30::1"],
+            "blocked_sources": ["192.0.2.128/25"],
+        },
+        {
+            "id": 4, "name": "games",
+            "vips": [{"address": "203.0.113.40", "protocol": "udp", "port": 27015},
+                     {"address": "203.0.113.40", "protocol": "tcp", "port": 443}],
+            "blocked_ports": ["udp/1-1023"],
+        },
+    ],
+}
+TENANT_ID = 1
+
+
+# --- small helpers ---------------------------------------------------------------------
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def run(cmd: list[str], *, check: bool = True, netns: str | None = None) -> subprocess.CompletedProcess:
+    """Run a command, inside a network namespace when asked. nsenter, not
+    `ip netns exec`: the latter remounts /sys and hides bpffs from libxdp."""
+    if netns is not None:
+        cmd = ["nsenter", f"--net={NETNS_DIR / netns}", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def ensure_bpffs() -> None:
+    if not os.path.ismount(BPFFS):
+        log(f"mounting bpffs at {BPFFS}")
+        run(["mount", "-t", "bpf", "bpf", str(BPFFS)])
+
+
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "?"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def tool_version(cmd: list[str]) -> str:
+    try:
+        return first_line(subprocess.run(cmd, capture_output=True, text=True).stdout)
+    except OSError:
+        return "?"
+
+
+# --- programs under test ---------------------------------------------------------------
+
+@dataclass
+class Subject:
+    key: str
+    label: str
+    prog_fd: int
+    frame: bytes
+    packet: str
+    expect: int
+    prog_name: str = ""
+    prog_id: int = 0
+    samples: list[int] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+def load_baseline(stack: ExitStack, name: str, workdir: Path, token: str) -> int:
+    """Compile benchmarks/bpf/<name>.bpf.c, load and pin it with bpftool, and
+    return an fd; the pin is removed on exit (the fd keeps it alive meanwhile)."""
+    source = BASELINE_SOURCES / f"{name}.bpf.c"
+    obj = workdir / f"{name}.bpf.o"
+    run(["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu",
+         "-Wall", "-c", str(source), "-o", str(obj)])
+    pin = BPFFS / f"ewbench-{token}-{name}"
+    run(["bpftool", "prog", "load", str(obj), str(pin)])
+    stack.callback(_unlink_quietly, pin)
+    fd = obj_get(str(pin))
+    stack.callback(os.close, fd)
+    return fd
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+class XdpFilterLab:
+    """xdp-filter, loaded by its own tool on veth devices inside a throwaway
+    network namespace. One device per feature set, so several program
+    variants can be compared; all share xdp-filter's pinned filter maps."""
+
+    def __init__(self, stack: ExitStack, token: str):
+        self.stack = stack
+        self.token = token
+        self.netns = f"ewbench-{token}"
+        self.loaded: list[str] = []
+        self.added_ip = False
+        self.pins_existed = XDP_FILTER_PIN_ROOT.exists()
+        run(["ip", "netns", "add", self.netns])
+        stack.callback(self._cleanup)
+
+    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run(list(cmd), check=check, netns=self.netns)
+
+    def load(self, index: int, features: str | None) -> str:
+        # Interface names are unique: xdp-filter pins per interface name in the
+        # machine-wide bpffs (/sys/fs/bpf/xdp-filter/programs/<ifname>).
+        dev, peer = f"ewb{self.token}{index}", f"ewp{self.token}{index}"
+        self.run("ip", "link", "add", dev, "type", "veth", "peer", "name", peer)
+        self.run("ip", "link", "set", peer, "up")
+        self.run("ip", "link", "set", dev, "up")
+        cmd = ["xdp-filter", "load", "--policy", "allow"]
+        if features:
+            cmd += ["--features", features]
+        self.run(*cmd, dev)
+        self.loaded.append(dev)
+        return dev
+
+    def block_source(self, address: str) -> None:
+        self.run("xdp-filter", "ip", address, "--mode", "src")
+        self.added_ip = not self.pins_existed
+
+    def program_id(self, dev: str) -> int:
+        """The program XDP runs on `dev`, as the kernel reports it."""
+        data = json.loads(self.run("bpftool", "-j", "net", "show", "dev", dev).stdout)
+        for section in data:
+            for entry in section.get("xdp", []):
+                if entry.get("devname") == dev:
+                    return int(entry["id"])
+        raise RuntimeError(f"no XDP program on {dev} after xdp-filter load:\n{json.dumps(data)}")
+
+    def status(self) -> str:
+        return self.run("xdp-filter", "status", check=False).stdout
+
+    def _cleanup(self) -> None:
+        problems = []
+        if self.added_ip and self.loaded:
+            self.run("xdp-filter", "ip", "--remove", BLOCKED_SOURCE, "--mode", "src", check=False)
+        for dev in reversed(self.loaded):
+            proc = self.run("xdp-filter", "unload", dev, check=False)
+            if proc.returncode != 0:
+                problems.append(f"xdp-filter unload {dev}: {proc.stderr.strip()}")
+        proc = run(["ip", "netns", "del", self.netns], check=False)
+        if proc.returncode != 0:
+            problems.append(f"ip netns del {self.netns}: {proc.stderr.strip()}")
+        # If an unload failed, its per-interface pins would outlive the devices.
+        for dev in self.loaded:
+            pin_dir = XDP_FILTER_PIN_ROOT / "programs" / dev
+            if pin_dir.exists():
+                shutil.rmtree(pin_dir, ignore_errors=True)
+                problems.append(f"removed leftover pins in {pin_dir}")
+        programs = XDP_FILTER_PIN_ROOT / "programs"
+        if not self.pins_existed and XDP_FILTER_PIN_ROOT.exists() and (
+                not programs.exists() or not any(programs.iterdir())):
+            shutil.rmtree(XDP_FILTER_PIN_ROOT, ignore_errors=True)
+        for problem in problems:
+            log(f"cleanup: {problem}")
+
+
+def xdp_filter_subjects(stack: ExitStack, token: str) -> tuple[list[Subject], str]:
+    """Load xdp-filter with the lean IPv4 feature set and with its default
+    (all features), block BLOCKED_SOURCE, and return a Subject per variant."""
+    lab = XdpFilterLab(stack, token)
+    variants = [("ipv4", "ipv4"), (None, "all (default)")]
+    devs = [(lab.load(i, features), label) for i, (features, label) in enumerate(variants)]
+    lab.block_source(BLOCKED_SOURCE)
+    subjects = []
+    for dev, label in devs:
+        prog_id = lab.program_id(dev)
+        fd = prog_fd_by_id(prog_id)
+        stack.callback(os.close, fd)
+        info = prog_info(fd)
+        note = ""
+        if not info.name.startswith("xdpfilt_"):
+            # libxdp attached its multi-prog dispatcher; the xdpfilt program is
+            # then an freplace extension, which BPF_PROG_TEST_RUN cannot run
+            # on its own, so the dispatcher (one extra indirect call) is timed.
+            note = f" via {info.name}"
+        subjects.append(Subject(
+            key=f"xdp-filter[{label}]", label=f"xdp-filter `{info.name}`{note}, features {label}",
+            prog_fd=fd, frame=BLOCKED_FRAME, packet="blocked", expect=XDP_DROP,
+            prog_name=info.name, prog_id=info.id))
+        log(f"xdp-filter on {dev}: program id {info.id} ({info.name})")
+    return subjects, lab.status()
+
+
+# --- checks and timing ------------------------------------------------------------------
+
+def check_verdict(subject: Subject, frame: bytes, expect: int, what: str) -> None:
+    got = test_run(subject.prog_fd, frame).retval
+    if got != expect:
+        raise RuntimeError(f"{subject.label}: {what} returned XDP_{ACTION_NAMES.get(got, got)}, "
+                           f"expected XDP_{ACTION_NAMES[expect]}; refusing to time it")
+
+
+def check_edgewarden(dp: PrivateDatapath) -> None:
+    """The policy is live as intended: the pass path really does the tenant's
+    source and port block lookups, and the packet is accounted to the tenant."""
+    def verdict(frame: bytes) -> int:
+        return dp.run(frame)
+
+    cases = [
+        ("global block", BLOCKED_FRAME, XDP_DROP),
+        ("tenant packet", TENANT_FRAME, XDP_PASS),
+        ("tenant source block", tcp_ipv4_frame("192.0.2.70", TENANT_VIP, 40000, TENANT_PORT), XDP_DROP),
+        ("tenant port block", tcp_ipv4_frame(CLIENT_SOURCE, TENANT_VIP, 40000, 25), XDP_DROP),
+    ]
+    for what, frame, expect in cases:
+        got = verdict(frame)
+        if got != expect:
+            raise RuntimeError(f"edgewarden: {what} returned XDP_{ACTION_NAMES.get(got, got)}, "
+                               f"expected XDP_{ACTION_NAMES[expect]}")
+    before = dp.counters().get(TENANT_ID)
+    dp.run(TENANT_FRAME)
+    after = dp.counters().get(TENANT_ID)
+    passed = (after.reason_packets["pass_allowed"] - (before.reason_packets["pass_allowed"] if before else 0)) if after else 0
+    if passed != 1:
+        raise RuntimeError(f"edgewarden: the tenant packet was not accounted to tenant {TENANT_ID} "
+                           f"(pass_allowed moved by {passed})")
+
+
+def time_subjects(subjects: list[Subject], repeat: int, rounds: int) -> None:
+    """Interleaved rounds, each program once per round in a rotating order,
+    so drifting machine load hits every program alike."""
+    for s in subjects:  # warm caches, JIT'd code, map buckets
+        test_run(s.prog_fd, s.frame, max(1, repeat // 10))
+    for r in range(rounds):
+        order = subjects[r % len(subjects):] + subjects[:r % len(subjects)]
+        for s in order:
+            result = test_run(s.prog_fd, s.frame, repeat)
+            if result.retval != s.expect:
+                raise RuntimeError(f"{s.label}: verdict changed during timing "
+                                   f"(XDP_{ACTION_NAMES.get(result.retval, result.retval)})")
+            s.samples.append(result.duration_ns)
+
+
+# --- report -----------------------------------------------------------------------------
+
+def machine_facts() -> list[tuple[str, str]]:
+    uname = platform.uname()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    return [
+        ("Date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")),
+        ("Kernel", f"{uname.system} {uname.release} ({uname.machine})"),
+        ("CPU", cpu_model()),
+        ("Cores", f"{os.cpu_count()} online, {usable} usable by this process"),
+        ("Tools", f"{tool_version(['clang', '--version'])}; "
+                  f"{tool_version(['xdp-filter', 'load', '--version'])}"),
+    ]
+
+
+def fmt_ns(value: float) -> str:
+    return f"{value:.1f}" if value != int(value) else f"{int(value)}"
+
+
+def ratio_line(name: str, num: float, den: float, goal: float | None) -> tuple[str, str, str, str]:
+    ratio = num / den if den else float("inf")
+    if goal is None:
+        verdict = "-"
+    else:
+        verdict = "met" if ratio <= goal else f"MISSED by {ratio / goal:.2f}x"
+    return name, f"{ratio:.2f}", f"<= {goal:.1f}" if goal is not None else "-", verdict
+
+
+def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], best_xdp_filter: Subject,
+           repeat: int, rounds: int, elapsed: float) -> str:
+    drop, ew_drop = subjects["drop"], subjects["ew-drop"]
+    ew_pass, count_pass = subjects["ew-pass"], subjects["count-pass"]
+    lines = [SECTION_TITLE, ""]
+    lines += [f"- **{k}:** {v}" for k, v in machine_facts()]
+    lines += [
+        f"- **Method:** BPF_PROG_TEST_RUN, repeat {repeat:,} per round, {rounds} interleaved rounds; "
+        "the figure is the median over rounds of the kernel's average ns per run "
+        "(which it reports in whole ns, and which includes the test loop's own cost).",
+        f"- **Packets:** {len(BLOCKED_FRAME)}-byte IPv4 TCP SYNs to the tenant VIP {TENANT_VIP}:{TENANT_PORT}; "
+        f"*blocked* from {BLOCKED_SOURCE} (edgewarden: global block list; xdp-filter: "
+        f"`xdp-filter ip {BLOCKED_SOURCE} --mode src`), *tenant* from {CLIENT_SOURCE} (blocked nowhere).",
+        f"- **Policy:** {len(POLICY_DOCUMENT['tenants'])} tenants, "
+        f"{len(POLICY_DOCUMENT['global']['blocked_sources'])} global blocked prefixes; the measured tenant "
+        f"has {len(POLICY_DOCUMENT['tenants'][0]['blocked_sources'])} blocked source prefixes and "
+        f"{len(POLICY_DOCUMENT['tenants'][0]['blocked_ports'])} blocked port rules, so its pass path "
+        "does the VIP, global block, tenant, tenant block and port block lookups, then per-CPU accounting.",
+        "",
+        "| # | Program | Packet | Verdict | ns/packet (median) | min | max |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    rows = [("1", drop), *[("2" if s is best_xdp_filter else "2'", s) for s in xdp_filter_variants],
+            ("3", ew_drop), ("4", ew_pass), ("5", count_pass)]
+    for number, s in rows:
+        lines.append(f"| {number} | {s.label} | {s.packet} | XDP_{ACTION_NAMES[s.expect]} | "
+                     f"{fmt_ns(s.median)} | {min(s.samples)} | {max(s.samples)} |")
+    lines += [
+        "",
+        f"Row 2 is the faster xdp-filter variant, used for the ratio; 2' is shown for reference."
+        if len(xdp_filter_variants) > 1 else "",
+        "",
+        "| Ratio | Value | Goal | |",
+        "|---|---:|---:|---|",
+    ]
+    for name, value, goal, verdict in (
+        ratio_line("edgewarden blocked drop / xdp-filter drop", ew_drop.median, best_xdp_filter.median, 1.0),
+        ratio_line("edgewarden blocked drop / minimal drop", ew_drop.median, drop.median, None),
+        ratio_line("edgewarden accounted pass / count-and-pass", ew_pass.median, count_pass.median, 2.0),
+    ):
+        lines.append(f"| {name} | {value} | {goal} | {verdict} |")
+    lines += ["", f"_Generated by `benchmarks/bench_datapath.py` in {elapsed:.0f} s._", ""]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
+
+
+def write_results(section: str, path: Path = RESULTS_PATH) -> None:
+    """Replace (or append) the datapath section, keeping every other section."""
+    text = path.read_text() if path.exists() else f"{RESULTS_TITLE}\n"
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION_TITLE), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+    else:
+        end = next((i for i in range(start + 1, len(lines))
+                    if lines[i].startswith("## ") or lines[i].startswith("# ")), len(lines))
+        head = "\n".join(lines[:start]).rstrip("\n")
+        tail = "\n".join(lines[end:]).strip("\n")
+        new = (head + "\n\n" if head else "") + section.rstrip("\n") + "\n" + ("\n" + tail + "\n" if tail else "")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
+
+
+# --- main ----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=1_000_000, help="test runs per round (default 1,000,000)")
+    parser.add_argument("--rounds", type=int, default=9, help="timed rounds per program (default 9)")
+    parser.add_argument("--write-results", action="store_true",
+                        help=f"replace the '{SECTION_TITLE[3:]}' section of {RESULTS_PATH.relative_to(REPO)}")
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.rounds < 1:
+        parser.error("--repeat and --rounds must be positive")
+    if os.geteuid() != 0:
+        parser.error("needs root (BPF programs, network namespaces)")
+
+    # A SIGTERM (e.g. a CI timeout) must still run the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.monotonic()
+    ensure_bpffs()
+    token = secrets.token_hex(4)
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ewbench-")))
+
+        log("compiling and loading the baselines")
+        drop_fd = load_baseline(stack, "xdp_drop", workdir, token)
+        count_fd = load_baseline(stack, "count_pass", workdir, token)
+
+        log("loading edgewarden with private maps")
+        dp = stack.enter_context(PrivateDatapath(policy_from_document(POLICY_DOCUMENT, "bench policy")))
+        check_edgewarden(dp)
+        ew_fd = dp.program.prog_fd
+
+        log("loading xdp-filter in a throwaway network namespace")
+        xdp_filter_variants, _status = xdp_filter_subjects(stack, token)
+
+        def named(key, label, fd, frame, packet, expect):
+            info = prog_info(fd)
+            return Subject(key, label, fd, frame, packet, expect, info.name, info.id)
+
+        subjects = {
+            "drop": named("drop", "minimal `xdp_drop`", drop_fd, BLOCKED_FRAME, "blocked", XDP_DROP),
+            "ew-drop": named("ew-drop", "edgewarden, global block", ew_fd, BLOCKED_FRAME, "blocked", XDP_DROP),
+            "ew-pass": named("ew-pass", "edgewarden, tenant pass + accounting", ew_fd, TENANT_FRAME,
+                             "tenant", XDP_PASS),
+            "count-pass": named("count-pass", "minimal `count_pass` (per-CPU array)", count_fd, TENANT_FRAME,
+                                "tenant", XDP_PASS),
+        }
+        everything = [subjects["drop"], *xdp_filter_variants, subjects["ew-drop"],
+                      subjects["ew-pass"], subjects["count-pass"]]
+
+        log("checking verdicts")
+        for s in everything:
+            check_verdict(s, s.frame, s.expect, f"the {s.packet} packet")
+        for s in xdp_filter_variants:  # and it really filters by source, not everything
+            check_verdict(s, TENANT_FRAME, XDP_PASS, "an unblocked packet")
+        check_verdict(subjects["drop"], TENANT_FRAME, XDP_DROP, "the tenant packet")
+
+        log(f"timing {len(everything)} programs: {args.rounds} rounds x {args.repeat:,} runs")
+        time_subjects(everything, args.repeat, args.rounds)
+        best = min(xdp_filter_variants, key=lambda s: s.median)
+        section = report(subjects, xdp_filter_variants, best, args.repeat, args.rounds,
+                         time.monotonic() - started)
+
+    print(section)
+    if args.write_results:
+        write_results(section)
+        log(f"wrote the section to {RESULTS_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
