@@ -1,0 +1,3 @@
+"""edgewarden agent: XDP datapath control (agent.datapath), the policy
+document (agent.policy), the reference model (agent.reference) and the
+`edgewarden` command (agent.cli)."""

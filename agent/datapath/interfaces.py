@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from agent._libbpf import lib
+from agent._libbpf import ffi, lib
 from agent.datapath.apply import ApplyReport, apply_compiled
 from agent.datapath.program import PROGRAM_NAME, LoadedProgram, close_maps, ensure_bpffs, open_pinned_maps
 from agent.datapath.syscalls import BpfError, obj_get, prog_fd_by_id, prog_info, xdp_attach, xdp_detach, xdp_query
@@ -190,8 +190,6 @@ def managed_interfaces() -> list[str]:
 
 
 def read_revision(maps) -> int:
-    from agent._libbpf import ffi
-
     raw = maps["ew_config"].lookup((0).to_bytes(4, "little"))
     return ffi.from_buffer("struct ew_config *", raw).policy_revision if raw else 0
 
