@@ -306,7 +306,7 @@ def test_blocked_sources_host_bits_are_cleared():
 
 @pytest.mark.parametrize("doc,expected", [
     ({"revision": 1, "colour": "red"},
-     ["unknown key 'colour' (expected one of: global, revision, tenants)"]),
+     ["top level: unknown key 'colour' (expected one of: global, revision, tenants)"]),
     ({"global": {"blocked_sources": [], "allowed_sources": []}},
      ["global: unknown key 'allowed_sources' (expected one of: blocked_sources)"]),
     ({"tenants": [tenant(ports=["tcp/25"])]},
@@ -319,10 +319,10 @@ def test_unknown_keys_at_every_level(doc, expected):
 
 
 @pytest.mark.parametrize("doc,expected", [
-    ({"revision": -1}, "revision: -1 must be a non-negative integer"),
-    ({"revision": "1"}, "revision: '1' must be a non-negative integer"),
-    ({"revision": 1.0}, "revision: 1.0 must be a non-negative integer"),
-    ({"revision": True}, "revision: True must be a non-negative integer"),
+    ({"revision": -1}, "revision: -1 must be an integer in 0..18446744073709551615"),
+    ({"revision": "1"}, "revision: '1' must be an integer in 0..18446744073709551615"),
+    ({"revision": 1.0}, "revision: 1.0 must be an integer in 0..18446744073709551615"),
+    ({"revision": True}, "revision: True must be an integer in 0..18446744073709551615"),
     ({"global": ["10.0.0.0/8"]}, "global: expected a table"),
     ({"global": {"blocked_sources": "10.0.0.0/8"}}, "global.blocked_sources: expected a list of CIDR strings"),
     ({"tenants": {"id": 1, "name": "t"}}, "tenants: expected an array of tables ([[tenants]])"),
@@ -342,7 +342,7 @@ def test_wrong_types(doc, expected):
 
 @pytest.mark.parametrize("doc", [[], "revision = 1", None, 5])
 def test_document_must_be_a_table(doc):
-    assert errors_of(doc) == ["the document must be a table"]
+    assert errors_of(doc) == ["top level: the document must be a table"]
 
 
 def test_every_error_is_reported_at_once():

@@ -1,6 +1,6 @@
 """Applies a compiled policy to live maps as a diff: only entries that differ
 are written or deleted, new rules before the state that refers to them, and
-the revision last, so a reader that sees a revision sees all of it."""
+the revision strictly last, so a reader that sees a revision sees all of it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from agent.datapath import abi
 from agent.datapath.syscalls import BpfMap
 from agent.policy.compile import POLICY_MAPS, CompiledPolicy, pack_u32
+
+CONFIG_MAP = "ew_config"
+RULE_MAPS = tuple(name for name in POLICY_MAPS if name != CONFIG_MAP)
 
 
 @dataclass
@@ -30,28 +33,41 @@ class ApplyReport:
 
 
 def apply_compiled(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> ApplyReport:
+    _check_capacity(maps, compiled)
     report = ApplyReport(compiled.revision)
     current = {name: maps[name].items() for name in POLICY_MAPS}
-    _check_capacity(maps, compiled)
-
-    # Additions and changes: block rules first, the tenants and VIPs that make
-    # them reachable after, the revision last.
+    writes = {name: {k: v for k, v in compiled.maps[name].items() if current[name].get(k) != v} for name in POLICY_MAPS}
+    stale = {name: [k for k in current[name] if k not in compiled.maps[name]] for name in POLICY_MAPS}
     for name in POLICY_MAPS:
-        desired, live = compiled.maps[name], current[name]
-        writes = {k: v for k, v in desired.items() if live.get(k) != v}
-        report.added[name] = sum(1 for k in writes if k not in live)
-        report.changed[name] = len(writes) - report.added[name]
-        if name == "ew_tenants":
-            _ensure_counters(maps["ew_counters"], compiled.tenant_ids)
-        maps[name].update_many(writes)
+        report.added[name] = sum(1 for k in writes[name] if k not in current[name])
+        report.changed[name] = len(writes[name]) - report.added[name]
+        report.removed[name] = len(stale[name])
 
-    # Removals in reverse: first stop routing traffic to removed tenants, then
-    # drop their rules.
-    for name in reversed(POLICY_MAPS):
-        stale = [k for k in current[name] if k not in compiled.maps[name]]
-        maps[name].delete_many(stale)
-        report.removed[name] = len(stale)
-    _drop_counters_of_removed_tenants(maps["ew_counters"], compiled.tenant_ids)
+    counters = maps["ew_counters"]
+    wanted_counters = {pack_u32(t) for t in {abi.TENANT_UNASSIGNED, *compiled.tenant_ids}}
+    live_counters = set(counters.keys())
+    removed_counters = [k for k in live_counters if k not in wanted_counters]
+
+    # Adding before removing keeps enforcement gap-free, but needs room for old
+    # and new at once; a map without that room has its stale entries removed first.
+    tight = [name for name in RULE_MAPS if len(current[name]) + report.added[name] > maps[name].max_entries]
+    for name in tight:
+        maps[name].delete_many(stale[name])
+    if len(live_counters | wanted_counters) > counters.max_entries:
+        counters.delete_many(removed_counters)
+        removed_counters = []
+
+    # Block rules first, the tenants and VIPs that make them reachable after.
+    for name in RULE_MAPS:
+        if name == "ew_tenants":
+            _ensure_counters(counters, wanted_counters - live_counters)
+        maps[name].update_many(writes[name])
+    # Removals in reverse: first stop routing traffic to removed tenants, then drop their rules.
+    for name in reversed(RULE_MAPS):
+        if name not in tight:
+            maps[name].delete_many(stale[name])
+    counters.delete_many(removed_counters)
+    maps[CONFIG_MAP].update_many(writes[CONFIG_MAP])
     return report
 
 
@@ -65,17 +81,13 @@ def _check_capacity(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> None:
                          f"{maps['ew_counters'].max_entries - 1}; nothing was applied")
 
 
-def _ensure_counters(counters: BpfMap, tenant_ids: frozenset[int]) -> None:
-    """Create zeroed counters for new tenants (and tenant 0); never reset existing ones."""
+def _ensure_counters(counters: BpfMap, new_keys: set[bytes]) -> None:
+    """Create zeroed counters for new tenants; never reset existing ones
+    (the datapath may have created one meanwhile: EEXIST keeps its counts)."""
     zero = bytes(counters.value_size)
-    for tenant_id in {abi.TENANT_UNASSIGNED, *tenant_ids}:
+    for key in new_keys:
         try:
-            counters.update(pack_u32(tenant_id), zero, flags=1)  # BPF_NOEXIST
+            counters.update(key, zero, flags=1)  # BPF_NOEXIST
         except OSError as err:
-            if err.errno != 17:  # EEXIST: keep its counts
+            if err.errno != 17:
                 raise
-
-
-def _drop_counters_of_removed_tenants(counters: BpfMap, tenant_ids: frozenset[int]) -> None:
-    keep = {pack_u32(t) for t in tenant_ids} | {pack_u32(abi.TENANT_UNASSIGNED)}
-    counters.delete_many([k for k in counters.keys() if k not in keep])

@@ -5,6 +5,7 @@ location and produces nothing unless the whole document is valid."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import tomli_w
 from agent.policy.model import PROTOCOL_NUMBERS, Policy, PortRule, Tenant, TenantState, Vip
 
 MAX_TENANT_ID = 2**32 - 1
+MAX_REVISION = 2**64 - 1   # ew_config.policy_revision is a __u64
 MAX_PORTS_PER_RULE = 4096
 
 TOP_LEVEL_KEYS = {"revision", "global", "tenants"}
@@ -65,7 +67,7 @@ def _parse_sources(values: Any, where: str, errs: _Collector) -> tuple:
 
 
 def _parse_port(value: Any, where: str, errs: _Collector) -> int | None:
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         errs.add(where, f"port {value!r} is not in 1..65535")
@@ -92,6 +94,10 @@ def _parse_vip(value: Any, where: str, errs: _Collector) -> Vip | None:
     except ValueError:
         errs.add(where, f"address {value.get('address')!r} is not an IP address")
         return None
+    if getattr(address, "scope_id", None):
+        # The datapath matches addresses only; a zone would make two spellings of one VIP.
+        errs.add(where, f"address {value.get('address')!r} has a zone index; give the address alone")
+        return None
     has_proto, has_port = "protocol" in value, "port" in value
     if has_proto != has_port:
         errs.add(where, "protocol and port go together: give both, or neither for every port")
@@ -110,9 +116,9 @@ def _parse_port_rule(value: Any, where: str, errs: _Collector) -> PortRule | Non
         return None
     proto_text, _, span = value.partition("/")
     protocol = _parse_protocol(proto_text.strip(), where, errs)
-    first_text, _, last_text = span.strip().partition("-")
+    first_text, dash, last_text = span.strip().partition("-")
     first = _parse_port(first_text, where, errs)
-    last = _parse_port(last_text, where, errs) if last_text else first
+    last = _parse_port(last_text, where, errs) if dash else first
     if protocol is None or first is None or last is None:
         return None
     if last < first:
@@ -163,11 +169,11 @@ def policy_from_document(doc: Any, source: str = "<document>") -> Policy:
     """Validate a whole document; raise PolicyError listing every problem."""
     errs = _Collector()
     if not isinstance(doc, dict):
-        raise PolicyError(source, ["the document must be a table"])
-    _check_keys(doc, TOP_LEVEL_KEYS, "", errs)
+        raise PolicyError(source, ["top level: the document must be a table"])
+    _check_keys(doc, TOP_LEVEL_KEYS, "top level", errs)
     revision = doc.get("revision", 0)
-    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
-        errs.add("revision", f"{revision!r} must be a non-negative integer")
+    if isinstance(revision, bool) or not isinstance(revision, int) or not 0 <= revision <= MAX_REVISION:
+        errs.add("revision", f"{revision!r} must be an integer in 0..{MAX_REVISION}")
     global_table = doc.get("global", {})
     if not isinstance(global_table, dict):
         errs.add("global", "expected a table")
@@ -210,6 +216,8 @@ def load_policy(path: str | Path) -> Policy:
         text = path.read_text()
     except OSError as err:
         raise PolicyError(str(path), [f"cannot read: {err.strerror}"]) from None
+    except UnicodeDecodeError as err:
+        raise PolicyError(str(path), [f"not UTF-8 text (byte {err.start}); TOML documents are UTF-8"]) from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -251,5 +259,8 @@ def save_policy(policy: Policy, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(policy_to_toml(policy))
+    with open(tmp, "w") as out:
+        out.write(policy_to_toml(policy))
+        out.flush()
+        os.fsync(out.fileno())
     tmp.replace(path)
