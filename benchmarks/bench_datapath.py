@@ -57,6 +57,7 @@ SECTION_TITLE = "## Datapath (BPF_PROG_TEST_RUN)"
 BPFFS = Path("/sys/fs/bpf")
 NETNS_DIR = Path("/var/run/netns")
 XDP_FILTER_PIN_ROOT = BPFFS / "xdp-filter"
+LIBXDP_DIR = BPFFS / "xdp"  # libxdp's own state directory, created on first use
 REQUIRED_TOOLS = ("clang", "bpftool", "xdp-filter", "ip", "nsenter")
 
 sys.path.insert(0, str(REPO))
@@ -222,6 +223,7 @@ class XdpFilterLab:
         self.loaded: list[str] = []
         self.added_ip = False
         self.pins_existed = XDP_FILTER_PIN_ROOT.exists()
+        self.libxdp_dir_existed = LIBXDP_DIR.exists()
         run(["ip", "netns", "add", self.netns])
         stack.callback(self._cleanup)
 
@@ -279,6 +281,11 @@ class XdpFilterLab:
         if not self.pins_existed and XDP_FILTER_PIN_ROOT.exists() and (
                 not programs.exists() or not any(programs.iterdir())):
             shutil.rmtree(XDP_FILTER_PIN_ROOT, ignore_errors=True)
+        if not self.libxdp_dir_existed:
+            try:
+                LIBXDP_DIR.rmdir()  # only if empty: never anyone else's state
+            except OSError:
+                pass
         for problem in problems:
             log(f"cleanup: {problem}")
 
@@ -362,6 +369,21 @@ def time_subjects(subjects: list[Subject], repeat: int, rounds: int) -> None:
 
 # --- report -----------------------------------------------------------------------------
 
+def edgewarden_object_note() -> str:
+    """Which build of the XDP object was measured, and whether it predates its sources."""
+    from agent.datapath.program import object_path
+    obj = object_path()
+    built = obj.stat().st_mtime
+    sources = [*(REPO / "bpf").glob("*.[ch]"), *(REPO / "native" / "include").glob("*.h")]
+    newer = sorted(str(p.relative_to(REPO)) for p in sources if p.stat().st_mtime > built)
+    when = datetime.datetime.fromtimestamp(built, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    note = f"`{obj.relative_to(REPO) if obj.is_relative_to(REPO) else obj}` built {when}"
+    if newer:
+        note += f" (STALE: older than {', '.join(newer)}; run `make build`)"
+        log(f"warning: the edgewarden object is older than {', '.join(newer)}")
+    return note
+
+
 def machine_facts() -> list[tuple[str, str]]:
     uname = platform.uname()
     try:
@@ -375,6 +397,7 @@ def machine_facts() -> list[tuple[str, str]]:
         ("Cores", f"{os.cpu_count()} online, {usable} usable by this process"),
         ("Tools", f"{tool_version(['clang', '--version'])}; "
                   f"{tool_version(['xdp-filter', 'load', '--version'])}"),
+        ("edgewarden", edgewarden_object_note()),
     ]
 
 
