@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Callable
 
 from agent.datapath.abi import DROP_REASONS, TrafficClass, VerdictReason
+from agent.datapath.blocktables import blocked_prefixes
 from agent.datapath.counters import read_counters
 from agent.datapath.interfaces import (
     AttachMode, InterfaceError, apply_policy, attach, current_policy, detach, interface_status, live_maps,
@@ -19,7 +20,6 @@ from agent.datapath.interfaces import (
 from agent.datapath.syscalls import BpfError
 from agent.pcap import CaptureError
 from agent.policy import Policy, PolicyError, TenantState, load_policy
-from agent.policy.compile import decode_global_block_key, decode_tenant_block_key
 
 
 class UsageError(Exception):
@@ -150,14 +150,8 @@ def cmd_block_list(args) -> int:
     """Reads the live maps (what the datapath enforces), not the document."""
     result = {}
     for ifname in _target_interfaces(args):
-        entries = []
         with live_maps(ifname) as maps:
-            for name in ("ew_gblock_v4", "ew_gblock_v6"):
-                entries += [{"tenant_id": None, "prefix": str(decode_global_block_key(name, k))} for k in maps[name].keys()]
-            for name in ("ew_tblock_v4", "ew_tblock_v6"):
-                for k in maps[name].keys():
-                    tenant_id, net = decode_tenant_block_key(name, k)
-                    entries.append({"tenant_id": tenant_id, "prefix": str(net)})
+            entries = [{"tenant_id": tenant_id, "prefix": str(net)} for tenant_id, net in blocked_prefixes(maps)]
         if args.tenant is not None:
             entries = [e for e in entries if e["tenant_id"] == args.tenant]
         result[ifname] = sorted(entries, key=lambda e: (e["tenant_id"] or 0, e["prefix"]))
@@ -185,7 +179,7 @@ def cmd_stats(args) -> int:
     for ifname in _target_interfaces(args):
         policy = current_policy(ifname)
         with live_maps(ifname) as maps:
-            counters = read_counters(maps["ew_counters"])
+            counters = read_counters(maps)
         tenants = []
         for tenant_id in sorted(counters):
             if args.tenant is not None and tenant_id != args.tenant:

@@ -1,22 +1,19 @@
-/* Per-tenant accounting: one per-CPU counter block per tenant, updated once
- * per packet with its traffic class and verdict reason. */
+/* Per-tenant accounting: one per-CPU counter block per tenant slot, updated
+ * once per packet with its traffic class and verdict reason. */
 #ifndef EW_ACCOUNT_H
 #define EW_ACCOUNT_H
 
 #include "maps.h"
 
-/* Source of zeroes for inserting a missing tenant's counters; lives in .bss
- * because a 352-byte zeroed stack object would eat most of the BPF stack. */
-struct ew_counters ew_zero_counters;
-
-static __always_inline void account_packet(__u32 tenant_id, __u8 traffic_class, __u32 reason,
-                                           __u32 length)
+static __always_inline void account_packet(__u32 slot, __u8 traffic_class, __u32 reason, __u32 length)
 {
-    struct ew_counters *c = bpf_map_lookup_elem(&ew_counters, &tenant_id);
+    struct ew_counters *c = bpf_map_lookup_elem(&ew_counters, &slot);
 
     if (!c) {
-        bpf_map_update_elem(&ew_counters, &tenant_id, &ew_zero_counters, BPF_NOEXIST);
-        c = bpf_map_lookup_elem(&ew_counters, &tenant_id);
+        /* a slot beyond the array (never written by the agent): count as unassigned */
+        __u32 unassigned = EW_TENANT_UNASSIGNED;
+
+        c = bpf_map_lookup_elem(&ew_counters, &unassigned);
         if (!c)
             return;
     }

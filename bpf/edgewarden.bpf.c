@@ -10,13 +10,13 @@ SEC("xdp.frags")
 int edgewarden_xdp(struct xdp_md *ctx)
 {
     struct packet_facts facts = {};
-    __u32 tenant_id = EW_TENANT_UNASSIGNED;
+    struct ew_vip tenant = {};
     __u32 reason;
 
     switch (parse_packet(ctx, &facts)) {
     case EW_PARSED_IP:
-        tenant_id = lookup_tenant(&facts);
-        reason = decide_ip_verdict(&facts, tenant_id);
+        lookup_tenant(&facts, &tenant);
+        reason = decide_ip_verdict(&facts, &tenant);
         break;
     case EW_PARSED_NON_IP:
         reason = EW_REASON_PASS_NON_IP;
@@ -25,7 +25,7 @@ int edgewarden_xdp(struct xdp_md *ctx)
         reason = EW_REASON_DROP_MALFORMED;
         break;
     }
-    account_packet(tenant_id, facts.traffic_class, reason, facts.length);
+    account_packet(tenant.slot, facts.traffic_class, reason, facts.length);
     return reason_is_drop(reason) ? XDP_DROP : XDP_PASS;
 }
 

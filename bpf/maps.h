@@ -1,6 +1,10 @@
 /* Every map of the datapath, pinned by name under
  * /sys/fs/bpf/edgewarden/<ifname>/ by the loader so that enforcement and
- * counters outlive the agent. Capacities come from edgewarden_abi.h. */
+ * counters outlive the agent. Capacities come from edgewarden_abi.h.
+ *
+ * Block lists sit behind single-slot map-in-map tables: the agent builds a
+ * new version in a fresh inner map and swaps it in with one update, so no
+ * packet is judged against a half-written list. */
 #ifndef EW_MAPS_H
 #define EW_MAPS_H
 
@@ -8,45 +12,82 @@
 #include <bpf/bpf_helpers.h>
 #include "edgewarden_abi.h"
 
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, EW_MAX_VIPS);
-    __type(key, struct ew_vip_key);
-    __type(value, __u32);
-} ew_vips SEC(".maps");
-
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, EW_MAX_TENANTS);
-    __type(key, __u32);
-    __type(value, struct ew_tenant);
-} ew_tenants SEC(".maps");
-
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, EW_MAX_PORT_RULES);
-    __type(key, struct ew_port_key);
-    __type(value, __u8);
-} ew_port_blocks SEC(".maps");
-
-#define EW_LPM_MAP(name, key_type)                      \
-    struct {                                            \
-        __uint(type, BPF_MAP_TYPE_LPM_TRIE);            \
-        __uint(max_entries, EW_MAX_SOURCE_BLOCKS);      \
-        __uint(map_flags, BPF_F_NO_PREALLOC);           \
-        __type(key, key_type);                          \
-        __type(value, struct ew_block_value);           \
+#define EW_HASH_MAP(name, key_type, value_type, capacity)  \
+    struct {                                                \
+        __uint(type, BPF_MAP_TYPE_HASH);                    \
+        __uint(max_entries, capacity);                      \
+        __type(key, key_type);                              \
+        __type(value, value_type);                          \
     } name SEC(".maps")
 
-EW_LPM_MAP(ew_gblock_v4, struct ew_lpm_v4_key);
-EW_LPM_MAP(ew_gblock_v6, struct ew_lpm_v6_key);
-EW_LPM_MAP(ew_tblock_v4, struct ew_tenant_lpm_v4_key);
-EW_LPM_MAP(ew_tblock_v6, struct ew_tenant_lpm_v6_key);
+EW_HASH_MAP(ew_vips_v4, __u32, struct ew_vip, EW_MAX_VIPS);
+EW_HASH_MAP(ew_vips_v6, struct ew_vip_v6_key, struct ew_vip, EW_MAX_VIPS);
+EW_HASH_MAP(ew_vip_ports_v4, struct ew_vip_port_v4_key, struct ew_vip, EW_MAX_VIPS);
+EW_HASH_MAP(ew_vip_ports_v6, struct ew_vip_port_v6_key, struct ew_vip, EW_MAX_VIPS);
+EW_HASH_MAP(ew_tenants, __u32, struct ew_tenant, EW_MAX_TENANTS);
+EW_HASH_MAP(ew_port_blocks, struct ew_port_key, __u8, EW_MAX_PORT_RULES);
 
-/* Per-CPU so the packet path never contends on a counter. The loader creates
- * an entry for every tenant; the datapath only inserts as a fallback. */
+/* Structs seen only through inner-map templates would reach BTF as forward
+ * declarations, which libbpf cannot size: this variable anchors them. */
+struct ew_inner_types {
+    struct ew_block_node block_node;
+    struct ew_tenant_block_key tenant_block_key;
+    struct ew_lpm_v6_key lpm_v6_key;
+    struct ew_tenant_lpm_v6_key tenant_lpm_v6_key;
+    struct ew_block_value block_value;
+} ew_inner_types_anchor;
+
+/* Inner-map templates: the verifier learns the inner layouts from them; the
+ * agent creates the real inner maps with the same type, sizes and flags. */
+struct ew_block_table_v4 {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, EW_MAX_BLOCK_NODES_V4);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, __u32);
+    __type(value, struct ew_block_node);
+};
+
+struct ew_tenant_block_table_v4 {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, EW_MAX_TENANT_BLOCK_NODES_V4);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct ew_tenant_block_key);
+    __type(value, struct ew_block_node);
+};
+
+struct ew_block_trie_v6 {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, EW_MAX_SOURCE_BLOCKS_V6);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct ew_lpm_v6_key);
+    __type(value, struct ew_block_value);
+};
+
+struct ew_tenant_block_trie_v6 {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, EW_MAX_SOURCE_BLOCKS_V6);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct ew_tenant_lpm_v6_key);
+    __type(value, struct ew_block_value);
+};
+
+#define EW_SWAPPABLE_TABLE(name, inner)                     \
+    struct {                                                \
+        __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);           \
+        __uint(max_entries, 1);                             \
+        __type(key, __u32);                                 \
+        __array(values, struct inner);                      \
+    } name SEC(".maps")
+
+EW_SWAPPABLE_TABLE(ew_gblock_v4, ew_block_table_v4);
+EW_SWAPPABLE_TABLE(ew_tblock_v4, ew_tenant_block_table_v4);
+EW_SWAPPABLE_TABLE(ew_gblock_v6, ew_block_trie_v6);
+EW_SWAPPABLE_TABLE(ew_tblock_v6, ew_tenant_block_trie_v6);
+
+/* Per-CPU array indexed by tenant slot: the packet path never contends on a
+ * counter and the lookup compiles to an address computation. */
 struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, EW_MAX_TENANTS);
     __type(key, __u32);
     __type(value, struct ew_counters);

@@ -7,78 +7,78 @@
 
 #include "maps.h"
 #include "parse.h"
+#include "blocklist.h"
 
-static __always_inline void vip_key_set_addr(struct ew_vip_key *key, const struct packet_facts *f)
+static __always_inline int has_port(const struct packet_facts *f)
 {
-    if (f->family == EW_FAMILY_IPV4) {
-        const struct iphdr *ip = f->l3;
-        __builtin_memcpy(key->addr, &ip->daddr, 4);
-    } else {
-        const struct ipv6hdr *ip6 = f->l3;
-        __builtin_memcpy(key->addr, &ip6->daddr, 16);
-    }
+    return f->l4_parsed && (f->l4_proto == IPPROTO_TCP || f->l4_proto == IPPROTO_UDP);
 }
 
-/* (VIP, protocol, port) first, then (VIP, any port); else unassigned. */
-static __always_inline __u32 lookup_tenant(const struct packet_facts *f)
+/* (VIP, protocol, port) first, then (VIP, any port); else unassigned. The
+ * any-port entry is looked up first because it also says whether the
+ * address has port-specific VIPs at all, which most do not. */
+static __always_inline void lookup_tenant(const struct packet_facts *f, struct ew_vip *out)
 {
-    struct ew_vip_key key = {};
-    __u32 *tenant;
+    const struct ew_vip *vip, *port_vip = NULL;
 
-    key.family = f->family;
-    vip_key_set_addr(&key, f);
-    if (f->l4_parsed && (f->l4_proto == IPPROTO_TCP || f->l4_proto == IPPROTO_UDP)) {
-        key.proto = f->l4_proto;
-        key.port = f->dport;
-        tenant = bpf_map_lookup_elem(&ew_vips, &key);
-        if (tenant)
-            return *tenant;
-        key.proto = 0;
-        key.port = 0;
+    if (f->family == EW_FAMILY_IPV4) {
+        const struct iphdr *ip = f->l3;
+        __u32 daddr = ip->daddr;
+
+        vip = bpf_map_lookup_elem(&ew_vips_v4, &daddr);
+        if (vip && (vip->flags & EW_VIP_HAS_PORT_VIPS) && has_port(f)) {
+            struct ew_vip_port_v4_key key = { .port = f->dport, .proto = f->l4_proto };
+
+            __builtin_memcpy(key.addr, &daddr, 4);
+            port_vip = bpf_map_lookup_elem(&ew_vip_ports_v4, &key);
+        }
+    } else {
+        const struct ipv6hdr *ip6 = f->l3;
+        struct ew_vip_v6_key key;
+
+        __builtin_memcpy(key.addr, &ip6->daddr, 16);
+        vip = bpf_map_lookup_elem(&ew_vips_v6, &key);
+        if (vip && (vip->flags & EW_VIP_HAS_PORT_VIPS) && has_port(f)) {
+            struct ew_vip_port_v6_key pkey = { .port = f->dport, .proto = f->l4_proto };
+
+            __builtin_memcpy(pkey.addr, &ip6->daddr, 16);
+            port_vip = bpf_map_lookup_elem(&ew_vip_ports_v6, &pkey);
+        }
     }
-    tenant = bpf_map_lookup_elem(&ew_vips, &key);
-    return tenant ? *tenant : EW_TENANT_UNASSIGNED;
+    if (port_vip)
+        vip = port_vip;
+    if (vip) {
+        *out = *vip;
+    } else {
+        out->tenant_id = EW_TENANT_UNASSIGNED;
+        out->slot = EW_TENANT_UNASSIGNED;
+        out->flags = 0;
+    }
 }
 
 static __always_inline int source_globally_blocked(const struct packet_facts *f, __u32 config_flags)
 {
     if (f->family == EW_FAMILY_IPV4) {
         const struct iphdr *ip = f->l3;
-        struct ew_lpm_v4_key key = { .prefixlen = 32 };
 
-        if (!(config_flags & EW_CONFIG_GLOBAL_V4_BLOCKS))
-            return 0;
-        __builtin_memcpy(key.addr, &ip->saddr, 4);
-        return bpf_map_lookup_elem(&ew_gblock_v4, &key) != NULL;
+        return (config_flags & EW_CONFIG_GLOBAL_V4_BLOCKS) && source_blocked_v4_global(ip->saddr);
     } else {
         const struct ipv6hdr *ip6 = f->l3;
-        struct ew_lpm_v6_key key = { .prefixlen = 128 };
 
-        if (!(config_flags & EW_CONFIG_GLOBAL_V6_BLOCKS))
-            return 0;
-        __builtin_memcpy(key.addr, &ip6->saddr, 16);
-        return bpf_map_lookup_elem(&ew_gblock_v6, &key) != NULL;
+        return (config_flags & EW_CONFIG_GLOBAL_V6_BLOCKS) && source_blocked_v6_global(&ip6->saddr);
     }
 }
 
 static __always_inline int source_blocked_for_tenant(const struct packet_facts *f, __u32 tenant_id)
 {
-    __be32 tenant_be = bpf_htonl(tenant_id);
-
     if (f->family == EW_FAMILY_IPV4) {
         const struct iphdr *ip = f->l3;
-        struct ew_tenant_lpm_v4_key key = { .prefixlen = 64 };
 
-        __builtin_memcpy(key.tenant_id, &tenant_be, 4);
-        __builtin_memcpy(key.addr, &ip->saddr, 4);
-        return bpf_map_lookup_elem(&ew_tblock_v4, &key) != NULL;
+        return source_blocked_v4_tenant(ip->saddr, tenant_id);
     } else {
         const struct ipv6hdr *ip6 = f->l3;
-        struct ew_tenant_lpm_v6_key key = { .prefixlen = 160 };
 
-        __builtin_memcpy(key.tenant_id, &tenant_be, 4);
-        __builtin_memcpy(key.addr, &ip6->saddr, 16);
-        return bpf_map_lookup_elem(&ew_tblock_v6, &key) != NULL;
+        return source_blocked_v6_tenant(&ip6->saddr, tenant_id);
     }
 }
 
@@ -86,7 +86,7 @@ static __always_inline int port_blocked_for_tenant(const struct packet_facts *f,
 {
     struct ew_port_key key = {};
 
-    if (!f->l4_parsed || (f->l4_proto != IPPROTO_TCP && f->l4_proto != IPPROTO_UDP))
+    if (!has_port(f))
         return 0;
     key.tenant_id = tenant_id;
     key.port = f->dport;
@@ -94,27 +94,20 @@ static __always_inline int port_blocked_for_tenant(const struct packet_facts *f,
     return bpf_map_lookup_elem(&ew_port_blocks, &key) != NULL;
 }
 
-static __always_inline __u32 decide_ip_verdict(const struct packet_facts *f, __u32 tenant_id)
+static __always_inline __u32 decide_ip_verdict(const struct packet_facts *f, const struct ew_vip *tenant)
 {
     __u32 zero = 0;
     struct ew_config *config = bpf_map_lookup_elem(&ew_config, &zero);
-    __u32 tenant_flags = 0;
 
     if (config && source_globally_blocked(f, config->flags))
         return EW_REASON_DROP_GLOBAL_BLOCK;
-    if (tenant_id != EW_TENANT_UNASSIGNED) {
-        struct ew_tenant *tenant = bpf_map_lookup_elem(&ew_tenants, &tenant_id);
-
-        if (tenant)
-            tenant_flags = tenant->flags;
-    }
-    if (tenant_flags & EW_TENANT_SUSPENDED)
+    if (tenant->flags & EW_TENANT_SUSPENDED)
         return EW_REASON_DROP_TENANT_SUSPENDED;
-    if ((tenant_flags & EW_TENANT_HAS_SOURCE_BLOCKS) && source_blocked_for_tenant(f, tenant_id))
+    if ((tenant->flags & EW_TENANT_HAS_SOURCE_BLOCKS) && source_blocked_for_tenant(f, tenant->tenant_id))
         return EW_REASON_DROP_TENANT_BLOCK;
     if (f->malformed)
         return EW_REASON_DROP_MALFORMED;
-    if ((tenant_flags & EW_TENANT_HAS_PORT_BLOCKS) && port_blocked_for_tenant(f, tenant_id))
+    if ((tenant->flags & EW_TENANT_HAS_PORT_BLOCKS) && port_blocked_for_tenant(f, tenant->tenant_id))
         return EW_REASON_DROP_PORT_BLOCK;
     return EW_REASON_PASS_ALLOWED;
 }

@@ -60,6 +60,12 @@ int libbpf_num_possible_cpus(void);
 #define XDP_PASS 2
 #define XDP_TX 3
 #define XDP_REDIRECT 4
+#define BPF_MAP_TYPE_HASH 1
+#define BPF_MAP_TYPE_ARRAY 2
+#define BPF_MAP_TYPE_PERCPU_ARRAY 6
+#define BPF_MAP_TYPE_LPM_TRIE 11
+#define BPF_MAP_TYPE_ARRAY_OF_MAPS 12
+#define BPF_F_NO_PREALLOC 1
 #define BPF_ANY 0
 #define BPF_NOEXIST 1
 #define BPF_EXIST 2
@@ -73,6 +79,8 @@ int ew_prog_test_run(int prog_fd, const void *data, __u32 size, void *data_out, 
 int ew_prog_info(int prog_fd, __u32 *id, char *name, __u32 name_size, __u32 *type);
 int ew_map_info(int map_fd, __u32 *id, char *name, __u32 name_size, __u32 *type,
                 __u32 *key_size, __u32 *value_size, __u32 *max_entries);
+int ew_map_create(__u32 map_type, const char *name, __u32 key_size, __u32 value_size, __u32 max_entries,
+                  __u32 map_flags);
 int ew_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, __u32 *count);
 int ew_map_update_batch(int fd, const void *keys, const void *values, __u32 *count, __u64 elem_flags);
 int ew_map_delete_batch(int fd, const void *keys, __u32 *count);
@@ -163,6 +171,13 @@ int ew_map_info(int map_fd, __u32 *id, char *name, __u32 name_size, __u32 *type,
     *max_entries = info.max_entries;
     snprintf(name, name_size, "%s", info.name);
     return 0;
+}
+
+int ew_map_create(__u32 map_type, const char *name, __u32 key_size, __u32 value_size, __u32 max_entries,
+                  __u32 map_flags)
+{
+    LIBBPF_OPTS(bpf_map_create_opts, opts, .map_flags = map_flags);
+    return bpf_map_create(map_type, name, key_size, value_size, max_entries, &opts);
 }
 
 int ew_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, __u32 *count)

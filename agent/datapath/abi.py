@@ -3,6 +3,7 @@ reasons and constants, all read from the compiled cffi module so the header
 stays the only definition."""
 
 import enum
+from dataclasses import dataclass
 
 from agent._libbpf import ffi, lib
 
@@ -38,19 +39,51 @@ MAX_IPV6_EXT_HEADERS = lib.EW_MAX_IPV6_EXT_HEADERS
 
 COUNTER_FIELDS = ffi.sizeof("struct ew_counters") // 8
 
+BLOCK_NODE_FULL = lib.EW_BLOCK_NODE_FULL
+BLOCK_LEVEL_16 = lib.EW_BLOCK_LEVEL_16
+BLOCK_LEVEL_24 = lib.EW_BLOCK_LEVEL_24
+VIP_HAS_PORT_VIPS = lib.EW_VIP_HAS_PORT_VIPS
+MAX_TENANTS = lib.EW_MAX_TENANTS
+
 # Map name -> (key C type, value C type), as declared in bpf/maps.h.
 MAP_LAYOUTS: dict[str, tuple[str, str]] = {
-    "ew_vips": ("struct ew_vip_key", "__u32"),
+    "ew_vips_v4": ("__u32", "struct ew_vip"),
+    "ew_vips_v6": ("struct ew_vip_v6_key", "struct ew_vip"),
+    "ew_vip_ports_v4": ("struct ew_vip_port_v4_key", "struct ew_vip"),
+    "ew_vip_ports_v6": ("struct ew_vip_port_v6_key", "struct ew_vip"),
     "ew_tenants": ("__u32", "struct ew_tenant"),
     "ew_port_blocks": ("struct ew_port_key", "__u8"),
-    "ew_gblock_v4": ("struct ew_lpm_v4_key", "struct ew_block_value"),
-    "ew_gblock_v6": ("struct ew_lpm_v6_key", "struct ew_block_value"),
-    "ew_tblock_v4": ("struct ew_tenant_lpm_v4_key", "struct ew_block_value"),
-    "ew_tblock_v6": ("struct ew_tenant_lpm_v6_key", "struct ew_block_value"),
+    "ew_gblock_v4": ("__u32", "__u32"),
+    "ew_tblock_v4": ("__u32", "__u32"),
+    "ew_gblock_v6": ("__u32", "__u32"),
+    "ew_tblock_v6": ("__u32", "__u32"),
     "ew_counters": ("__u32", "struct ew_counters"),
     "ew_config": ("__u32", "struct ew_config"),
 }
 PERCPU_MAPS = frozenset({"ew_counters"})
+
+
+@dataclass(frozen=True)
+class InnerTable:
+    """The inner map behind one slot of a swappable (map-in-map) table; must
+    match the template in bpf/maps.h, or the kernel refuses the swap."""
+
+    map_type: int
+    key_type: str
+    value_type: str
+    max_entries: int
+    map_flags: int = lib.BPF_F_NO_PREALLOC
+
+
+SWAPPABLE_TABLES: dict[str, InnerTable] = {
+    "ew_gblock_v4": InnerTable(lib.BPF_MAP_TYPE_HASH, "__u32", "struct ew_block_node", lib.EW_MAX_BLOCK_NODES_V4),
+    "ew_tblock_v4": InnerTable(lib.BPF_MAP_TYPE_HASH, "struct ew_tenant_block_key", "struct ew_block_node",
+                               lib.EW_MAX_TENANT_BLOCK_NODES_V4),
+    "ew_gblock_v6": InnerTable(lib.BPF_MAP_TYPE_LPM_TRIE, "struct ew_lpm_v6_key", "struct ew_block_value",
+                               lib.EW_MAX_SOURCE_BLOCKS_V6),
+    "ew_tblock_v6": InnerTable(lib.BPF_MAP_TYPE_LPM_TRIE, "struct ew_tenant_lpm_v6_key", "struct ew_block_value",
+                               lib.EW_MAX_SOURCE_BLOCKS_V6),
+}
 
 
 def _counter_layout() -> dict[str, slice]:

@@ -77,13 +77,17 @@ class TenantCounters:
         }
 
 
-def read_counters(counters_map: BpfMap) -> dict[int, TenantCounters]:
-    """Every tenant's counters, summed over CPUs (one batched map read)."""
-    items = counters_map.items()
-    keys = sorted(items)
-    raw = b"".join(items[k] for k in keys)
-    sums = _counters.sum_percpu(raw, len(keys), counters_map.ncpus, abi.COUNTER_FIELDS)
-    return {
-        int.from_bytes(k, "little"): TenantCounters.from_fields(int.from_bytes(k, "little"), s)
-        for k, s in zip(keys, sums)
-    }
+def read_counters(maps: dict[str, BpfMap]) -> dict[int, TenantCounters]:
+    """Every tenant's counters (tenant 0 included), summed over CPUs."""
+    counters = maps["ew_counters"]
+    slots = {struct.unpack("=I", k)[0]: struct.unpack("=II", v)[1] for k, v in maps["ew_tenants"].items().items()}
+    slots[abi.TENANT_UNASSIGNED] = abi.TENANT_UNASSIGNED
+    if len(slots) * 8 < counters.max_entries:
+        # Few tenants: look up just their slots rather than copying the whole array.
+        raw_by_slot = {slot: counters.lookup(struct.pack("=I", slot)) for slot in set(slots.values())}
+    else:
+        raw_by_slot = {struct.unpack("=I", k)[0]: v for k, v in counters.items().items()}
+    order = sorted(slots)
+    raw = b"".join(raw_by_slot[slots[t]] for t in order)
+    sums = _counters.sum_percpu(raw, len(order), counters.ncpus, abi.COUNTER_FIELDS)
+    return {tenant_id: TenantCounters.from_fields(tenant_id, s) for tenant_id, s in zip(order, sums)}

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Iterator
 
 from agent._libbpf import ffi, lib
-from agent.datapath.apply import ApplyReport, apply_compiled
+from agent.datapath.apply import ApplyReport, apply_policy_to_maps
 from agent.datapath.program import PROGRAM_NAME, LoadedProgram, close_maps, ensure_bpffs, open_pinned_maps
 from agent.datapath.syscalls import BpfError, obj_get, prog_fd_by_id, prog_info, xdp_attach, xdp_detach, xdp_query
-from agent.policy.compile import compile_policy
 from agent.policy.document import load_policy, save_policy
 from agent.policy.model import Policy
 
@@ -126,7 +125,7 @@ def attach(ifname: str, mode: AttachMode = AttachMode.NATIVE, policy: Policy | N
         with LoadedProgram(pin_dir=pin_dir) as program:
             report = None
             if policy is not None:
-                report = apply_compiled(program.maps, compile_policy(policy))
+                report = apply_policy_to_maps(program.maps, policy)
             _attach_in_mode(ifname, ifindex, program.prog_fd, mode, current.prog_id, current.attach_mode)
             program.pin_program(pin_dir / PROGRAM_PIN)
         if policy is not None:
@@ -234,8 +233,7 @@ def current_policy(ifname: str) -> Policy:
 
 
 def apply_policy(ifname: str, policy: Policy) -> ApplyReport:
-    compiled = compile_policy(policy)
     with _interface_lock(ifname), live_maps(ifname) as maps:
-        report = apply_compiled(maps, compiled)
+        report = apply_policy_to_maps(maps, policy)
         save_policy(policy, policy_path_for(ifname))
     return report

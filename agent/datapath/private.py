@@ -4,11 +4,10 @@ BPF_PROG_TEST_RUN: nothing is attached and nothing is sent. Used by
 
 from __future__ import annotations
 
-from agent.datapath.apply import ApplyReport, apply_compiled
+from agent.datapath.apply import ApplyReport, apply_policy_to_maps
 from agent.datapath.counters import TenantCounters, read_counters
 from agent.datapath.program import LoadedProgram
 from agent.datapath.syscalls import test_run
-from agent.policy.compile import compile_policy
 from agent.policy.model import Policy
 
 
@@ -20,7 +19,7 @@ class PrivateDatapath:
             self.apply(policy)
 
     def apply(self, policy: Policy) -> ApplyReport:
-        self.last_apply = apply_compiled(self.program.maps, compile_policy(policy))
+        self.last_apply = apply_policy_to_maps(self.program.maps, policy)
         return self.last_apply
 
     def run(self, frame: bytes) -> int:
@@ -31,7 +30,7 @@ class PrivateDatapath:
         return test_run(self.program.prog_fd, frame, repeat).duration_ns
 
     def counters(self) -> dict[int, TenantCounters]:
-        return read_counters(self.program.maps["ew_counters"])
+        return read_counters(self.program.maps)
 
     def close(self) -> None:
         self.program.close()

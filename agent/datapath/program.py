@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agent._libbpf import ffi, lib
 from agent.datapath import abi
+from agent.datapath.blocktables import SwappableTable
 from agent.datapath.syscalls import BpfError, BpfMap, check, take_libbpf_log
 
 PROGRAM_NAME = "edgewarden_xdp"
@@ -52,6 +53,9 @@ class LoadedProgram:
                 fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, name.encode()))
                 self.maps[name] = BpfMap(fd, name, key_type, value_type,
                                          percpu=name in abi.PERCPU_MAPS, owns_fd=False)
+            # A new (not adopted) swappable table starts with an empty inner table.
+            for name in abi.SWAPPABLE_TABLES:
+                SwappableTable(self.maps[name]).ensure_inner()
         except Exception:
             self.close()
             raise

@@ -280,3 +280,14 @@ def obj_get(path: str) -> int:
 
 def obj_pin(fd: int, path: str) -> None:
     check(lib.bpf_obj_pin(fd, path.encode()), f"pinning at {path}")
+
+
+def create_map(map_type: int, name: str, key_type: str, value_type: str, max_entries: int, map_flags: int) -> BpfMap:
+    fd = check(lib.ew_map_create(map_type, name.encode(), ffi.sizeof(key_type), ffi.sizeof(value_type),
+                                 max_entries, map_flags), f"creating map {name}")
+    return BpfMap(fd, name, key_type, value_type)
+
+
+def map_by_id(map_id: int, name: str, key_type: str, value_type: str) -> BpfMap:
+    fd = check(lib.bpf_map_get_fd_by_id(map_id), f"opening map id {map_id} ({name})")
+    return BpfMap(fd, name, key_type, value_type)

@@ -1,19 +1,28 @@
 """Compiles a validated policy into the exact contents of the datapath maps
 (keys and values as bytes in the ABI layouts), so applying a policy is a
-diff between two sets of map entries."""
+diff between two sets of map entries. Block lists compile into the
+contents of the swappable tables (agent.datapath.blocktables)."""
 
 from __future__ import annotations
 
-import ipaddress
 import socket
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 from agent._libbpf import ffi
 from agent.blocklist import compile_prefixes
 from agent.datapath import abi
-from agent.policy.model import PROTOCOL_NUMBERS, Policy, Tenant, Vip
+from agent.datapath import blocktables
+from agent.policy.model import PROTOCOL_NUMBERS, Policy, Tenant
 
 GLOBAL_LIST_ID = 0  # list id of entries from the policy's own block lists
+
+# Regular maps, in the order new entries are written (removals go in reverse):
+# rules before the tenants and VIPs that make them reachable, port-specific
+# VIPs before the any-port entries that announce them.
+POLICY_MAPS = ("ew_port_blocks", "ew_tenants", "ew_vip_ports_v4", "ew_vip_ports_v6",
+               "ew_vips_v4", "ew_vips_v6", "ew_config")
+BLOCK_TABLES = ("ew_gblock_v4", "ew_gblock_v6", "ew_tblock_v4", "ew_tblock_v6")
 
 
 def _pack(c_type: str, init) -> bytes:
@@ -24,17 +33,7 @@ def pack_u32(value: int) -> bytes:
     return _pack("__u32", value)
 
 
-def vip_key(vip: Vip) -> bytes:
-    family = abi.FAMILY_IPV4 if vip.address.version == 4 else abi.FAMILY_IPV6
-    return _pack("struct ew_vip_key", {
-        "addr": list(vip.address.packed.ljust(16, b"\0")),
-        "port": socket.htons(vip.port or 0),
-        "proto": PROTOCOL_NUMBERS[vip.protocol] if vip.protocol else 0,
-        "family": family,
-    })
-
-
-def tenant_value(tenant: Tenant) -> bytes:
+def tenant_flags(tenant: Tenant) -> int:
     flags = 0
     if tenant.suspended:
         flags |= abi.TENANT_SUSPENDED
@@ -42,7 +41,15 @@ def tenant_value(tenant: Tenant) -> bytes:
         flags |= abi.TENANT_HAS_SOURCE_BLOCKS
     if tenant.blocked_ports:
         flags |= abi.TENANT_HAS_PORT_BLOCKS
-    return _pack("struct ew_tenant", {"flags": flags})
+    return flags
+
+
+def vip_value(tenant_id: int, slot: int, flags: int) -> bytes:
+    return _pack("struct ew_vip", {"tenant_id": tenant_id, "slot": slot, "flags": flags})
+
+
+def tenant_value(flags: int, slot: int) -> bytes:
+    return _pack("struct ew_tenant", {"flags": flags, "slot": slot})
 
 
 def port_key(tenant_id: int, protocol: str, port: int) -> bytes:
@@ -51,72 +58,107 @@ def port_key(tenant_id: int, protocol: str, port: int) -> bytes:
     })
 
 
-def block_value(list_id: int = GLOBAL_LIST_ID) -> bytes:
-    return _pack("struct ew_block_value", {"list_id": list_id})
-
-
-def global_block_key(net) -> tuple[str, bytes]:
-    if net.version == 4:
-        return "ew_gblock_v4", _pack("struct ew_lpm_v4_key", {"prefixlen": net.prefixlen, "addr": list(net.network_address.packed)})
-    return "ew_gblock_v6", _pack("struct ew_lpm_v6_key", {"prefixlen": net.prefixlen, "addr": list(net.network_address.packed)})
-
-
-def tenant_block_key(tenant_id: int, net) -> tuple[str, bytes]:
-    tenant_be = list(tenant_id.to_bytes(4, "big"))
-    if net.version == 4:
-        return "ew_tblock_v4", _pack("struct ew_tenant_lpm_v4_key", {
-            "prefixlen": 32 + net.prefixlen, "tenant_id": tenant_be, "addr": list(net.network_address.packed)})
-    return "ew_tblock_v6", _pack("struct ew_tenant_lpm_v6_key", {
-        "prefixlen": 32 + net.prefixlen, "tenant_id": tenant_be, "addr": list(net.network_address.packed)})
-
-
 def config_value(revision: int, flags: int) -> bytes:
     return _pack("struct ew_config", {"policy_revision": revision, "flags": flags})
 
 
+def block_value(list_id: int = GLOBAL_LIST_ID) -> bytes:
+    return _pack("struct ew_block_value", {"list_id": list_id})
+
+
+class SlotsExhausted(ValueError):
+    pass
+
+
+def assign_slots(policy: Policy, live_slots: dict[int, int], capacity: int) -> dict[int, int]:
+    """Counter slot per tenant: a tenant keeps its slot; a new one takes a slot
+    no live tenant holds (slots of removed tenants are free from the next
+    apply on, once no VIP can point at them any more). Slot 0 is tenant 0's."""
+    slots = {t.id: live_slots[t.id] for t in policy.tenants if t.id in live_slots}
+    taken = set(live_slots.values()) | {abi.TENANT_UNASSIGNED}
+    free = (s for s in range(1, capacity) if s not in taken)
+    for tenant in policy.tenants:
+        if tenant.id not in slots:
+            slot = next(free, None)
+            if slot is None:
+                raise SlotsExhausted(f"no free counter slot for tenant {tenant.id} ({capacity - 1} slots, "
+                                     f"{len(live_slots)} held); apply a policy without removed tenants first, "
+                                     "or attach with more capacity; nothing was applied")
+            slots[tenant.id] = slot
+    return slots
+
+
 @dataclass
 class CompiledPolicy:
-    """Desired contents of every policy map; counters are not policy and are not here."""
+    """Desired contents of every policy map and block table; counters are not policy."""
 
     revision: int
     maps: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
-    tenant_ids: frozenset[int] = frozenset()
+    tables: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
+    slots: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def tenant_ids(self) -> frozenset[int]:
+        return frozenset(self.slots)
 
     def entry_counts(self) -> dict[str, int]:
-        return {name: len(entries) for name, entries in self.maps.items()}
+        return {name: len(entries) for name, entries in {**self.maps, **self.tables}.items()}
 
 
-POLICY_MAPS = ("ew_gblock_v4", "ew_gblock_v6", "ew_tblock_v4", "ew_tblock_v6",
-               "ew_port_blocks", "ew_tenants", "ew_vips", "ew_config")
-
-
-def compile_policy(policy: Policy) -> CompiledPolicy:
-    maps: dict[str, dict[bytes, bytes]] = {name: {} for name in POLICY_MAPS}
-    for net in compile_prefixes(policy.blocked_sources):
-        name, key = global_block_key(net)
-        maps[name][key] = block_value()
+def _vip_maps(policy: Policy, slots: dict[int, int]) -> dict[str, dict[bytes, bytes]]:
+    maps: dict[str, dict[bytes, bytes]] = {name: {} for name in
+                                           ("ew_vips_v4", "ew_vips_v6", "ew_vip_ports_v4", "ew_vip_ports_v6")}
+    any_port: dict[bytes, tuple[int, str]] = {}      # packed address -> (tenant id, family suffix)
+    with_ports: dict[bytes, str] = {}
     for tenant in policy.tenants:
-        maps["ew_tenants"][pack_u32(tenant.id)] = tenant_value(tenant)
+        value = vip_value(tenant.id, slots[tenant.id], tenant_flags(tenant))
         for vip in tenant.vips:
-            maps["ew_vips"][vip_key(vip)] = pack_u32(tenant.id)
+            addr = vip.address.packed
+            suffix = "v4" if vip.address.version == 4 else "v6"
+            if vip.protocol is None:
+                any_port[addr] = (tenant.id, suffix)
+                continue
+            key = _pack(f"struct ew_vip_port_{suffix}_key", {
+                "addr": list(addr), "port": socket.htons(vip.port), "proto": PROTOCOL_NUMBERS[vip.protocol]})
+            maps[f"ew_vip_ports_{suffix}"][key] = value
+            with_ports[addr] = suffix
+    by_id = {t.id: t for t in policy.tenants}
+    for addr in any_port.keys() | with_ports.keys():
+        tenant_id, suffix = any_port.get(addr, (abi.TENANT_UNASSIGNED, with_ports.get(addr)))
+        flags = abi.VIP_HAS_PORT_VIPS if addr in with_ports else 0
+        if tenant_id != abi.TENANT_UNASSIGNED:
+            flags |= tenant_flags(by_id[tenant_id])
+        maps[f"ew_vips_{suffix}"][addr] = vip_value(tenant_id, slots.get(tenant_id, 0), flags)
+    return maps
+
+
+def _block_tables(policy: Policy) -> dict[str, dict[bytes, bytes]]:
+    tables: dict[str, dict[bytes, bytes]] = {name: {} for name in BLOCK_TABLES}
+    global_prefixes = compile_prefixes(policy.blocked_sources)
+    tables["ew_gblock_v4"] = blocktables.global_v4_entries(
+        blocktables.v4_block_nodes(n for n in global_prefixes if n.version == 4))
+    tables["ew_gblock_v6"] = {blocktables.v6_lpm_key(n): block_value() for n in global_prefixes if n.version == 6}
+    for tenant in policy.tenants:
+        prefixes = compile_prefixes(tenant.blocked_sources)
+        tables["ew_tblock_v4"].update(blocktables.tenant_v4_entries(
+            tenant.id, blocktables.v4_block_nodes(n for n in prefixes if n.version == 4)))
+        tables["ew_tblock_v6"].update(
+            {blocktables.v6_lpm_key(n, tenant.id): block_value() for n in prefixes if n.version == 6})
+    return tables
+
+
+def compile_policy(policy: Policy, live_slots: dict[int, int] | None = None,
+                   slot_capacity: int = abi.MAX_TENANTS) -> CompiledPolicy:
+    slots = assign_slots(policy, live_slots or {}, slot_capacity)
+    maps: dict[str, dict[bytes, bytes]] = defaultdict(dict)
+    maps.update(_vip_maps(policy, slots))
+    for tenant in policy.tenants:
+        maps["ew_tenants"][pack_u32(tenant.id)] = tenant_value(tenant_flags(tenant), slots[tenant.id])
         for rule in tenant.blocked_ports:
             for port in rule.ports():
                 maps["ew_port_blocks"][port_key(tenant.id, rule.protocol, port)] = b"\x01"
-        for net in compile_prefixes(tenant.blocked_sources):
-            name, key = tenant_block_key(tenant.id, net)
-            maps[name][key] = block_value()
-    flags = (abi.CONFIG_GLOBAL_V4_BLOCKS if maps["ew_gblock_v4"] else 0) | (
-        abi.CONFIG_GLOBAL_V6_BLOCKS if maps["ew_gblock_v6"] else 0)
+    tables = _block_tables(policy)
+    flags = (abi.CONFIG_GLOBAL_V4_BLOCKS if tables["ew_gblock_v4"] else 0) | (
+        abi.CONFIG_GLOBAL_V6_BLOCKS if tables["ew_gblock_v6"] else 0)
     maps["ew_config"][pack_u32(0)] = config_value(policy.revision, flags)
-    return CompiledPolicy(policy.revision, maps, frozenset(t.id for t in policy.tenants))
-
-
-def decode_global_block_key(name: str, key: bytes):
-    """Inverse of global_block_key, for listing what is in a live map."""
-    struct = ffi.from_buffer("struct ew_lpm_v4_key *" if name.endswith("v4") else "struct ew_lpm_v6_key *", key)
-    return ipaddress.ip_network((bytes(struct.addr), struct.prefixlen))
-
-
-def decode_tenant_block_key(name: str, key: bytes):
-    struct = ffi.from_buffer("struct ew_tenant_lpm_v4_key *" if name.endswith("v4") else "struct ew_tenant_lpm_v6_key *", key)
-    return int.from_bytes(bytes(struct.tenant_id), "big"), ipaddress.ip_network((bytes(struct.addr), struct.prefixlen - 32))
+    return CompiledPolicy(policy.revision, {name: dict(maps[name]) for name in POLICY_MAPS}, tables, slots)

@@ -15,31 +15,42 @@
 
 /* ABI-BEGIN */
 
-/* Map capacities. The loader may raise them (bpf_map__set_max_entries). */
+/* Map capacities. The loader may raise EW_MAX_TENANTS (counter slots). */
 #define EW_MAX_TENANTS 16384
 #define EW_MAX_VIPS 65536
 #define EW_MAX_PORT_RULES 65536
-#define EW_MAX_SOURCE_BLOCKS 1048576
+#define EW_MAX_BLOCK_NODES_V4 2097152
+#define EW_MAX_TENANT_BLOCK_NODES_V4 262144
+#define EW_MAX_SOURCE_BLOCKS_V6 262144
 
 /* Parser bounds: the verifier needs fixed loop bounds. */
 #define EW_MAX_VLAN_TAGS 2
 #define EW_MAX_IPV6_EXT_HEADERS 6
 
-/* Tenant 0 owns all traffic whose destination matches no VIP. */
+/* Tenant 0 owns all traffic whose destination matches no VIP; its counters
+ * live in slot 0. */
 #define EW_TENANT_UNASSIGNED 0
 
-/* Values of ew_tenant.flags. */
+/* Values of ew_vip.flags (the tenant's state, copied into each of its VIPs so
+ * the packet path needs one lookup) and of ew_tenant.flags. */
 #define EW_TENANT_SUSPENDED 1
 #define EW_TENANT_HAS_SOURCE_BLOCKS 2
 #define EW_TENANT_HAS_PORT_BLOCKS 4
+#define EW_VIP_HAS_PORT_VIPS 8      /* the address also has (protocol, port) VIPs */
 
 /* Values of ew_config.flags: let the datapath skip empty global lists. */
 #define EW_CONFIG_GLOBAL_V4_BLOCKS 1
 #define EW_CONFIG_GLOBAL_V6_BLOCKS 2
 
-/* Address families as stored in ew_vip_key.family. */
+/* Address families as used in policy compilation. */
 #define EW_FAMILY_IPV4 4
 #define EW_FAMILY_IPV6 6
+
+/* IPv4 block tables: two levels in one hash. Key = level << 24 | index,
+ * index = address >> 16 (level 16) or address >> 8 (level 24). */
+#define EW_BLOCK_LEVEL_16 16
+#define EW_BLOCK_LEVEL_24 24
+#define EW_BLOCK_NODE_FULL 1        /* the whole /16 is blocked */
 
 enum ew_traffic_class {
     EW_CLASS_TCP_SYN = 0,
@@ -65,18 +76,41 @@ enum ew_verdict_reason {
     EW_REASON_SLOTS = 16
 };
 
-/* ew_vips: destination -> tenant. port == 0 and proto == 0 means any port. */
-struct ew_vip_key {
-    __u8 addr[16];      /* IPv4 in the first 4 bytes, rest zero */
-    __u16 port;         /* network byte order */
-    __u8 proto;         /* IPPROTO_TCP, IPPROTO_UDP, or 0 */
-    __u8 family;        /* EW_FAMILY_IPV4 or EW_FAMILY_IPV6 */
+/* Value of every VIP map: who owns the destination and its state. */
+struct ew_vip {
+    __u32 tenant_id;
+    __u32 slot;         /* index into ew_counters */
+    __u32 flags;        /* EW_TENANT_* | EW_VIP_HAS_PORT_VIPS */
+    __u32 reserved;
 };
 
-/* ew_tenants: tenant id -> state. */
+/* ew_vips_v4 / ew_vips_v6: destination address (any port) -> ew_vip. An
+ * address with only (protocol, port) VIPs has an entry for tenant 0 with
+ * EW_VIP_HAS_PORT_VIPS set, so one lookup tells whether a second is needed. */
+struct ew_vip_v6_key {
+    __u8 addr[16];
+};
+
+/* ew_vip_ports_v4 / ew_vip_ports_v6: (address, protocol, port) -> ew_vip. */
+struct ew_vip_port_v4_key {
+    __u8 addr[4];
+    __u16 port;         /* network byte order */
+    __u8 proto;
+    __u8 pad;
+};
+
+struct ew_vip_port_v6_key {
+    __u8 addr[16];
+    __u16 port;         /* network byte order */
+    __u8 proto;
+    __u8 pad;
+};
+
+/* ew_tenants: tenant id -> state and counter slot (read by the agent, not
+ * on the packet path). */
 struct ew_tenant {
     __u32 flags;
-    __u32 reserved;
+    __u32 slot;
 };
 
 /* ew_port_blocks: (tenant, proto, destination port) -> 1. */
@@ -87,38 +121,44 @@ struct ew_port_key {
     __u8 pad;
 };
 
-/* ew_global_blocks_v4/v6: LPM tries on the source address. */
-struct ew_lpm_v4_key {
-    __u32 prefixlen;
-    __u8 addr[4];
+/* Node of an IPv4 block table. Level 16: flags may say the whole /16 is
+ * blocked; else bit i of full24 / partial24 says /24 number i inside it is
+ * blocked entirely / has a level-24 node. Level 24: bit h of hosts says
+ * host h of the /24 is blocked. One inner map holds both levels, so a whole
+ * list version is swapped in with one update of the outer map. */
+struct ew_block_node {
+    __u32 flags;
+    __u32 reserved;
+    __u64 full24[4];    /* level 16; at level 24: hosts */
+    __u64 partial24[4]; /* level 16 only */
 };
 
+/* ew_tblock_v4 inner key: the tenant, then the level-tagged index. */
+struct ew_tenant_block_key {
+    __u32 tenant_id;
+    __u32 node;
+};
+
+/* ew_gblock_v6 / ew_tblock_v6 inner LPM tries. */
 struct ew_lpm_v6_key {
     __u32 prefixlen;
     __u8 addr[16];
 };
 
-/* ew_tenant_blocks_v4/v6: LPM tries keyed by tenant then source, so one trie
- * serves every tenant: prefixlen = 32 + source prefix length. */
-struct ew_tenant_lpm_v4_key {
-    __u32 prefixlen;
-    __u8 tenant_id[4];  /* network byte order, part of the matched prefix */
-    __u8 addr[4];
-};
-
+/* Tenant-scoped v6 trie: prefixlen = 32 + source prefix length. */
 struct ew_tenant_lpm_v6_key {
     __u32 prefixlen;
-    __u8 tenant_id[4];
+    __u8 tenant_id[4];  /* network byte order, part of the matched prefix */
     __u8 addr[16];
 };
 
-/* Value of every block-list trie: which list put the entry there. */
+/* Value of the v6 tries. */
 struct ew_block_value {
     __u32 list_id;
     __u32 reserved;
 };
 
-/* ew_counters: per-CPU, per tenant. */
+/* ew_counters: per-CPU array indexed by tenant slot. */
 struct ew_counters {
     __u64 class_packets[6];    /* EW_CLASS_COUNT */
     __u64 class_bytes[6];
@@ -142,6 +182,7 @@ _Static_assert(sizeof(((struct ew_counters *)0)->class_packets) == EW_CLASS_COUN
 _Static_assert(sizeof(((struct ew_counters *)0)->reason_packets) == EW_REASON_SLOTS * 8,
                "reason_packets must hold EW_REASON_SLOTS counters");
 _Static_assert(EW_REASON_COUNT <= EW_REASON_SLOTS, "too many verdict reasons");
-_Static_assert(sizeof(struct ew_vip_key) == 20, "ew_vip_key layout changed");
+_Static_assert(sizeof(struct ew_vip_port_v4_key) == 8, "ew_vip_port_v4_key layout changed");
+_Static_assert(sizeof(struct ew_block_node) == 72, "ew_block_node layout changed");
 
 #endif /* EDGEWARDEN_ABI_H */

@@ -1,0 +1,97 @@
+/* Source block-list lookups. IPv4 tables are two-level (/16 then /24 nodes
+ * in one hash, see struct ew_block_node): a prefix of /24 or shorter is
+ * decided by one lookup, a longer one by two. IPv6 uses LPM tries. Every
+ * table sits in slot 0 of a map-in-map so versions swap atomically. */
+#ifndef EW_BLOCKLIST_H
+#define EW_BLOCKLIST_H
+
+#include "maps.h"
+
+static __always_inline int bit_is_set(const __u64 *words, __u32 bit)
+{
+    return (words[(bit >> 6) & 3] >> (bit & 63)) & 1;
+}
+
+static __always_inline __u32 block_node_key(__u32 level, __u32 addr_host)
+{
+    return level == EW_BLOCK_LEVEL_16 ? (EW_BLOCK_LEVEL_16 << 24) | (addr_host >> 16)
+                                      : (EW_BLOCK_LEVEL_24 << 24) | (addr_host >> 8);
+}
+
+/* The decision for one address given its level-16 and level-24 nodes. */
+static __always_inline int block_nodes_match(const struct ew_block_node *n16, void *table, void *key24,
+                                             __u32 addr_host, int tenant_scoped)
+{
+    const struct ew_block_node *n24;
+    __u32 index24 = (addr_host >> 8) & 0xff;
+
+    if (n16->flags & EW_BLOCK_NODE_FULL || bit_is_set(n16->full24, index24))
+        return 1;
+    if (!bit_is_set(n16->partial24, index24))
+        return 0;
+    n24 = bpf_map_lookup_elem(table, key24);
+    return n24 && bit_is_set(n24->full24, addr_host & 0xff);
+}
+
+static __always_inline int source_blocked_v4_global(__be32 saddr)
+{
+    __u32 zero = 0, addr = bpf_ntohl(saddr), key16, key24;
+    const struct ew_block_node *n16;
+    void *table = bpf_map_lookup_elem(&ew_gblock_v4, &zero);
+
+    if (!table)
+        return 0;
+    key16 = block_node_key(EW_BLOCK_LEVEL_16, addr);
+    n16 = bpf_map_lookup_elem(table, &key16);
+    if (!n16)
+        return 0;
+    key24 = block_node_key(EW_BLOCK_LEVEL_24, addr);
+    return block_nodes_match(n16, table, &key24, addr, 0);
+}
+
+static __always_inline int source_blocked_v4_tenant(__be32 saddr, __u32 tenant_id)
+{
+    __u32 zero = 0, addr = bpf_ntohl(saddr);
+    struct ew_tenant_block_key key16, key24;
+    const struct ew_block_node *n16;
+    void *table = bpf_map_lookup_elem(&ew_tblock_v4, &zero);
+
+    if (!table)
+        return 0;
+    key16.tenant_id = tenant_id;
+    key16.node = block_node_key(EW_BLOCK_LEVEL_16, addr);
+    n16 = bpf_map_lookup_elem(table, &key16);
+    if (!n16)
+        return 0;
+    key24.tenant_id = tenant_id;
+    key24.node = block_node_key(EW_BLOCK_LEVEL_24, addr);
+    return block_nodes_match(n16, table, &key24, addr, 1);
+}
+
+static __always_inline int source_blocked_v6_global(const struct in6_addr *saddr)
+{
+    __u32 zero = 0;
+    struct ew_lpm_v6_key key = { .prefixlen = 128 };
+    void *trie = bpf_map_lookup_elem(&ew_gblock_v6, &zero);
+
+    if (!trie)
+        return 0;
+    __builtin_memcpy(key.addr, saddr, 16);
+    return bpf_map_lookup_elem(trie, &key) != NULL;
+}
+
+static __always_inline int source_blocked_v6_tenant(const struct in6_addr *saddr, __u32 tenant_id)
+{
+    __u32 zero = 0;
+    __be32 tenant_be = bpf_htonl(tenant_id);
+    struct ew_tenant_lpm_v6_key key = { .prefixlen = 160 };
+    void *trie = bpf_map_lookup_elem(&ew_tblock_v6, &zero);
+
+    if (!trie)
+        return 0;
+    __builtin_memcpy(key.tenant_id, &tenant_be, 4);
+    __builtin_memcpy(key.addr, saddr, 16);
+    return bpf_map_lookup_elem(trie, &key) != NULL;
+}
+
+#endif /* EW_BLOCKLIST_H */
