@@ -175,6 +175,8 @@ def _set_state(args, state: TenantState) -> int:
 # --- stats -------------------------------------------------------------------
 
 def cmd_stats(args) -> int:
+    if args.watch:
+        return _watch_stats(args)
     document = {"interfaces": {}}
     for ifname in _target_interfaces(args):
         policy = current_policy(ifname)
@@ -198,6 +200,49 @@ def cmd_stats(args) -> int:
         _print_table(["TENANT", "NAME", "STATE", "PACKETS", "BYTES", "PASSED", "DROPPED", *[r.upper() for r in reasons]],
                      [[t["tenant_id"], t["name"], t["state"], t["packets"], t["bytes"], t["passed_packets"],
                        t["dropped_packets"], *[t["reason_packets"][r] for r in reasons]] for t in body["tenants"]])
+    return 0
+
+
+def _watch_stats(args) -> int:
+    """Live per-tenant rates, redrawn in place every --interval seconds."""
+    import time
+
+    from agent.datapath.abi import COUNTER_LAYOUT
+    from agent.datapath.counters import CounterMonitor
+
+    ifname = _target_interfaces(args)[0]
+    policy = current_policy(ifname)
+    packets = COUNTER_LAYOUT["reason_packets"]
+    nbytes = COUNTER_LAYOUT["reason_bytes"]
+    drop_indexes = [packets.start + r.value for r in DROP_REASONS]
+    redraw = sys.stdout.isatty()
+    with live_maps(ifname) as maps:
+        monitor = CounterMonitor(maps)
+        monitor.scan()
+        shown = 0
+        while args.count is None or shown < args.count:
+            time.sleep(args.interval)
+            scan = monitor.scan()
+            shown += 1
+            rows = []
+            for tenant_id, _ in scan.top(args.top, by="packets"):
+                if args.tenant is not None and tenant_id != args.tenant:
+                    continue
+                totals, rates = scan.row(scan.tenant_ids.index(tenant_id))
+                known = policy.tenant(tenant_id)
+                drops_by_reason = {r.name: rates[packets.start + r.value] for r in DROP_REASONS
+                                   if rates[packets.start + r.value] >= 0.5}
+                rows.append([tenant_id, known.name if known else ("unassigned" if tenant_id == 0 else "?"),
+                             f"{sum(rates[packets]):,.0f}", f"{8 * sum(rates[nbytes]) / 1e6:,.2f}",
+                             f"{sum(rates[i] for i in drop_indexes):,.0f}",
+                             " ".join(f"{k}={v:,.0f}" for k, v in sorted(drops_by_reason.items())) or "-",
+                             f"{sum(totals[packets]):,}"])
+            if redraw:
+                print("\x1b[H\x1b[2J", end="")
+            print(f"{ifname}: per-tenant rates over {scan.interval_seconds:.1f} s "
+                  f"(top {args.top} by packets/s; Ctrl-C to stop)")
+            _print_table(["TENANT", "NAME", "PKT/S", "MBIT/S", "DROP/S", "DROPS BY REASON", "PACKETS"], rows)
+            sys.stdout.flush()
     return 0
 
 
@@ -280,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", type=int)
     p.add_argument("--iface")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", action="store_true", help="live per-tenant rates, refreshed in place")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (--watch)")
+    p.add_argument("--top", type=int, default=20, help="tenants shown, busiest first (--watch)")
+    p.add_argument("--count", type=int, help="stop after this many refreshes (--watch)")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("classify", help="run a pcap/pcapng through the real XDP program under a policy (nothing sent)")
@@ -294,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        return 130
     except (PolicyError, UsageError) as err:
         print(f"edgewarden: {err}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ pure-Python statement of the same arithmetic."""
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass
 
 from agent import _counters
@@ -77,17 +78,92 @@ class TenantCounters:
         }
 
 
-def read_counters(maps: dict[str, BpfMap]) -> dict[int, TenantCounters]:
-    """Every tenant's counters (tenant 0 included), summed over CPUs."""
-    counters = maps["ew_counters"]
+class AggregatorReference:
+    """Plain-Python statement of agent._counters.CounterAggregator."""
+
+    WRAP_HIGH, WRAP_LOW = 2**63, 2**62
+
+    def __init__(self, fields: int, packet_fields, byte_fields, drop_fields):
+        self.fields = fields
+        self.by = {"packets": tuple(packet_fields), "bytes": tuple(byte_fields), "drops": tuple(drop_fields)}
+        self.previous: dict = {}
+        self.previous_time_ns: int | None = None
+
+    @classmethod
+    def delta(cls, previous: int, current: int) -> int:
+        if current >= previous:
+            return current - previous
+        if previous >= cls.WRAP_HIGH and current < cls.WRAP_LOW:
+            return current + U64_WRAP - previous
+        return current
+
+    def scan(self, raw: bytes, tenant_ids: list, ncpus: int, now_ns: int):
+        totals = sum_percpu_reference(raw, len(tenant_ids), ncpus, self.fields)
+        seconds = (now_ns - self.previous_time_ns) / 1e9 if self.previous_time_ns is not None else 0.0
+        rates = []
+        for tenant_id, row in zip(tenant_ids, totals):
+            old = self.previous.get(tenant_id) if tenant_id is not None else None
+            if old is None or seconds <= 0:
+                rates.append([0.0] * self.fields)
+            else:
+                rates.append([self.delta(o, n) / seconds for o, n in zip(old, row)])
+        self.previous = {t: row for t, row in zip(tenant_ids, totals) if t is not None}
+        self.previous_time_ns = now_ns
+        return totals, rates, max(seconds, 0.0)
+
+    def top(self, tenant_ids, totals, rates, n, by="packets", use_rates=True):
+        values = rates if use_rates else totals
+        scored = [(-float(sum(row[f] for f in self.by[by])), t) for t, row in zip(tenant_ids, values) if t is not None]
+        return [(t, -s) for s, t in sorted(scored)[:n]]
+
+
+def _layout_indexes() -> tuple[list[int], list[int], list[int]]:
+    layout = abi.COUNTER_LAYOUT
+    packets = list(range(layout["reason_packets"].start, layout["reason_packets"].start + len(abi.VerdictReason)))
+    bytes_ = list(range(layout["reason_bytes"].start, layout["reason_bytes"].start + len(abi.VerdictReason)))
+    drops = [layout["reason_packets"].start + r.value for r in abi.DROP_REASONS]
+    return packets, bytes_, drops
+
+
+def new_aggregator(reference: bool = False):
+    cls = AggregatorReference if reference else _counters.CounterAggregator
+    return cls(abi.COUNTER_FIELDS, *_layout_indexes())
+
+
+def tenant_slots(maps: dict[str, BpfMap]) -> dict[int, int]:
+    """tenant id -> counter slot, tenant 0 included."""
     slots = {struct.unpack("=I", k)[0]: struct.unpack("=II", v)[1] for k, v in maps["ew_tenants"].items().items()}
     slots[abi.TENANT_UNASSIGNED] = abi.TENANT_UNASSIGNED
-    if len(slots) * 8 < counters.max_entries:
-        # Few tenants: look up just their slots rather than copying the whole array.
-        raw_by_slot = {slot: counters.lookup(struct.pack("=I", slot)) for slot in set(slots.values())}
-    else:
-        raw_by_slot = {struct.unpack("=I", k)[0]: v for k, v in counters.items().items()}
-    order = sorted(slots)
-    raw = b"".join(raw_by_slot[slots[t]] for t in order)
-    sums = _counters.sum_percpu(raw, len(order), counters.ncpus, abi.COUNTER_FIELDS)
-    return {tenant_id: TenantCounters.from_fields(tenant_id, s) for tenant_id, s in zip(order, sums)}
+    return slots
+
+
+class CounterMonitor:
+    """Scans the live counters on a monotonic clock: totals and rates per tenant."""
+
+    def __init__(self, maps: dict[str, BpfMap], clock=time.monotonic_ns):
+        self.maps = maps
+        self.clock = clock
+        self.aggregator = new_aggregator()
+
+    def scan(self) -> "_counters.CounterScan":
+        counters = self.maps["ew_counters"]
+        slots = tenant_slots(self.maps)
+        if len(slots) * 8 < counters.max_entries:
+            # Few tenants: look up just their slots rather than copying the whole array.
+            order = sorted(slots)
+            raw = b"".join(counters.lookup(struct.pack("=I", slots[t])) for t in order)
+            row_ids: list = order
+        else:
+            raw = counters.array_values()
+            row_ids = [None] * counters.max_entries
+            for tenant_id, slot in slots.items():
+                if slot < counters.max_entries:
+                    row_ids[slot] = tenant_id
+        return self.aggregator.scan(raw, row_ids, counters.ncpus, self.clock())
+
+
+def read_counters(maps: dict[str, BpfMap]) -> dict[int, TenantCounters]:
+    """Every tenant's counters (tenant 0 included), summed over CPUs."""
+    scan = CounterMonitor(maps).scan()
+    return {tenant_id: TenantCounters.from_fields(tenant_id, scan.row(i)[0])
+            for i, tenant_id in enumerate(scan.tenant_ids) if tenant_id is not None}

@@ -191,6 +191,19 @@ class BpfMap:
                 return result
             in_batch = ffi.new("char[]", ffi.buffer(out_batch)[:])
 
+    def array_values(self) -> bytes:
+        """All values of an (per-CPU) array map in index order, one batched read."""
+        count = ffi.new("__u32 *", self.max_entries)
+        keys = ffi.new("char[]", self.key_size * self.max_entries)
+        values = ffi.new("char[]", self.value_size * self.max_entries)
+        out_batch = ffi.new("__u32 *")
+        rc = lib.ew_map_lookup_batch(self.fd, ffi.NULL, out_batch, keys, values, count)
+        if rc < 0 and rc != -2:
+            check(rc, f"batch read of {self.name}")
+        if count[0] != self.max_entries:
+            raise BpfError(5, f"batch read of {self.name} returned {count[0]} of {self.max_entries} entries")
+        return ffi.buffer(values, self.value_size * self.max_entries)[:]
+
     def update_many(self, entries: dict[bytes, bytes]) -> None:
         """Write entries with batched updates where the map type has them."""
         if not entries:
