@@ -34,7 +34,6 @@ import datetime
 import ipaddress
 import json
 import os
-import platform
 import re
 import secrets
 import shutil
@@ -49,10 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from results_file import RESULTS_PATH, machine_facts as shared_machine_facts, write_section  # noqa: E402
 BENCH_DIR = REPO / "benchmarks"
 BASELINE_SOURCES = BENCH_DIR / "bpf"
-RESULTS_PATH = BENCH_DIR / "RESULTS.md"
-RESULTS_TITLE = "# edgewarden benchmark results"
 SECTION_TITLE = "## Datapath (BPF_PROG_TEST_RUN)"
 BPFFS = Path("/sys/fs/bpf")
 NETNS_DIR = Path("/var/run/netns")
@@ -153,14 +152,6 @@ def first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else "?"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def tool_version(cmd: list[str]) -> str:
@@ -385,16 +376,7 @@ def edgewarden_object_note() -> str:
 
 
 def machine_facts() -> list[tuple[str, str]]:
-    uname = platform.uname()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
-    return [
-        ("Date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")),
-        ("Kernel", f"{uname.system} {uname.release} ({uname.machine})"),
-        ("CPU", cpu_model()),
-        ("Cores", f"{os.cpu_count()} online, {usable} usable by this process"),
+    return shared_machine_facts() + [
         ("Tools", f"{tool_version(['clang', '--version'])}; "
                   f"{tool_version(['xdp-filter', 'load', '--version'])}"),
         ("edgewarden", edgewarden_object_note()),
@@ -463,22 +445,8 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
 
 
-def write_results(section: str, path: Path = RESULTS_PATH) -> None:
-    """Replace (or append) the datapath section, keeping every other section."""
-    text = path.read_text() if path.exists() else f"{RESULTS_TITLE}\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION_TITLE), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    else:
-        end = next((i for i in range(start + 1, len(lines))
-                    if lines[i].startswith("## ") or lines[i].startswith("# ")), len(lines))
-        head = "\n".join(lines[:start]).rstrip("\n")
-        tail = "\n".join(lines[end:]).strip("\n")
-        new = (head + "\n\n" if head else "") + section.rstrip("\n") + "\n" + ("\n" + tail + "\n" if tail else "")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
+def write_results(section: str) -> None:
+    write_section(SECTION_TITLE, section)
 
 
 # --- main ----------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ cdef uint64_t WRAP_HIGH = (<uint64_t>1) << 63
 cdef uint64_t WRAP_LOW = (<uint64_t>1) << 62
 
 
-cdef inline uint64_t counter_delta(uint64_t previous, uint64_t current):
+cdef inline uint64_t counter_delta(uint64_t previous, uint64_t current) nogil:
     """Counts since the previous scan. A counter that went down either wrapped
     (it was past 2**63 and is now below 2**62) or was reset (the tenant's slot
     was zeroed): then the new value is all that was counted."""
@@ -68,6 +68,7 @@ cdef class CounterAggregator:
     cdef dict _previous_index        # tenant id -> row in _previous
     cdef array _previous             # u64 totals of the previous scan
     cdef object _previous_time_ns
+    cdef object _previous_ids        # the row ids of the previous scan
 
     def __init__(self, Py_ssize_t fields, packet_fields, byte_fields, drop_fields):
         if fields > 64:
@@ -79,6 +80,7 @@ cdef class CounterAggregator:
         self._previous_index = {}
         self._previous = array('Q')
         self._previous_time_ns = None
+        self._previous_ids = None
 
     def scan(self, const unsigned char[::1] raw, tenant_ids, Py_ssize_t ncpus, long long now_ns):
         """Sum one read of len(tenant_ids) entries x ncpus x fields u64s.
@@ -88,53 +90,66 @@ cdef class CounterAggregator:
         A row whose id is None (an unused counter slot) is summed but never
         reported or remembered."""
         cdef Py_ssize_t entries = len(tenant_ids)
-        cdef Py_ssize_t stride = self.fields * 8
-        cdef Py_ssize_t e, c, f, base, prev_row
+        cdef Py_ssize_t width = self.fields
+        cdef Py_ssize_t e, c, f, prev_row
+        cdef array totals = clone(array('Q'), entries * width, zero=True)
+        cdef array rates = clone(array('d'), entries * width, zero=True)
+        cdef uint64_t *t = totals.data.as_ulonglongs
+        cdef double *r = rates.data.as_doubles
+        cdef const uint64_t *prev
+        cdef uint64_t *row
         cdef uint64_t value
-        cdef array totals = clone(array('Q'), entries * self.fields, zero=True)
-        cdef array rates = clone(array('d'), entries * self.fields, zero=True)
-        cdef uint64_t[:] t = totals
-        cdef double[:] r = rates
-        cdef uint64_t[:] prev
+        cdef const unsigned char *base
         cdef double seconds = 0.0
-        if raw.shape[0] < entries * ncpus * stride:
+        cdef bint same_rows
+        if raw.shape[0] < entries * ncpus * width * 8:
             raise ValueError(f"buffer of {raw.shape[0]} bytes is too short for {entries} entries x "
                              f"{ncpus} CPUs x {self.fields} fields")
-        for e in range(entries):
-            for c in range(ncpus):
-                base = (e * ncpus + c) * stride
-                for f in range(self.fields):
-                    memcpy(&value, &raw[base + f * 8], 8)
-                    t[e * self.fields + f] += value
+        base = &raw[0] if raw.shape[0] else NULL
+        with nogil:
+            for e in range(entries):
+                row = t + e * width
+                for c in range(ncpus):
+                    for f in range(width):
+                        memcpy(&value, base + ((e * ncpus + c) * width + f) * 8, 8)
+                        row[f] += value
         if self._previous_time_ns is not None and now_ns > self._previous_time_ns:
             seconds = (now_ns - self._previous_time_ns) / 1e9
         if seconds > 0 and len(self._previous) > 0:
-            prev = self._previous
+            prev = self._previous.data.as_ulonglongs
+            # The usual case: the same rows as last time, so row e was row e.
+            same_rows = tenant_ids is self._previous_ids or tenant_ids == self._previous_ids
             index = self._previous_index
             for e in range(entries):
-                row = index.get(tenant_ids[e]) if tenant_ids[e] is not None else None
-                if row is None:
-                    continue
-                prev_row = row
-                for f in range(self.fields):
-                    r[e * self.fields + f] = counter_delta(prev[prev_row * self.fields + f],
-                                                           t[e * self.fields + f]) / seconds
+                if same_rows:
+                    if tenant_ids[e] is None:
+                        continue
+                    prev_row = e
+                else:
+                    found = index.get(tenant_ids[e]) if tenant_ids[e] is not None else None
+                    if found is None:
+                        continue
+                    prev_row = found
+                for f in range(width):
+                    r[e * width + f] = counter_delta(prev[prev_row * width + f], t[e * width + f]) / seconds
         self._previous = totals
-        self._previous_index = {tenant_ids[e]: e for e in range(entries) if tenant_ids[e] is not None}
+        if not (tenant_ids is self._previous_ids):
+            self._previous_index = {tenant_ids[e]: e for e in range(entries) if tenant_ids[e] is not None}
+            self._previous_ids = tenant_ids
         self._previous_time_ns = now_ns
-        return CounterScan(self, list(tenant_ids), totals, rates, seconds)
+        return CounterScan(self, tenant_ids, totals, rates, seconds)
 
 
 cdef class CounterScan:
     """One scan's totals and rates, flat arrays of len(tenant_ids) x fields."""
 
-    cdef readonly list tenant_ids
+    cdef readonly object tenant_ids
     cdef readonly array totals
     cdef readonly array rates
     cdef readonly double interval_seconds
     cdef CounterAggregator _aggregator
 
-    def __init__(self, CounterAggregator aggregator, list tenant_ids, array totals, array rates, double seconds):
+    def __init__(self, CounterAggregator aggregator, tenant_ids, array totals, array rates, double seconds):
         self._aggregator = aggregator
         self.tenant_ids = tenant_ids
         self.totals = totals

@@ -132,34 +132,57 @@ def new_aggregator(reference: bool = False):
 
 def tenant_slots(maps: dict[str, BpfMap]) -> dict[int, int]:
     """tenant id -> counter slot, tenant 0 included."""
-    slots = {struct.unpack("=I", k)[0]: struct.unpack("=II", v)[1] for k, v in maps["ew_tenants"].items().items()}
+    slots = {int.from_bytes(k, "little"): int.from_bytes(v[4:8], "little")
+             for k, v in maps["ew_tenants"].items().items()}
     slots[abi.TENANT_UNASSIGNED] = abi.TENANT_UNASSIGNED
     return slots
 
 
 class CounterMonitor:
-    """Scans the live counters on a monotonic clock: totals and rates per tenant."""
+    """Scans the live counters on a monotonic clock: totals and rates per tenant.
+
+    The tenant -> slot map only changes when a policy is applied, so it is
+    re-read only when the live revision changes."""
 
     def __init__(self, maps: dict[str, BpfMap], clock=time.monotonic_ns):
         self.maps = maps
         self.clock = clock
         self.aggregator = new_aggregator()
+        self._revision: int | None = None
+        self._row_ids: list | None = None
+        self._few_tenants: list[int] = []
 
-    def scan(self) -> "_counters.CounterScan":
+    def _refresh_rows(self) -> None:
+        revision = live_revision(self.maps)
+        if revision == self._revision and self._row_ids is not None:
+            return
         counters = self.maps["ew_counters"]
         slots = tenant_slots(self.maps)
         if len(slots) * 8 < counters.max_entries:
             # Few tenants: look up just their slots rather than copying the whole array.
-            order = sorted(slots)
-            raw = b"".join(counters.lookup(struct.pack("=I", slots[t])) for t in order)
-            row_ids: list = order
+            self._row_ids = sorted(slots)
+            self._few_tenants = [slots[t] for t in self._row_ids]
         else:
-            raw = counters.array_values()
-            row_ids = [None] * counters.max_entries
+            self._few_tenants = []
+            self._row_ids = [None] * counters.max_entries
             for tenant_id, slot in slots.items():
                 if slot < counters.max_entries:
-                    row_ids[slot] = tenant_id
-        return self.aggregator.scan(raw, row_ids, counters.ncpus, self.clock())
+                    self._row_ids[slot] = tenant_id
+        self._revision = revision
+
+    def scan(self) -> "_counters.CounterScan":
+        self._refresh_rows()
+        counters = self.maps["ew_counters"]
+        if self._few_tenants:
+            raw = b"".join(counters.lookup(struct.pack("=I", slot)) for slot in self._few_tenants)
+        else:
+            raw = counters.array_values()
+        return self.aggregator.scan(raw, self._row_ids, counters.ncpus, self.clock())
+
+
+def live_revision(maps: dict[str, BpfMap]) -> int:
+    raw = maps["ew_config"].lookup(struct.pack("=I", 0))
+    return struct.unpack_from("=Q", raw)[0] if raw else 0
 
 
 def read_counters(maps: dict[str, BpfMap]) -> dict[int, TenantCounters]:

@@ -95,6 +95,7 @@ class BpfMap:
         self.ncpus = possible_cpus() if percpu else 1
         self.value_size = round_up_8(ffi.sizeof(value_type)) * self.ncpus if percpu else ffi.sizeof(value_type)
         self._owns_fd = owns_fd
+        self._batch_buffers = None
         info = map_info(fd)
         expected_value = ffi.sizeof(value_type)
         if info.key_size != self.key_size or info.value_size != expected_value:
@@ -191,18 +192,21 @@ class BpfMap:
                 return result
             in_batch = ffi.new("char[]", ffi.buffer(out_batch)[:])
 
-    def array_values(self) -> bytes:
-        """All values of an (per-CPU) array map in index order, one batched read."""
-        count = ffi.new("__u32 *", self.max_entries)
-        keys = ffi.new("char[]", self.key_size * self.max_entries)
-        values = ffi.new("char[]", self.value_size * self.max_entries)
-        out_batch = ffi.new("__u32 *")
+    def array_values(self) -> memoryview:
+        """All values of an (per-CPU) array map in index order, one batched
+        read into a buffer reused by the next call (valid until then)."""
+        if self._batch_buffers is None:
+            self._batch_buffers = (ffi.new("char[]", self.key_size * self.max_entries),
+                                   ffi.new("char[]", self.value_size * self.max_entries),
+                                   ffi.new("__u32 *"), ffi.new("__u32 *"))
+        keys, values, count, out_batch = self._batch_buffers
+        count[0] = self.max_entries
         rc = lib.ew_map_lookup_batch(self.fd, ffi.NULL, out_batch, keys, values, count)
         if rc < 0 and rc != -2:
             check(rc, f"batch read of {self.name}")
         if count[0] != self.max_entries:
             raise BpfError(5, f"batch read of {self.name} returned {count[0]} of {self.max_entries} entries")
-        return ffi.buffer(values, self.value_size * self.max_entries)[:]
+        return memoryview(ffi.buffer(values, self.value_size * self.max_entries))
 
     def update_many(self, entries: dict[bytes, bytes]) -> None:
         """Write entries with batched updates where the map type has them."""
