@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from agent.datapath import abi
 from agent.datapath.blocktables import SwappableTable
 from agent.datapath.syscalls import BpfMap
 from agent.policy.compile import BLOCK_TABLES, POLICY_MAPS, CompiledPolicy, compile_policy, pack_u32
@@ -61,7 +62,7 @@ def apply_compiled(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> ApplyRe
 
     for name in BLOCK_TABLES:
         update = SwappableTable(maps[name]).apply(compiled.tables[name])
-        report.added[name], report.removed[name] = update.written, update.removed
+        report.added[name], report.changed[name], report.removed[name] = update.added, update.changed, update.removed
         if update.swapped:
             report.swapped.append(name)
 
@@ -88,7 +89,10 @@ def apply_compiled(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> ApplyRe
 
 
 def _check_capacity(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> None:
-    for name, entries in compiled.maps.items():
-        if len(entries) > maps[name].max_entries:
-            raise ValueError(f"policy needs {len(entries)} entries in {name}, which holds {maps[name].max_entries}; "
+    """Everything that can be too big is checked before anything is written."""
+    capacities = {name: maps[name].max_entries for name in compiled.maps}
+    capacities.update({name: abi.SWAPPABLE_TABLES[name].max_entries for name in compiled.tables})
+    for name, entries in {**compiled.maps, **compiled.tables}.items():
+        if len(entries) > capacities[name]:
+            raise ValueError(f"policy needs {len(entries)} entries in {name}, which holds {capacities[name]}; "
                              "nothing was applied")

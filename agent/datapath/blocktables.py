@@ -129,7 +129,8 @@ def table_key_level(table: str, key: bytes) -> int:
 @dataclass
 class TableUpdate:
     table: str
-    written: int = 0
+    added: int = 0
+    changed: int = 0
     removed: int = 0
     swapped: bool = False
 
@@ -164,15 +165,16 @@ class SwappableTable:
             return inner.items()
 
     def _new_inner(self) -> BpfMap:
-        # Kernel map names are at most 15 characters.
-        return create_map(self.spec.map_type, self.name[:11] + "_in", self.spec.key_type, self.spec.value_type,
+        # Kernel map names are at most 15 characters: "ew_gblock_v4_i".
+        return create_map(self.spec.map_type, self.name + "_i", self.spec.key_type, self.spec.value_type,
                           self.spec.max_entries, self.spec.map_flags)
 
     def apply(self, desired: dict[bytes, bytes]) -> TableUpdate:
         current = self.entries()
         writes = {k: v for k, v in desired.items() if current.get(k) != v}
         stale = [k for k in current if k not in desired]
-        update = TableUpdate(self.name, len(writes), len(stale))
+        added = sum(1 for k in writes if k not in current)
+        update = TableUpdate(self.name, added, len(writes) - added, len(stale))
         if not writes and not stale:
             return update
         if len(writes) + len(stale) > DELTA_LIMIT or len(current) + len(writes) > self.spec.max_entries:

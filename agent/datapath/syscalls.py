@@ -208,19 +208,55 @@ class BpfMap:
             raise BpfError(5, f"batch read of {self.name} returned {count[0]} of {self.max_entries} entries")
         return memoryview(ffi.buffer(values, self.value_size * self.max_entries))
 
+    def items_packed(self) -> tuple[bytes, bytes]:
+        """(keys, values) concatenated, for building an EntryTable without an
+        object per entry: batched where the map type has it, else key by key."""
+        try:
+            chunk = max(1, min(self.max_entries, 65536))
+            keys = ffi.new("char[]", self.key_size * chunk)
+            values = ffi.new("char[]", self.value_size * chunk)
+            out_batch = ffi.new("char[]", max(8, self.key_size))
+            in_batch = ffi.NULL
+            count = ffi.new("__u32 *")
+            key_parts, value_parts = [], []
+            while True:
+                count[0] = chunk
+                rc = lib.ew_map_lookup_batch(self.fd, in_batch, out_batch, keys, values, count)
+                if rc < 0 and rc != -2:
+                    check(rc, f"batch read of {self.name}")
+                key_parts.append(ffi.buffer(keys, self.key_size * count[0])[:])
+                value_parts.append(ffi.buffer(values, self.value_size * count[0])[:])
+                if rc == -2:
+                    return b"".join(key_parts), b"".join(value_parts)
+                in_batch = ffi.new("char[]", ffi.buffer(out_batch)[:])
+        except BpfError as err:
+            if err.errno not in (22, 95, 524):
+                raise
+        keys = list(self.keys())
+        values = [self.lookup(k) for k in keys]
+        present = [(k, v) for k, v in zip(keys, values) if v is not None]
+        return b"".join(k for k, _ in present), b"".join(v for _, v in present)
+
+    def update_packed(self, keys: bytes, values: bytes) -> None:
+        """Write concatenated keys and values: one batched update where the
+        map type has it, else key by key."""
+        count = len(keys) // self.key_size
+        if count == 0:
+            return
+        n = ffi.new("__u32 *", count)
+        rc = lib.ew_map_update_batch(self.fd, keys, values, n, 0)
+        if rc in (-22, -95, -524) and n[0] == 0:
+            for i in range(count):
+                self.update(keys[i * self.key_size:(i + 1) * self.key_size],
+                            values[i * self.value_size:(i + 1) * self.value_size])
+            return
+        check(rc, f"batch update of {count} entries in {self.name} (failed after {n[0]})")
+
     def update_many(self, entries: dict[bytes, bytes]) -> None:
         """Write entries with batched updates where the map type has them."""
-        if not entries:
-            return
-        keys = b"".join(entries.keys())
-        values = b"".join(entries.values())
-        count = ffi.new("__u32 *", len(entries))
-        rc = lib.ew_map_update_batch(self.fd, keys, values, count, 0)
-        if rc in (-22, -95, -524):
-            for key, value in entries.items():
-                self.update(key, value)
-            return
-        check(rc, f"batch update of {len(entries)} entries in {self.name}")
+        for key, value in entries.items():
+            self._check_sizes(key, value)
+        self.update_packed(b"".join(entries.keys()), b"".join(entries.values()))
 
     def delete_many(self, keys: list[bytes]) -> None:
         for key in keys:
