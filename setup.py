@@ -64,7 +64,8 @@ extensions = cythonize(
     language_level=3,
 )
 extensions.append(
-    Pybind11Extension("agent._prefixes", ["native/prefix_compiler.cpp"], cxx_std=17, extra_compile_args=["-O3"])
+    Pybind11Extension("agent._prefixes", ["native/prefix_compiler.cpp"], cxx_std=17, extra_compile_args=["-O3"],
+                      depends=["native/entry_table.h"], include_dirs=["native"])
 )
 
 setup(

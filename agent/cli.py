@@ -7,16 +7,20 @@ import argparse
 import ipaddress
 import json
 import sys
+import time
 from dataclasses import replace
 from typing import Callable
 
 from agent.datapath.abi import DROP_REASONS, TrafficClass, VerdictReason
 from agent.datapath.blocktables import blocked_prefixes
 from agent.datapath.counters import read_counters
+from agent._prefixes import PrefixSet
+from agent.blocklist import BlockListError, LoadedList, read_blocklist
 from agent.datapath.interfaces import (
-    AttachMode, InterfaceError, apply_policy, attach, current_policy, detach, interface_status, live_maps,
-    managed_interfaces,
+    AttachMode, InterfaceError, apply_policy, attach, current_policy, detach, interface_status, list_store,
+    live_maps, managed_interfaces, replace_named_list,
 )
+from agent.datapath.named_lists import DEFAULT_LIST, ListId, check_list_name
 from agent.datapath.syscalls import BpfError
 from agent.pcap import CaptureError
 from agent.policy import Policy, PolicyError, TenantState, load_policy
@@ -165,6 +169,122 @@ def cmd_block_list(args) -> int:
     return 0
 
 
+class PhaseProgress:
+    """A progress bar over the phases of a long command, on a terminal only
+    (stderr, so --json output stays clean)."""
+
+    def __init__(self, phases: list[str]):
+        self.phases = phases
+        self.done = 0
+        self.started = time.monotonic()
+        self.enabled = sys.stderr.isatty()
+
+    def step(self, what: str) -> None:
+        if self.enabled:
+            width = 24
+            filled = width * self.done // len(self.phases)
+            print(f"\r[{'#' * filled}{'-' * (width - filled)}] {self.done}/{len(self.phases)} {what:<40}",
+                  end="", file=sys.stderr, flush=True)
+        self.done += 1
+
+    def finish(self) -> float:
+        if self.enabled:
+            print("\r" + " " * 80 + "\r", end="", file=sys.stderr, flush=True)
+        return time.monotonic() - self.started
+
+
+def _list_id(args) -> ListId:
+    return ListId(check_list_name(args.list), args.tenant)
+
+
+def _read_list_file(path: str, args) -> "LoadedList":
+    loaded = read_blocklist(path, strict=args.strict, allow_empty=getattr(args, "allow_empty", False))
+    for bad in loaded.bad_lines[:20]:
+        print(f"edgewarden: skipped {bad}", file=sys.stderr)
+    if len(loaded.bad_lines) > 20:
+        print(f"edgewarden: ... and {len(loaded.bad_lines) - 20} more bad lines skipped", file=sys.stderr)
+    return loaded
+
+
+def cmd_block_load(args) -> int:
+    list_id = _list_id(args)
+    progress = PhaseProgress(["parse and compile", "apply", "done"])
+    progress.step(f"parsing {args.file}")
+    loaded = _read_list_file(args.file, args)
+    summaries = []
+    for ifname in _target_interfaces(args):
+        previous = list_store(ifname).load_all().get(list_id, PrefixSet())
+        added, removed = previous.diff(loaded.prefixes)
+        progress.step(f"applying to {ifname}")
+        report = replace_named_list(ifname, list_id, loaded.prefixes)
+        summaries.append({"interface": ifname, "added": len(added), "removed": len(removed),
+                          "swapped": report.swapped, "tables": report.summary()})
+    progress.step("done")
+    seconds = progress.finish()
+    result = {"list": str(list_id), "file": args.file, "entries_read": loaded.entries_read,
+              "bad_lines": len(loaded.bad_lines), "prefixes": len(loaded.prefixes),
+              "prefixes_v4": loaded.prefixes.count_v4(), "prefixes_v6": loaded.prefixes.count_v6(),
+              "seconds": round(seconds, 3), "interfaces": summaries}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{list_id}: {loaded.entries_read:,} entries read, {len(loaded.bad_lines):,} bad lines skipped, "
+          f"{len(loaded.prefixes):,} prefixes after merging ({loaded.prefixes.count_v4():,} IPv4, "
+          f"{loaded.prefixes.count_v6():,} IPv6), {seconds:.2f} s")
+    for summary in summaries:
+        how = "swapped in whole" if summary["swapped"] else "applied in place"
+        print(f"  {summary['interface']}: +{summary['added']:,} -{summary['removed']:,} prefixes; tables {how}")
+    return 0
+
+
+def cmd_block_unload(args) -> int:
+    list_id = _list_id(args)
+    for ifname in _target_interfaces(args):
+        replace_named_list(ifname, list_id, None)
+        print(f"{ifname}: unloaded {list_id}")
+    return 0
+
+
+def cmd_block_diff(args) -> int:
+    old = _read_list_file(args.old, args).prefixes
+    new = _read_list_file(args.new, args).prefixes
+    added, removed = old.diff(new)
+    as_text = lambda ps: [str(ipaddress.ip_network((raw, length))) for raw, length in ps.to_list()]
+    if args.json:
+        print(json.dumps({"old": args.old, "new": args.new, "added": as_text(added), "removed": as_text(removed)},
+                         indent=2))
+        return 0
+    print(f"{args.old} -> {args.new}: +{len(added):,} -{len(removed):,} prefixes")
+    for net in as_text(added)[: args.limit]:
+        print(f"+ {net}")
+    for net in as_text(removed)[: args.limit]:
+        print(f"- {net}")
+    if max(len(added), len(removed)) > args.limit:
+        print(f"(first {args.limit} of each shown; --limit N or --json for all)")
+    return 0
+
+
+def cmd_block_lists(args) -> int:
+    result = {}
+    for ifname in _target_interfaces(args):
+        policy = current_policy(ifname)
+        result[ifname] = [
+            {"list": list_id.name, "tenant_id": list_id.tenant_id, "prefixes": len(prefixes),
+             "prefixes_v4": prefixes.count_v4(), "prefixes_v6": prefixes.count_v6(),
+             "enforced": list_id.tenant_id is None or policy.tenant(list_id.tenant_id) is not None}
+            for list_id, prefixes in sorted(list_store(ifname).load_all().items())]
+    if args.json:
+        print(json.dumps({"interfaces": result}, indent=2))
+        return 0
+    for ifname, lists in result.items():
+        print(f"{ifname}: {len(lists)} named list(s) (plus the policy's own blocked_sources)")
+        _print_table(["SCOPE", "LIST", "PREFIXES", "IPV4", "IPV6", "ENFORCED"],
+                     [["global" if l["tenant_id"] is None else f"tenant {l['tenant_id']}", l["list"], l["prefixes"],
+                       l["prefixes_v4"], l["prefixes_v6"], "yes" if l["enforced"] else "no (tenant not in policy)"]
+                      for l in lists])
+    return 0
+
+
 def _set_state(args, state: TenantState) -> int:
     def change(policy: Policy) -> Policy:
         return policy.replace_tenant(replace(_tenant_or_fail(policy, args.tenant), state=state))
@@ -205,7 +325,6 @@ def cmd_stats(args) -> int:
 
 def _watch_stats(args) -> int:
     """Live per-tenant rates, redrawn in place every --interval seconds."""
-    import time
 
     from agent.datapath.abi import COUNTER_LAYOUT
     from agent.datapath.counters import CounterMonitor
@@ -309,6 +428,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tenant", type=int, help="per-tenant list (default: global)")
         p.add_argument("--iface", help="one interface (default: all managed)")
         p.set_defaults(func=func)
+    p = block.add_parser("load", help="load a block-list file as a named list (swapped in atomically)")
+    p.add_argument("file")
+    p.add_argument("--list", default=DEFAULT_LIST, help=f"list name (default {DEFAULT_LIST!r})")
+    p.add_argument("--tenant", type=int, help="per-tenant list (default: global)")
+    p.add_argument("--strict", action="store_true", help="any bad line aborts and nothing is loaded")
+    p.add_argument("--allow-empty", action="store_true", help="accept a list with no entry (clears it)")
+    p.add_argument("--iface", help="one interface (default: all managed)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_block_load)
+    p = block.add_parser("unload", help="remove a named list")
+    p.add_argument("--list", default=DEFAULT_LIST)
+    p.add_argument("--tenant", type=int)
+    p.add_argument("--iface")
+    p.set_defaults(func=cmd_block_unload)
+    p = block.add_parser("diff", help="prefixes added and removed between two block-list files")
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("--strict", action="store_true")
+    p.add_argument("--limit", type=int, default=50, help="prefixes shown per side (text output)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_block_diff)
+    p = block.add_parser("lists", help="named lists loaded on each interface")
+    p.add_argument("--iface")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_block_lists)
     p = block.add_parser("list", help="list blocked prefixes in the live maps")
     p.add_argument("--tenant", type=int)
     p.add_argument("--iface")
@@ -345,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (PolicyError, UsageError) as err:
+    except (PolicyError, UsageError, BlockListError) as err:
         print(f"edgewarden: {err}", file=sys.stderr)
         return 2
     except (InterfaceError, BpfError, CaptureError, OSError, ValueError) as err:

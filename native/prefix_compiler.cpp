@@ -11,6 +11,8 @@
 // parser and the compiler must match; the address grammar below is a port of
 // ipaddress's (CPython 3.11), so both accept and reject the same strings.
 #include <pybind11/pybind11.h>
+
+#include "entry_table.h"
 #include <pybind11/stl.h>
 
 #include <algorithm>
@@ -419,6 +421,108 @@ py::bytes lpm_keys(const std::vector<Pfx<A>> &prefixes, const py::object &tenant
         out += key_size;
     }
     return result;
+}
+
+// --------------------------------------------------------------------------
+// Datapath block tables (see struct ew_block_node in edgewarden_abi.h and
+// agent/datapath/blocktables.py, whose v4_block_nodes is the reference).
+// IPv4: level-16 nodes say "whole /16" or which /24s are full / have a
+// level-24 node; level-24 nodes carry one bit per host. Built in one pass:
+// the set is minimal and sorted, so node indexes only grow.
+
+constexpr uint32_t BLOCK_LEVEL_16 = 16, BLOCK_LEVEL_24 = 24, BLOCK_NODE_FULL = 1;
+
+struct BlockNodeValue {
+    uint32_t flags = 0;
+    uint32_t reserved = 0;
+    uint64_t a[4] = {0, 0, 0, 0};  // level 16: full /24s; level 24: hosts
+    uint64_t b[4] = {0, 0, 0, 0};  // level 16: /24s with a level-24 node
+};
+static_assert(sizeof(BlockNodeValue) == 72, "struct ew_block_node is 72 bytes");
+
+inline void set_bits(uint64_t words[4], uint32_t first, uint32_t count) {
+    for (uint32_t i = first; i < first + count; ++i)
+        words[(i >> 6) & 3] |= uint64_t(1) << (i & 63);
+}
+
+edgewarden::EntryTable v4_block_entries(const PrefixSet &set, const py::object &tenant_id) {
+    const std::optional<uint32_t> tenant = tenant_arg(tenant_id);
+    edgewarden::EntryTable table(tenant ? 8 : 4, sizeof(BlockNodeValue));
+    auto emit = [&](uint32_t level, uint32_t index, const BlockNodeValue &value) {
+        const uint32_t node = (level << 24) | index;
+        if (tenant) {
+            const uint32_t key[2] = {*tenant, node};
+            table.append(key, &value);
+        } else {
+            table.append(&node, &value);
+        }
+    };
+    int64_t cur16 = -1, cur24 = -1;
+    BlockNodeValue node16, node24;
+    auto flush24 = [&]() {
+        if (cur24 >= 0)
+            emit(BLOCK_LEVEL_24, static_cast<uint32_t>(cur24), node24);
+        cur24 = -1;
+        node24 = BlockNodeValue{};
+    };
+    auto flush16 = [&]() {
+        if (cur16 >= 0)
+            emit(BLOCK_LEVEL_16, static_cast<uint32_t>(cur16), node16);
+        cur16 = -1;
+        node16 = BlockNodeValue{};
+    };
+    for (const P4 &p : set.v4) {
+        if (p.len <= 16) {
+            flush24();
+            flush16();
+            BlockNodeValue full;
+            full.flags = BLOCK_NODE_FULL;
+            const uint32_t first = p.addr >> 16, count = uint32_t(1) << (16 - p.len);
+            for (uint32_t i = 0; i < count; ++i)
+                emit(BLOCK_LEVEL_16, first + i, full);
+            continue;
+        }
+        const uint32_t index16 = p.addr >> 16, index24 = p.addr >> 8;
+        if (int64_t(index16) != cur16) {
+            flush24();
+            flush16();
+            cur16 = index16;
+        }
+        if (p.len <= 24) {
+            set_bits(node16.a, index24 & 0xff, uint32_t(1) << (24 - p.len));
+        } else {
+            set_bits(node16.b, index24 & 0xff, 1);
+            if (int64_t(index24) != cur24) {
+                flush24();
+                cur24 = index24;
+            }
+            set_bits(node24.a, p.addr & 0xff, uint32_t(1) << (32 - p.len));
+        }
+    }
+    flush24();
+    flush16();
+    table.seal();
+    return table;
+}
+
+edgewarden::EntryTable v6_lpm_entries(const PrefixSet &set, const py::object &tenant_id, const std::string &value) {
+    const std::optional<uint32_t> tenant = tenant_arg(tenant_id);
+    const std::size_t key_size = 4 + (tenant ? 4 : 0) + 16;
+    edgewarden::EntryTable table(key_size, value.size());
+    unsigned char key[24];
+    for (const P6 &p : set.v6) {
+        const uint32_t prefixlen = (tenant ? 32 : 0) + p.len;
+        std::memcpy(key, &prefixlen, 4);
+        unsigned char *addr = key + 4;
+        if (tenant) {
+            store_be32(addr, *tenant);
+            addr += 4;
+        }
+        store_be128(addr, p.addr);
+        table.append(key, value.data());
+    }
+    table.seal();
+    return table;
 }
 
 // --------------------------------------------------------------------------
@@ -1065,6 +1169,7 @@ PYBIND11_MODULE(_prefixes, m) {
           "Smallest prefix set covering exactly the given (address bytes, length) entries, "
           "all of one family, sorted by address.");
 
+    edgewarden::register_entry_table(m);
     py::class_<PrefixSet, PrefixSetPtr>(m, "PrefixSet",
                                         "A compiled block list: the minimal, sorted set of IPv4 and IPv6 prefixes "
                                         "matching exactly the addresses of its input. Immutable.")
@@ -1099,6 +1204,11 @@ PYBIND11_MODULE(_prefixes, m) {
              py::arg("tenant_id") = py::none(),
              "Packed struct ew_lpm_v6_key (20 bytes each) or, with a tenant, struct ew_tenant_lpm_v6_key "
              "(24 bytes each) for every IPv6 prefix, in order.")
+        .def("v4_block_entries", &v4_block_entries, py::arg("tenant_id") = py::none(),
+             "EntryTable of the IPv4 block-table nodes (struct ew_block_node), keyed by the node key, "
+             "or by struct ew_tenant_block_key when tenant_id is given.")
+        .def("v6_lpm_entries", &v6_lpm_entries, py::arg("tenant_id") = py::none(), py::arg("value") = py::bytes(),
+             "EntryTable of the IPv6 LPM keys (struct ew_lpm_v6_key / ew_tenant_lpm_v6_key) with `value` each.")
         .def("serialize", &prefix_set_serialize, "Versioned, checksummed binary form (see deserialize).")
         .def_static("deserialize", &prefix_set_deserialize, py::arg("data"),
                     "The set serialize() wrote; ValueError if the data is corrupt, truncated or not a "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from agent._prefixes import PrefixSet
 from agent.datapath import abi
 from agent.datapath.blocktables import SwappableTable
 from agent.datapath.syscalls import BpfMap
@@ -44,8 +45,10 @@ def live_slots(maps: dict[str, BpfMap]) -> dict[int, int]:
     return {struct.unpack("=I", k)[0]: struct.unpack("=II", v)[1] for k, v in maps["ew_tenants"].items().items()}
 
 
-def apply_policy_to_maps(maps: dict[str, BpfMap], policy: Policy) -> ApplyReport:
-    compiled = compile_policy(policy, live_slots(maps), maps["ew_counters"].max_entries)
+def apply_policy_to_maps(maps: dict[str, BpfMap], policy: Policy,
+                         named_lists: dict[int | None, PrefixSet] | None = None,
+                         tables: frozenset[str] = frozenset(BLOCK_TABLES)) -> ApplyReport:
+    compiled = compile_policy(policy, live_slots(maps), maps["ew_counters"].max_entries, named_lists, tables)
     return apply_compiled(maps, compiled)
 
 
@@ -60,7 +63,7 @@ def apply_compiled(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> ApplyRe
         report.changed[name] = len(writes[name]) - report.added[name]
         report.removed[name] = len(stale[name])
 
-    for name in BLOCK_TABLES:
+    for name in compiled.tables:
         update = SwappableTable(maps[name]).apply(compiled.tables[name])
         report.added[name], report.changed[name], report.removed[name] = update.added, update.changed, update.removed
         if update.swapped:

@@ -19,6 +19,8 @@ import struct
 from dataclasses import dataclass
 from typing import Iterable
 
+from agent._libbpf import ffi
+from agent._prefixes import EntryTable
 from agent.datapath import abi
 from agent.datapath.syscalls import BpfMap, create_map, map_by_id
 
@@ -157,50 +159,60 @@ class SwappableTable:
             self.outer.update(b"\0\0\0\0", struct.pack("=I", inner.fd))
         inner.close()
 
-    def entries(self) -> dict[bytes, bytes]:
+    def _sizes(self) -> tuple[int, int]:
+        return ffi.sizeof(self.spec.key_type), ffi.sizeof(self.spec.value_type)
+
+    def entries_table(self) -> EntryTable:
+        """What the live inner table holds, read in packed batches."""
         inner = self.inner()
         if inner is None:
-            return {}
+            return EntryTable(*self._sizes())
         with inner:
-            return inner.items()
+            keys, values = inner.items_packed()
+        return EntryTable.from_packed(keys, values, *self._sizes())
+
+    def entries(self) -> dict[bytes, bytes]:
+        return dict(self.entries_table().items())
 
     def _new_inner(self) -> BpfMap:
         # Kernel map names are at most 15 characters: "ew_gblock_v4_i".
         return create_map(self.spec.map_type, self.name + "_i", self.spec.key_type, self.spec.value_type,
                           self.spec.max_entries, self.spec.map_flags)
 
-    def apply(self, desired: dict[bytes, bytes]) -> TableUpdate:
-        current = self.entries()
-        writes = {k: v for k, v in desired.items() if current.get(k) != v}
-        stale = [k for k in current if k not in desired]
-        added = sum(1 for k in writes if k not in current)
+    def apply(self, desired: EntryTable | dict[bytes, bytes]) -> TableUpdate:
+        """Make the live table hold exactly `desired`, diffed against what it holds now."""
+        if isinstance(desired, dict):
+            desired = EntryTable.from_packed(b"".join(desired), b"".join(desired.values()), *self._sizes())
+        current = self.entries_table()
+        writes, stale = current.diff(desired)
+        added = len(desired) - len(current) + len(stale)
         update = TableUpdate(self.name, added, len(writes) - added, len(stale))
-        if not writes and not stale:
+        if not len(writes) and not len(stale):
             return update
-        if len(writes) + len(stale) > DELTA_LIMIT or len(current) + len(writes) > self.spec.max_entries:
+        if len(writes) + len(stale) > DELTA_LIMIT or len(current) + added > self.spec.max_entries:
             self._swap_in(desired)
             update.swapped = True
         else:
-            self._apply_delta(writes, stale)
+            self._apply_delta(writes.items(), [key for key, _ in stale.items()])
         return update
 
-    def _swap_in(self, desired: dict[bytes, bytes]) -> None:
+    def _swap_in(self, desired: EntryTable) -> None:
         if len(desired) > self.spec.max_entries:
             raise ValueError(f"{self.name}: {len(desired)} entries do not fit in {self.spec.max_entries}; "
                              "nothing was applied")
         with self._new_inner() as inner:
-            inner.update_many(desired)
+            inner.update_packed(desired.keys_packed(), desired.values_packed())
             self.outer.update(b"\0\0\0\0", struct.pack("=I", inner.fd))
 
-    def _apply_delta(self, writes: dict[bytes, bytes], stale: list[bytes]) -> None:
+    def _apply_delta(self, writes: list[tuple[bytes, bytes]], stale: list[bytes]) -> None:
         inner = self.inner()
         if inner is None:
             raise RuntimeError(f"{self.name} has no inner table; attach again to recreate it")
         with inner:
             level = lambda key: table_key_level(self.name, key)
             # Finer nodes first when writing, coarser first when removing.
-            for key in sorted(writes, key=level, reverse=True):
-                inner.update(key, writes[key])
+            for key, value in sorted(writes, key=lambda kv: level(kv[0]), reverse=True):
+                inner.update(key, value)
             for key in sorted(stale, key=level):
                 inner.delete(key)
 

@@ -18,8 +18,11 @@ from typing import Iterator
 
 from agent._libbpf import ffi, lib
 from agent.datapath.apply import ApplyReport, apply_policy_to_maps
+from agent._prefixes import PrefixSet
+from agent.datapath.named_lists import ListId, ListStore, scope_unions
 from agent.datapath.program import PROGRAM_NAME, LoadedProgram, close_maps, ensure_bpffs, open_pinned_maps
 from agent.datapath.syscalls import BpfError, obj_get, prog_fd_by_id, prog_info, xdp_attach, xdp_detach, xdp_query
+from agent.policy.compile import GLOBAL_TABLES, TENANT_TABLES
 from agent.policy.document import load_policy, save_policy
 from agent.policy.model import Policy
 
@@ -125,7 +128,7 @@ def attach(ifname: str, mode: AttachMode = AttachMode.NATIVE, policy: Policy | N
         with LoadedProgram(pin_dir=pin_dir) as program:
             report = None
             if policy is not None:
-                report = apply_policy_to_maps(program.maps, policy)
+                report = apply_policy_to_maps(program.maps, policy, named_list_unions(ifname))
             _attach_in_mode(ifname, ifindex, program.prog_fd, mode, current.prog_id, current.attach_mode)
             program.pin_program(pin_dir / PROGRAM_PIN)
         if policy is not None:
@@ -234,6 +237,54 @@ def current_policy(ifname: str) -> Policy:
 
 def apply_policy(ifname: str, policy: Policy) -> ApplyReport:
     with _interface_lock(ifname), live_maps(ifname) as maps:
-        report = apply_policy_to_maps(maps, policy)
+        report = apply_policy_to_maps(maps, policy, named_list_unions(ifname),
+                                      _tables_changed_by(current_policy(ifname), policy))
         save_policy(policy, policy_path_for(ifname))
+    return report
+
+
+def _tables_changed_by(old: Policy, new: Policy) -> frozenset[str]:
+    """Block tables whose policy lists differ between two documents; named
+    lists are unchanged by a policy apply."""
+    tables = set()
+    if set(old.blocked_sources) != set(new.blocked_sources):
+        tables.update(GLOBAL_TABLES)
+    old_lists = {t.id: set(t.blocked_sources) for t in old.tenants}
+    new_lists = {t.id: set(t.blocked_sources) for t in new.tenants}
+    if old_lists != new_lists:
+        tables.update(TENANT_TABLES)
+    return frozenset(tables)
+
+
+def list_store(ifname: str) -> ListStore:
+    return ListStore(state_root() / ifname / "lists")
+
+
+def named_list_unions(ifname: str) -> dict[int | None, PrefixSet]:
+    return scope_unions(list_store(ifname).load_all())
+
+
+def replace_named_list(ifname: str, list_id: ListId, prefixes: PrefixSet | None) -> ApplyReport:
+    """Load (or, with None, unload) one named list: the tables are rebuilt
+    from the new union and applied (swapped whole for a large change, a
+    delta for a small one); the list is stored once the kernel has it."""
+    store = list_store(ifname)
+    with _interface_lock(ifname), live_maps(ifname) as maps:
+        lists = store.load_all()
+        if prefixes is None:
+            if list_id not in lists:
+                raise InterfaceError(f"{ifname}: no list {list_id} is loaded")
+            del lists[list_id]
+        else:
+            lists[list_id] = prefixes
+        policy = current_policy(ifname)
+        if list_id.tenant_id is not None and policy.tenant(list_id.tenant_id) is None:
+            raise InterfaceError(f"{ifname}: tenant {list_id.tenant_id} is not in the live policy; "
+                                 "a list for it would not be enforced")
+        affected = GLOBAL_TABLES if list_id.tenant_id is None else TENANT_TABLES
+        report = apply_policy_to_maps(maps, policy, scope_unions(lists), frozenset(affected))
+        if prefixes is None:
+            store.remove(list_id)
+        else:
+            store.save(list_id, prefixes)
     return report

@@ -10,9 +10,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from agent._libbpf import ffi
-from agent.blocklist import compile_prefixes
+from agent._prefixes import EntryTable, PrefixSet
 from agent.datapath import abi
-from agent.datapath import blocktables
 from agent.policy.model import PROTOCOL_NUMBERS, Policy, Tenant
 
 GLOBAL_LIST_ID = 0  # list id of entries from the policy's own block lists
@@ -33,11 +32,12 @@ def pack_u32(value: int) -> bytes:
     return _pack("__u32", value)
 
 
-def tenant_flags(tenant: Tenant) -> int:
+def tenant_flags(tenant: Tenant, with_source_blocks: set[int] | None = None) -> int:
+    """`with_source_blocks`: tenants whose block lists (policy or named) are not empty."""
     flags = 0
     if tenant.suspended:
         flags |= abi.TENANT_SUSPENDED
-    if tenant.blocked_sources:
+    if tenant.id in with_source_blocks if with_source_blocks is not None else tenant.blocked_sources:
         flags |= abi.TENANT_HAS_SOURCE_BLOCKS
     if tenant.blocked_ports:
         flags |= abi.TENANT_HAS_PORT_BLOCKS
@@ -94,7 +94,7 @@ class CompiledPolicy:
 
     revision: int
     maps: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
-    tables: dict[str, dict[bytes, bytes]] = field(default_factory=dict)
+    tables: dict[str, EntryTable] = field(default_factory=dict)
     slots: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -105,13 +105,13 @@ class CompiledPolicy:
         return {name: len(entries) for name, entries in {**self.maps, **self.tables}.items()}
 
 
-def _vip_maps(policy: Policy, slots: dict[int, int]) -> dict[str, dict[bytes, bytes]]:
+def _vip_maps(policy: Policy, slots: dict[int, int], with_source_blocks: set[int]) -> dict[str, dict[bytes, bytes]]:
     maps: dict[str, dict[bytes, bytes]] = {name: {} for name in
                                            ("ew_vips_v4", "ew_vips_v6", "ew_vip_ports_v4", "ew_vip_ports_v6")}
     any_port: dict[bytes, tuple[int, str]] = {}      # packed address -> (tenant id, family suffix)
     with_ports: dict[bytes, str] = {}
     for tenant in policy.tenants:
-        value = vip_value(tenant.id, slots[tenant.id], tenant_flags(tenant))
+        value = vip_value(tenant.id, slots[tenant.id], tenant_flags(tenant, with_source_blocks))
         for vip in tenant.vips:
             addr = vip.address.packed
             suffix = "v4" if vip.address.version == 4 else "v6"
@@ -127,38 +127,69 @@ def _vip_maps(policy: Policy, slots: dict[int, int]) -> dict[str, dict[bytes, by
         tenant_id, suffix = any_port.get(addr, (abi.TENANT_UNASSIGNED, with_ports.get(addr)))
         flags = abi.VIP_HAS_PORT_VIPS if addr in with_ports else 0
         if tenant_id != abi.TENANT_UNASSIGNED:
-            flags |= tenant_flags(by_id[tenant_id])
+            flags |= tenant_flags(by_id[tenant_id], with_source_blocks)
         maps[f"ew_vips_{suffix}"][addr] = vip_value(tenant_id, slots.get(tenant_id, 0), flags)
     return maps
 
 
-def _block_tables(policy: Policy) -> dict[str, dict[bytes, bytes]]:
-    tables: dict[str, dict[bytes, bytes]] = {name: {} for name in BLOCK_TABLES}
-    global_prefixes = compile_prefixes(policy.blocked_sources)
-    tables["ew_gblock_v4"] = blocktables.global_v4_entries(
-        blocktables.v4_block_nodes(n for n in global_prefixes if n.version == 4))
-    tables["ew_gblock_v6"] = {blocktables.v6_lpm_key(n): block_value() for n in global_prefixes if n.version == 6}
+def prefix_set(networks) -> PrefixSet:
+    return PrefixSet.from_list([(n.network_address.packed, n.prefixlen) for n in networks])
+
+
+def scope_sets(policy: Policy, named: dict[int | None, PrefixSet] | None = None) -> dict[int | None, PrefixSet]:
+    """Per scope (None = global), everything blocked: the policy's own lists
+    united with the named lists of that scope. Named lists of a tenant that
+    is not in the policy are not enforced."""
+    named = named or {}
+    sets = {None: prefix_set(policy.blocked_sources)}
     for tenant in policy.tenants:
-        prefixes = compile_prefixes(tenant.blocked_sources)
-        tables["ew_tblock_v4"].update(blocktables.tenant_v4_entries(
-            tenant.id, blocktables.v4_block_nodes(n for n in prefixes if n.version == 4)))
-        tables["ew_tblock_v6"].update(
-            {blocktables.v6_lpm_key(n, tenant.id): block_value() for n in prefixes if n.version == 6})
-    return tables
+        sets[tenant.id] = prefix_set(tenant.blocked_sources)
+    for scope, extra in named.items():
+        if scope in sets:
+            sets[scope] = sets[scope].union(extra)
+    return sets
+
+
+GLOBAL_TABLES = ("ew_gblock_v4", "ew_gblock_v6")
+TENANT_TABLES = ("ew_tblock_v4", "ew_tblock_v6")
+
+
+def _block_tables(sets: dict[int | None, PrefixSet], only: frozenset[str]) -> dict[str, EntryTable]:
+    value = block_value()
+    tenants = [(scope, s) for scope, s in sorted(sets.items(), key=lambda item: -1 if item[0] is None else item[0])
+               if scope is not None and len(s)]
+    node_size = ffi.sizeof("struct ew_block_node")
+    builders = {
+        "ew_gblock_v4": lambda: sets[None].v4_block_entries(),
+        "ew_gblock_v6": lambda: sets[None].v6_lpm_entries(None, value),
+        "ew_tblock_v4": lambda: EntryTable.merged([s.v4_block_entries(t) for t, s in tenants],
+                                                  ffi.sizeof("struct ew_tenant_block_key"), node_size),
+        "ew_tblock_v6": lambda: EntryTable.merged([s.v6_lpm_entries(t, value) for t, s in tenants],
+                                                  ffi.sizeof("struct ew_tenant_lpm_v6_key"), len(value)),
+    }
+    return {name: build() for name, build in builders.items() if name in only}
 
 
 def compile_policy(policy: Policy, live_slots: dict[int, int] | None = None,
-                   slot_capacity: int = abi.MAX_TENANTS) -> CompiledPolicy:
+                   slot_capacity: int = abi.MAX_TENANTS,
+                   named_lists: dict[int | None, PrefixSet] | None = None,
+                   tables: frozenset[str] = frozenset(BLOCK_TABLES)) -> CompiledPolicy:
+    """`named_lists`: per scope, the union of the named lists loaded beside the policy.
+    `tables`: the block tables to build; the others are left as they are live
+    (rebuilding a million-entry table nobody changed costs a second)."""
     slots = assign_slots(policy, live_slots or {}, slot_capacity)
+    sets = scope_sets(policy, named_lists)
+    with_source_blocks = {scope for scope, s in sets.items() if scope is not None and len(s)}
     maps: dict[str, dict[bytes, bytes]] = defaultdict(dict)
-    maps.update(_vip_maps(policy, slots))
+    maps.update(_vip_maps(policy, slots, with_source_blocks))
     for tenant in policy.tenants:
-        maps["ew_tenants"][pack_u32(tenant.id)] = tenant_value(tenant_flags(tenant), slots[tenant.id])
+        maps["ew_tenants"][pack_u32(tenant.id)] = tenant_value(tenant_flags(tenant, with_source_blocks),
+                                                                slots[tenant.id])
         for rule in tenant.blocked_ports:
             for port in rule.ports():
                 maps["ew_port_blocks"][port_key(tenant.id, rule.protocol, port)] = b"\x01"
-    tables = _block_tables(policy)
-    flags = (abi.CONFIG_GLOBAL_V4_BLOCKS if tables["ew_gblock_v4"] else 0) | (
-        abi.CONFIG_GLOBAL_V6_BLOCKS if tables["ew_gblock_v6"] else 0)
+    built = _block_tables(sets, tables)
+    flags = (abi.CONFIG_GLOBAL_V4_BLOCKS if sets[None].count_v4() else 0) | (
+        abi.CONFIG_GLOBAL_V6_BLOCKS if sets[None].count_v6() else 0)
     maps["ew_config"][pack_u32(0)] = config_value(policy.revision, flags)
-    return CompiledPolicy(policy.revision, {name: dict(maps[name]) for name in POLICY_MAPS}, tables, slots)
+    return CompiledPolicy(policy.revision, {name: dict(maps[name]) for name in POLICY_MAPS}, built, slots)
