@@ -43,7 +43,9 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: setup
-	$(PY) benchmarks/bench_datapath.py
+	$(PY) benchmarks/bench_datapath.py --write-results
+	$(PY) benchmarks/bench_blocklist.py --write-results
+	$(PY) benchmarks/bench_counters.py --write-results
 
 clean:
 	rm -rf build *.egg-info agent/*.so agent/datapath/*.bpf.o native/counters.c $(VENV)
