@@ -74,8 +74,9 @@ public:
     static EntryTable from_packed(const std::string &keys, const std::string &values, std::size_t key_size,
                                   std::size_t value_size) {
         EntryTable t(key_size, value_size);
-        if (keys.size() % key_size || (value_size && values.size() % value_size) ||
-            keys.size() / key_size != (value_size ? values.size() / value_size : 0))
+        const std::size_t count = keys.size() / key_size;
+        const bool whole_values = value_size ? values.size() == count * value_size : values.empty();
+        if (keys.size() % key_size || !whole_values)
             throw std::invalid_argument("packed keys and values do not make whole entries");
         t.keys_.assign(keys.begin(), keys.end());
         t.values_.assign(values.begin(), values.end());

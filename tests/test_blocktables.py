@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent._libbpf import ffi
+from agent._prefixes import EntryTable, PrefixSet
 from agent.blocklist import compile_prefixes_reference
 from agent.datapath import abi, blocktables
 from agent.datapath.abi import VerdictReason
@@ -147,13 +148,16 @@ def test_v4_nodes_block_exactly_the_prefixes(prefixes, extra):
     assert partial == level24
 
 
-@pytest.mark.parametrize("prefixes", [
+V4_EXAMPLES = [
     ["0.0.0.0/0"],
     ["0.0.0.0/1", "192.0.0.0/2"],
     ["255.255.255.255/32", "0.0.0.0/32", "10.0.0.0/15", "10.2.0.0/23", "10.2.3.128/25"],
     [f"10.0.{i}.0/24" for i in range(256)],     # merges into one /16
     [f"10.0.0.{i}/32" for i in range(0, 256, 2)],
-])
+]
+
+
+@pytest.mark.parametrize("prefixes", V4_EXAMPLES)
 def test_v4_nodes_examples(prefixes):
     compiled = compile_prefixes_reference(map(ipaddress.ip_network, prefixes))
     nodes = v4_block_nodes(compiled)
@@ -180,6 +184,242 @@ def test_v6_lpm_keys_round_trip(prefix, tenant):
 
 
 # ==========================================================================
+# (a') The native encoders compile_policy uses (PrefixSet.v4_block_entries and
+# v6_lpm_entries, EntryTables) against the Python reference encodings above.
+
+def _raw(addresses, lengths, width):
+    """(address bytes as drawn, host bits and all; prefix length): from_list clears host bits."""
+    return st.builds(lambda a, length: (a.to_bytes(width // 8, "big"), length), addresses, lengths)
+
+
+_raw_v4 = _raw(_near, _v4_length, 32)   # (shorter prefixes: test_native_entries_examples)
+_raw_v6 = _raw(st.one_of(st.integers(0, 2**128 - 1), st.integers(0, 2**20).map(lambda x: 0x20010DB8 << 96 | x)),
+               st.integers(0, 128), 128)
+_tenant_ids = st.one_of(st.none(), st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 0x01020304, 2**32 - 1]))
+
+
+def network_of(address: bytes, length: int):
+    return (V4 if len(address) == 4 else V6)((address, length), strict=False)
+
+
+def reference_v4_entries(networks, tenant_id):
+    nodes = v4_block_nodes([n for n in compile_prefixes_reference(networks) if n.version == 4])
+    return global_v4_entries(nodes) if tenant_id is None else tenant_v4_entries(tenant_id, nodes)
+
+
+def reference_v6_entries(networks, tenant_id, value):
+    return {v6_lpm_key(n, tenant_id): value for n in compile_prefixes_reference(networks) if n.version == 6}
+
+
+def assert_table_holds(table, expected: dict, key_type: str, value_size: int):
+    """`table` is an EntryTable of exactly `expected`: its layout, its entries in key
+    (byte) order, each key once, and the packed arrays the maps are written from."""
+    assert isinstance(table, EntryTable)
+    assert (table.key_size, table.value_size) == (ffi.sizeof(key_type), value_size)
+    ordered = sorted(expected.items())
+    assert len(table) == len(expected)
+    assert table.items() == ordered
+    assert table.keys_packed() == b"".join(k for k, _ in ordered)
+    assert table.values_packed() == b"".join(v for _, v in ordered)
+
+
+def assert_native_is_reference(raw, tenant_id, value):
+    prefixes = PrefixSet.from_list(raw)
+    networks = [network_of(a, length) for a, length in raw]
+    scope = "g" if tenant_id is None else "t"
+    v4, v6 = abi.SWAPPABLE_TABLES[f"ew_{scope}block_v4"], abi.SWAPPABLE_TABLES[f"ew_{scope}block_v6"]
+    assert_table_holds(prefixes.v4_block_entries(tenant_id), reference_v4_entries(networks, tenant_id),
+                       v4.key_type, ffi.sizeof(v4.value_type))
+    assert_table_holds(prefixes.v6_lpm_entries(tenant_id, value), reference_v6_entries(networks, tenant_id, value),
+                       v6.key_type, len(value))
+    # The default value is none at all.
+    assert_table_holds(prefixes.v6_lpm_entries(tenant_id), reference_v6_entries(networks, tenant_id, b""),
+                       v6.key_type, 0)
+    if tenant_id is None:   # the defaults are the global tables
+        assert prefixes.v4_block_entries() == prefixes.v4_block_entries(None)
+        assert prefixes.v6_lpm_entries(value=value) == prefixes.v6_lpm_entries(None, value)
+
+
+@SETTINGS
+@given(raw=st.lists(st.one_of(_raw_v4, _raw_v6), max_size=16), tenant_id=_tenant_ids,
+       value=st.binary(min_size=1, max_size=16))
+def test_native_entries_equal_the_reference_encoding(raw, tenant_id, value):
+    assert_native_is_reference(raw, tenant_id, value)
+
+
+@pytest.mark.parametrize("tenant_id", [None, 0, 0x01020304])
+@pytest.mark.parametrize("prefixes", V4_EXAMPLES + [
+    ["::/0", "0.0.0.0/0"],
+    ["2001:db8::/32", "2001:db8:1::/48", "2001:db8:0:1::5/64", "::1/128", "10.0.0.0/8", "10.1.2.3/31"],
+])
+def test_native_entries_examples(prefixes, tenant_id):
+    """Short prefixes (up to 65536 level-16 nodes each) and merging lists."""
+    networks = [ipaddress.ip_network(p, strict=False) for p in prefixes]
+    assert_native_is_reference([(n.network_address.packed, n.prefixlen) for n in networks], tenant_id, bytes(8))
+
+
+@pytest.mark.parametrize("tenant_id,error", [
+    (-1, ValueError), (2**32, ValueError), (2**64, ValueError), (True, TypeError), ("1", TypeError), (1.0, TypeError),
+])
+def test_native_entries_refuse_bad_tenant_ids(tenant_id, error):
+    prefixes = PrefixSet.from_list([(bytes(4), 8), (bytes(16), 8)])
+    with pytest.raises(error):
+        prefixes.v4_block_entries(tenant_id)
+    with pytest.raises(error):
+        prefixes.v6_lpm_entries(tenant_id, bytes(8))
+
+
+# ==========================================================================
+# EntryTable: the contents of a map as packed, key-sorted arrays; diff, merge
+
+
+def table_of(entries: dict, key_size: int, value_size: int) -> EntryTable:
+    return EntryTable.from_packed(b"".join(entries), b"".join(entries.values()), key_size, value_size)
+
+
+_layouts = st.sampled_from([(1, 1), (3, 5), (4, 72), (8, 72), (20, 8), (24, 8)])
+
+
+@st.composite
+def table_versions(draw):
+    """(key size, value size, old, new): two versions of a map's contents over a small
+    key universe, so they share keys, with values from a small pool, so a shared key
+    often keeps its value. Entries come in a drawn order, not sorted."""
+    key_size, value_size = draw(_layouts)
+    values = st.binary(min_size=value_size, max_size=value_size)
+    universe = draw(st.lists(st.binary(min_size=key_size, max_size=key_size), min_size=1, max_size=24, unique=True))
+    pool = draw(st.lists(values, min_size=1, max_size=3))
+    value = st.one_of(st.sampled_from(pool), values)
+    old, new = (dict(draw(st.permutations(list(draw(st.dictionaries(st.sampled_from(universe), value)).items()))))
+                for _ in range(2))
+    return key_size, value_size, old, new
+
+
+@SETTINGS
+@given(versions=table_versions())
+def test_entry_table_diff_is_dict_arithmetic(versions):
+    key_size, value_size, old, new = versions
+    a, b = table_of(old, key_size, value_size), table_of(new, key_size, value_size)
+    assert (len(a), len(b)) == (len(old), len(new))
+    assert a.items() == sorted(old.items()) and b.items() == sorted(new.items())
+    assert EntryTable.from_packed(a.keys_packed(), a.values_packed(), key_size, value_size) == a
+
+    writes, deletes = a.diff(b)
+    for part in (writes, deletes):
+        assert (part.key_size, part.value_size) == (key_size, value_size)
+    assert writes.items() == sorted((k, v) for k, v in new.items() if old.get(k) != v)   # new or changed
+    assert deletes.items() == sorted((k, v) for k, v in old.items() if k not in new)      # gone, old values
+    deleted = dict(deletes.items())
+    assert {k: v for k, v in old.items() if k not in deleted} | dict(writes.items()) == new
+
+    back_writes, back_deletes = b.diff(a)
+    assert back_writes.items() == sorted((k, v) for k, v in old.items() if new.get(k) != v)
+    assert back_deletes.items() == sorted((k, v) for k, v in new.items() if k not in old)
+
+    for table, entries in ((a, old), (b, new)):
+        same_writes, same_deletes = table.diff(table_of(dict(reversed(entries.items())), key_size, value_size))
+        assert len(same_writes) == len(same_deletes) == 0
+    assert (a == b) == (old == new) and (a != b) == (old != new)
+
+
+def test_entry_table_diff_refuses_other_layouts():
+    for other in (EntryTable(4, 4), EntryTable(8, 8), EntryTable(2, 8)):
+        with pytest.raises(ValueError, match="different layouts"):
+            EntryTable(4, 8).diff(other)
+
+
+def test_entry_table_equality_is_layout_and_contents():
+    a = EntryTable.from_packed(b"abcd", b"wxyz", 2, 2)
+    assert a == EntryTable.from_packed(b"cdab", b"yzwx", 2, 2)      # the same entries in another order
+    assert a != EntryTable.from_packed(b"abcd", b"wxyy", 2, 2)      # a value differs
+    assert a != EntryTable.from_packed(b"abce", b"wxyz", 2, 2)      # a key differs
+    assert a != EntryTable.from_packed(b"ab", b"wx", 2, 2)          # an entry fewer
+    assert a != EntryTable.from_packed(b"abcd", b"wxyz", 4, 4)      # the same bytes as one wider entry
+    assert EntryTable(4, 8) == EntryTable(4, 8) and len(EntryTable(4, 8)) == 0
+    assert EntryTable(4, 8) != EntryTable(4, 4) and EntryTable(4, 8) != EntryTable(8, 8)
+
+
+@pytest.mark.parametrize("keys,values,key_size,value_size,message", [
+    (b"abc", b"wxyz", 2, 2, "whole entries"),        # the last key cut short
+    (b"abcd", b"wxy", 2, 2, "whole entries"),        # the last value cut short
+    (b"abcd", b"wx", 2, 2, "whole entries"),         # more keys than values
+    (b"ab", b"wxyz", 2, 2, "whole entries"),         # more values than keys
+    (b"", b"wx", 2, 2, "whole entries"),
+    (b"abcd", b"", 2, 2, "whole entries"),
+    (b"abcd", b"wxy", 2, 1, "whole entries"),        # whole values, one too many
+    (b"abab", b"wxyz", 2, 2, "duplicate key"),
+    (b"abab", b"wxwx", 2, 2, "duplicate key"),       # even with the same value
+    (b"abcdab", b"uvwxyz", 2, 2, "duplicate key"),   # not next to each other as given
+    (b"ab", b"wx", 0, 2, "key size must be positive"),
+])
+def test_entry_table_from_packed_refuses(keys, values, key_size, value_size, message):
+    with pytest.raises(ValueError, match=message):
+        EntryTable.from_packed(keys, values, key_size, value_size)
+
+
+@SETTINGS
+@given(layout=_layouts, count=st.integers(0, 6), data=st.data())
+def test_entry_table_from_packed_takes_exactly_whole_distinct_entries(layout, count, data):
+    key_size, value_size = layout
+    keys = data.draw(st.binary(min_size=max(0, count * key_size - 3), max_size=count * key_size + 3))
+    values = data.draw(st.binary(min_size=max(0, count * value_size - 3), max_size=count * value_size + 3))
+    split = [keys[i:i + key_size] for i in range(0, len(keys), key_size)]
+    whole = (len(keys) % key_size == 0 and len(values) % value_size == 0
+             and len(keys) // key_size == len(values) // value_size)
+    if not whole:
+        with pytest.raises(ValueError, match="whole entries"):
+            EntryTable.from_packed(keys, values, key_size, value_size)
+    elif len(set(split)) != len(split):
+        with pytest.raises(ValueError, match="duplicate key"):
+            EntryTable.from_packed(keys, values, key_size, value_size)
+    else:
+        entries = dict(zip(split, (values[i:i + value_size] for i in range(0, len(values), value_size))))
+        assert EntryTable.from_packed(keys, values, key_size, value_size).items() == sorted(entries.items())
+
+
+def test_a_table_without_values_round_trips_through_its_packed_form():
+    """BUG: an EntryTable may have 0-byte values (PrefixSet.v6_lpm_entries makes one
+    by default, diff and merged handle them), but from_packed refuses any non-empty
+    such table: with value_size 0 it counts 0 entries in the values, so its own
+    keys_packed()/values_packed() 'do not make whole entries'."""
+    table = PrefixSet.from_list([(V6("2001:db8::/32").network_address.packed, 32)]).v6_lpm_entries()
+    assert (len(table), table.value_size, table.values_packed()) == (1, 0, b"")
+    assert EntryTable.from_packed(table.keys_packed(), table.values_packed(), table.key_size, 0) == table
+
+
+@SETTINGS
+@given(versions=table_versions(), data=st.data())
+def test_entry_table_merged_is_the_union_of_disjoint_parts(versions, data):
+    key_size, value_size, entries, _ = versions
+    count = data.draw(st.integers(1, 4))
+    part_of = {k: data.draw(st.integers(0, count - 1)) for k in entries}
+    parts = [table_of({k: v for k, v in entries.items() if part_of[k] == i}, key_size, value_size)
+             for i in range(count)]
+    before = [p.items() for p in parts]
+    merged = EntryTable.merged(parts, key_size, value_size)
+    assert (merged.key_size, merged.value_size) == (key_size, value_size)
+    assert merged.items() == sorted(entries.items())
+    assert merged == table_of(entries, key_size, value_size)
+    assert EntryTable.merged(parts[::-1], key_size, value_size) == merged
+    assert [p.items() for p in parts] == before   # the parts are left as they were
+
+
+def test_entry_table_merged_refuses_overlaps_and_other_layouts():
+    assert EntryTable.merged([], 4, 8) == EntryTable(4, 8)
+    one = EntryTable.from_packed(b"abcd", b"wxyz", 2, 2)
+    assert EntryTable.merged([one, EntryTable(2, 2)], 2, 2) == one
+    with pytest.raises(ValueError, match="duplicate key"):
+        EntryTable.merged([one, EntryTable.from_packed(b"cd", b"yz", 2, 2)], 2, 2)   # same key, same value
+    with pytest.raises(ValueError, match="duplicate key"):
+        EntryTable.merged([one, EntryTable.from_packed(b"ab", b"zz", 2, 2)], 2, 2)
+    for layout in ((2, 4), (4, 2)):
+        with pytest.raises(ValueError, match="different layouts"):
+            EntryTable.merged([one], *layout)
+    with pytest.raises(ValueError, match="different layouts"):
+        EntryTable.merged([one, EntryTable(2, 4)], 2, 2)
+
+
+# ==========================================================================
 # (c) In-place changes: at every intermediate state of a delta, every address
 # blocked by the old and by the new version is blocked (and nothing outside
 # either version is). The real SwappableTable.apply and _apply_delta run over a
@@ -197,6 +437,9 @@ class CheckedInner:
 
     def items(self):
         return dict(self.data)
+
+    def items_packed(self):
+        return b"".join(self.data), b"".join(self.data.values())
 
     def lookup(self, key):
         return self.data.get(key)
@@ -347,8 +590,8 @@ class NaiveOrderTable(StandInTable):
         level = lambda key: blocktables.table_key_level(self.name, key)
         for key in sorted(stale, key=level, reverse=True):
             self._inner.delete(key)
-        for key in sorted(writes, key=level):
-            self._inner.update(key, writes[key])
+        for key, value in sorted(writes, key=lambda kv: level(kv[0])):
+            self._inner.update(key, value)
 
 
 @pytest.mark.parametrize("old,new", [

@@ -224,11 +224,32 @@ def mismatches(frame, layers):
     return wrong
 
 
+def tshark_cannot_decode(frame) -> bool:
+    """tshark 4.0 raises an exception (reported as a malformed packet) on a
+    valid IPv6 hop-by-hop or destination-options header that ends the packet
+    (next header 59) with a Pad1 option as its last byte. Such frames are
+    still held to the reference by the datapath tests; only tshark's decode
+    of them is not trusted here."""
+    if frame.ethertype != frames.ETH_P_IPV6 or frame.proto != frames.IPPROTO_NONE or not frame.ext:
+        return False
+    last_type, offset = frame.ext[-1]
+    if last_type not in (frames.IPV6_HOPOPTS, frames.IPV6_DSTOPTS):
+        return False
+    header_end = offset + (frame.data[offset + 1] + 1) * 8
+    if header_end != frame.end:
+        return False
+    pos, last_option = offset + 2, None
+    while pos < header_end:            # option TLVs; type 0 is Pad1, a lone byte
+        last_option = frame.data[pos]
+        pos += 1 if last_option == 0 else 2 + frame.data[pos + 1]
+    return last_option == 0
+
+
 def test_drawn_frames_decode_as_built(decode):
     drawn = draw_examples(frames.annotated_frames(), 400)
     failures = [(f.data.hex(), f, wrong)
                 for f, layers in zip(drawn, decode([f.data for f in drawn]))
-                if (wrong := mismatches(f, layers))]
+                if (wrong := mismatches(f, layers)) and not tshark_cannot_decode(f)]
     assert not failures, f"{len(failures)} of {len(drawn)} frames, e.g. {failures[:3]}"
 
     # The mix the datapath tests rely on really is drawn.

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent._libbpf import ffi
+from agent._prefixes import EntryTable, PrefixSet
 from agent.blocklist import compile_prefixes_reference
 from agent.datapath import abi, blocktables
 from agent.datapath.apply import apply_compiled, apply_policy_to_maps, live_slots
@@ -708,26 +709,38 @@ def config_of(compiled):
     return cfg.policy_revision, cfg.flags
 
 
-def compile_doc(doc, live=None, capacity=abi.MAX_TENANTS):
-    return compile_policy(policy_from_document(doc), live, capacity)
+def compile_doc(doc, live=None, capacity=abi.MAX_TENANTS, named_lists=None):
+    return compile_policy(policy_from_document(doc), live, capacity, named_lists)
 
 
 # Block tables, decoded through the header's key layouts and blocktables' inverse.
 
-def global_v4_networks(entries: dict[bytes, bytes]) -> list:
-    return blocktables.v4_networks_from_nodes({u32(k): v for k, v in entries.items()})
+def as_dict(table) -> dict[bytes, bytes]:
+    """The entries of a compiled block table, an EntryTable: packed and sorted by key,
+    each key once."""
+    assert isinstance(table, EntryTable)
+    items = table.items()
+    keys = [k for k, _ in items]
+    assert keys == sorted(set(keys)) and len(items) == len(table)
+    assert table.keys_packed() == b"".join(keys) and table.values_packed() == b"".join(v for _, v in items)
+    return dict(items)
 
 
-def tenant_v4_networks(entries: dict[bytes, bytes]) -> dict[int, list]:
+def global_v4_networks(table: EntryTable) -> list:
+    return blocktables.v4_networks_from_nodes({u32(k): v for k, v in as_dict(table).items()})
+
+
+def tenant_v4_networks(table: EntryTable) -> dict[int, list]:
     nodes: dict[int, dict[int, bytes]] = {}
-    for key, value in entries.items():
+    for key, value in as_dict(table).items():
         k = ffi.from_buffer("struct ew_tenant_block_key *", key)
         nodes.setdefault(k.tenant_id, {})[k.node] = value
     return {tenant_id: blocktables.v4_networks_from_nodes(n) for tenant_id, n in nodes.items()}
 
 
-def v6_networks(entries: dict[bytes, bytes]) -> set:
+def v6_networks(table: EntryTable) -> set:
     """{(tenant id or None, prefix)}; every value is list 0."""
+    entries = as_dict(table)
     for value in entries.values():
         block = ffi.from_buffer("struct ew_block_value *", value)
         assert (block.list_id, block.reserved) == (0, 0)
@@ -755,6 +768,7 @@ def test_compiled_layouts_match_the_abi():
     for name, entries in compiled.tables.items():
         spec = abi.SWAPPABLE_TABLES[name]
         assert entries or name == "ew_tblock_v6", name   # the example has no tenant v6 list
+        assert (entries.key_size, entries.value_size) == (ffi.sizeof(spec.key_type), ffi.sizeof(spec.value_type))
         for key, value in entries.items():
             assert len(key) == ffi.sizeof(spec.key_type), name
             assert len(value) == ffi.sizeof(spec.value_type), name
@@ -920,8 +934,7 @@ def test_block_tables_decode_to_the_merged_networks():
                     {"id": 0x01020304, "name": "b", "blocked_sources": ["198.51.100.0/24", "0.0.0.0/0"]}],
     }
     compiled = compile_doc(doc)
-    gv4 = compiled.tables["ew_gblock_v4"]
-    assert global_v4_networks(gv4) == [net("10.0.0.0/7"), net("192.0.2.1/32")]
+    assert global_v4_networks(compiled.tables["ew_gblock_v4"]) == [net("10.0.0.0/7"), net("192.0.2.1/32")]
     assert v6_networks(compiled.tables["ew_gblock_v6"]) == {(None, net("::/0"))}
     assert tenant_v4_networks(compiled.tables["ew_tblock_v4"]) == {
         1: [net("198.51.100.0/24"), net("203.0.113.64/27")], 0x01020304: [net("0.0.0.0/0")]}
@@ -929,6 +942,8 @@ def test_block_tables_decode_to_the_merged_networks():
 
     # The node encoding itself: 10.0.0.0/7 is 512 full /16 nodes; 192.0.2.1 is a /16 node
     # pointing at /24 number 2, whose node has host bit 1.
+    gv4 = as_dict(compiled.tables["ew_gblock_v4"])
+
     def node(level, index, flags=0, a=0, b=0, table=gv4, tenant=None):
         key = struct.pack("=I", level << 24 | index) if tenant is None else struct.pack("=II", tenant, level << 24 | index)
         words = [(a >> (64 * i)) & (2**64 - 1) for i in range(4)] + [(b >> (64 * i)) & (2**64 - 1) for i in range(4)]
@@ -939,18 +954,18 @@ def test_block_tables_decode_to_the_merged_networks():
         node(16, index16, flags=abi.BLOCK_NODE_FULL)
     node(16, 192 << 8 | 0, b=1 << 2)
     node(24, (192 << 16) | 2, a=1 << 1)
-    tv4 = compiled.tables["ew_tblock_v4"]
+    tv4 = as_dict(compiled.tables["ew_tblock_v4"])
     assert len(tv4) == 3 + 65536
     node(16, 198 << 8 | 51, a=1 << 100, table=tv4, tenant=1)
     node(16, 203 << 8 | 0, b=1 << 113, table=tv4, tenant=1)
     node(24, (203 << 16) | 113, a=(2**32 - 1) << 64, table=tv4, tenant=1)
     node(16, 0, flags=abi.BLOCK_NODE_FULL, table=tv4, tenant=0x01020304)
     # v6 keys: LPM length, then (tenant id big-endian, covered by the length), then the address.
-    key = next(iter(compiled.tables["ew_tblock_v6"]))
+    (key, _), = as_dict(compiled.tables["ew_tblock_v6"]).items()
     s = ffi.from_buffer("struct ew_tenant_lpm_v6_key *", key)
     assert s.prefixlen == 32 + 48 and bytes(s.tenant_id) == b"\0\0\0\1"
     assert bytes(s.addr) == ip("2001:db8:1::").packed
-    key = next(iter(compiled.tables["ew_gblock_v6"]))
+    (key, _), = as_dict(compiled.tables["ew_gblock_v6"]).items()
     assert key == struct.pack("=I", 0) + bytes(16)
     tenant_b = blocktables.v6_lpm_key(net("2001:db8::/32"), 0x01020304)
     assert tenant_b[4:8] == b"\x01\x02\x03\x04"
@@ -1016,6 +1031,124 @@ def test_compile_properties(doc):
     assert len(compiled.maps["ew_port_blocks"]) == len(ports)
     assert tenant_v4_networks(compiled.tables["ew_tblock_v4"]) == tv4
     assert v6_networks(compiled.tables["ew_tblock_v6"]) == tv6
+
+
+# --- named block lists ------------------------------------------------------------
+
+def prefix_set_of(texts) -> PrefixSet:
+    networks = [ipaddress.ip_network(t, strict=False) for t in texts]
+    return PrefixSet.from_list([(n.network_address.packed, n.prefixlen) for n in networks])
+
+
+NAMED_DOC = {
+    "revision": 5,
+    "global": {"blocked_sources": ["198.51.100.0/25"]},
+    "tenants": [
+        {"id": 1, "name": "plain", "blocked_ports": ["tcp/25"],           # no list of its own in the policy
+         "vips": ["203.0.113.1", {"address": "2001:db8::1", "protocol": "tcp", "port": 443}]},
+        {"id": 2, "name": "listed", "vips": ["203.0.113.2"],
+         "blocked_sources": ["192.0.2.0/25", "2001:db8:2::/48"]},
+        {"id": 3, "name": "empty", "vips": ["203.0.113.3"]},
+    ],
+}
+NAMED_LISTS = {
+    None: ["198.51.100.128/25", "203.0.113.77", "2001:db8:bad::/48"],   # the v4 /25s merge into a /24
+    1: ["100.64.0.0/10", "100.64.1.0/24", "2001:db8:1::/64"],
+    2: ["192.0.2.128/25", "192.0.2.7", "2001:db8:2:1::/64"],            # both inside or beside the policy's
+    3: [],                                                               # an empty list blocks nothing
+}
+
+
+def test_named_lists_are_united_into_the_tables():
+    named = {scope: prefix_set_of(texts) for scope, texts in NAMED_LISTS.items()}
+    compiled = compile_doc(NAMED_DOC, named_lists=named)
+    plain = compile_doc(NAMED_DOC)
+
+    assert global_v4_networks(compiled.tables["ew_gblock_v4"]) == [net("198.51.100.0/24"), net("203.0.113.77/32")]
+    assert v6_networks(compiled.tables["ew_gblock_v6"]) == {(None, net("2001:db8:bad::/48"))}
+    assert tenant_v4_networks(compiled.tables["ew_tblock_v4"]) == {1: [net("100.64.0.0/10")],
+                                                                   2: [net("192.0.2.0/24")]}
+    assert v6_networks(compiled.tables["ew_tblock_v6"]) == {(1, net("2001:db8:1::/64")), (2, net("2001:db8:2::/48"))}
+    # A global v6 list from a named list alone turns the global v6 lookup on.
+    assert config_of(plain) == (5, abi.CONFIG_GLOBAL_V4_BLOCKS)
+    assert config_of(compiled) == (5, abi.CONFIG_GLOBAL_V4_BLOCKS | abi.CONFIG_GLOBAL_V6_BLOCKS)
+
+    # Tenant 1 has source blocks now, from its named list: in ew_tenants and in every VIP value.
+    has, ports = abi.TENANT_HAS_SOURCE_BLOCKS, abi.TENANT_HAS_PORT_BLOCKS
+    assert tenant_entry(plain, 1) == (ports, 1)
+    assert {t: tenant_entry(compiled, t) for t in (1, 2, 3)} == {1: (ports | has, 1), 2: (has, 2), 3: (0, 3)}
+    assert any_port_vips(compiled) == {ip("203.0.113.1"): (1, 1, ports | has), ip("203.0.113.2"): (2, 2, has),
+                                       ip("203.0.113.3"): (3, 3, 0), ip("2001:db8::1"): (0, 0, abi.VIP_HAS_PORT_VIPS)}
+    assert port_vips(compiled) == {(ip("2001:db8::1"), socket.IPPROTO_TCP, 443): (1, 1, ports | has)}
+
+    # Exactly what the policy compiles to with the lists written into its own block lists.
+    merged = compile_doc({
+        **NAMED_DOC, "global": {"blocked_sources": NAMED_DOC["global"]["blocked_sources"] + NAMED_LISTS[None]},
+        "tenants": [{**t, "blocked_sources": t.get("blocked_sources", []) + NAMED_LISTS[t["id"]]}
+                    for t in NAMED_DOC["tenants"]]})
+    assert compiled.maps == merged.maps and compiled.slots == merged.slots
+    assert compiled.tables == merged.tables
+
+
+def test_named_lists_of_a_tenant_not_in_the_policy_change_nothing():
+    named = {scope: prefix_set_of(texts) for scope, texts in NAMED_LISTS.items()}
+    absent = {99: prefix_set_of(["0.0.0.0/0", "::/0"]), 2**32 - 1: prefix_set_of(["10.0.0.0/8"])}
+    for base in ({}, named):
+        expected = compile_doc(NAMED_DOC, named_lists=base or None)
+        compiled = compile_doc(NAMED_DOC, named_lists=base | absent)
+        assert compiled.maps == expected.maps and compiled.slots == expected.slots
+        assert set(compiled.tables) == set(BLOCK_TABLES)
+        for name in BLOCK_TABLES:
+            assert compiled.tables[name] == expected.tables[name], name
+            assert as_dict(compiled.tables[name]) == as_dict(expected.tables[name]), name
+        assert set(tenant_v4_networks(compiled.tables["ew_tblock_v4"])) <= {1, 2}
+        assert all(t in (1, 2) for t, _ in v6_networks(compiled.tables["ew_tblock_v6"]))
+    # No named lists at all, and empty ones, are the policy alone.
+    plain = compile_doc(NAMED_DOC)
+    empty = compile_doc(NAMED_DOC, named_lists={None: PrefixSet(), 1: PrefixSet(), 2: PrefixSet(), 3: PrefixSet()})
+    assert empty.maps == plain.maps and empty.tables == plain.tables
+
+
+_named_network = st.one_of(
+    st.builds(lambda a, length: ipaddress.IPv4Network((a, length), strict=False), _v4_int, st.integers(8, 32)),
+    st.builds(lambda a, length: ipaddress.IPv6Network((a, length), strict=False), _v6_int, st.integers(0, 128)))
+
+
+@SETTINGS
+@given(doc=valid_documents(), data=st.data())
+def test_compile_with_named_lists_properties(doc, data):
+    policy = at_most_a_slash_8(policy_from_document(doc))
+    ids = [t.id for t in policy.tenants]
+    scopes = data.draw(st.lists(st.one_of(st.none(), st.sampled_from(ids or [None]), st.integers(1, MAX_ID)),
+                                unique=True, max_size=4))
+    lists = {scope: data.draw(st.lists(_named_network, max_size=4)) for scope in scopes}
+    compiled = compile_policy(policy, named_lists={scope: prefix_set_of(map(str, n)) for scope, n in lists.items()})
+
+    def blocked(scope, own):
+        return compile_prefixes_reference(list(own) + lists.get(scope, []))
+
+    gblocks = blocked(None, policy.blocked_sources)
+    assert global_v4_networks(compiled.tables["ew_gblock_v4"]) == v4_only(gblocks)
+    assert v6_networks(compiled.tables["ew_gblock_v6"]) == {(None, n) for n in v6_only(gblocks)}
+    assert config_of(compiled) == (policy.revision, (abi.CONFIG_GLOBAL_V4_BLOCKS if v4_only(gblocks) else 0)
+                                   | (abi.CONFIG_GLOBAL_V6_BLOCKS if v6_only(gblocks) else 0))
+    tv4, tv6 = {}, set()
+    for t in policy.tenants:
+        tblocks = blocked(t.id, t.blocked_sources)
+        if v4_only(tblocks):
+            tv4[t.id] = v4_only(tblocks)
+        tv6 |= {(t.id, n) for n in v6_only(tblocks)}
+        flags = expected_flags(t) | (abi.TENANT_HAS_SOURCE_BLOCKS if tblocks else 0)
+        assert tenant_entry(compiled, t.id) == (flags, compiled.slots[t.id])
+    assert tenant_v4_networks(compiled.tables["ew_tblock_v4"]) == tv4   # lists of absent tenants: nowhere
+    assert v6_networks(compiled.tables["ew_tblock_v6"]) == tv6
+    # The same as the policy with the lists written into its own block lists.
+    merged = dataclasses.replace(
+        policy, blocked_sources=policy.blocked_sources + tuple(lists.get(None, [])),
+        tenants=tuple(dataclasses.replace(t, blocked_sources=t.blocked_sources + tuple(lists.get(t.id, [])))
+                      for t in policy.tenants))
+    expected = compile_policy(merged)
+    assert compiled.maps == expected.maps and compiled.tables == expected.tables
 
 
 # ==========================================================================
@@ -1105,6 +1238,14 @@ class Recorded:
         self._map.update_many(entries)
         self._log.extend((self._op, self._table, key) for key in entries)
 
+    def items_packed(self):
+        return self._map.items_packed()
+
+    def update_packed(self, keys, values):
+        self._map.update_packed(keys, values)
+        size = self._map.key_size
+        self._log.extend((self._op, self._table, keys[i:i + size]) for i in range(0, len(keys), size))
+
     def delete(self, key):
         found = self._map.delete(key)
         if found:
@@ -1160,13 +1301,13 @@ def assert_maps_hold(maps, compiled):
     for name in POLICY_MAPS:
         assert maps[name].items() == compiled.maps[name], name
     for name in BLOCK_TABLES:
-        assert table_entries(maps, name) == compiled.tables[name], name
+        assert table_entries(maps, name) == as_dict(compiled.tables[name]), name
     assert live_slots(maps) == compiled.slots
 
 
-def compile_for(maps, doc):
+def compile_for(maps, doc, named_lists=None):
     """Compiled as apply_policy_to_maps does: slots from the live maps."""
-    return compile_doc(doc, live_slots(maps), maps["ew_counters"].max_entries)
+    return compile_doc(doc, live_slots(maps), maps["ew_counters"].max_entries, named_lists)
 
 
 BASE_DOC = {
@@ -1270,11 +1411,15 @@ def test_apply_diff_writes_only_changes_and_keeps_counters(make_maps):
     report = apply_compiled(maps, new)
     assert_maps_hold(maps, new)
 
+    def contents(compiled, kind, name):
+        entries = getattr(compiled, kind)[name]
+        return entries if kind == "maps" else as_dict(entries)
+
     def changed(kind, name):
-        return {k for k, v in getattr(new, kind)[name].items() if getattr(old, kind)[name].get(k) != v}
+        return {k for k, v in contents(new, kind, name).items() if contents(old, kind, name).get(k) != v}
 
     def stale(kind, name):
-        return set(getattr(old, kind)[name]) - set(getattr(new, kind)[name])
+        return set(contents(old, kind, name)) - set(contents(new, kind, name))
 
     writes = {(name, key) for op, name, key in log if op == "update" and name != "ew_counters"}
     deletes = {(name, key) for op, name, key in log if op == "delete"}
@@ -1316,6 +1461,24 @@ def test_apply_diff_writes_only_changes_and_keeps_counters(make_maps):
     assert_maps_hold(maps, third)
     assert counters.items() == live | {pack_u32(3): bytes(counters.value_size)}
     assert [key for _, name, key in log if name == "ew_counters"] == [pack_u32(3)]
+
+
+def test_named_lists_are_applied_and_withdrawn(make_maps):
+    """apply_policy_to_maps with named lists enforces their union with the policy's
+    lists; applying without them takes them out again, in place."""
+    log = []
+    maps = make_maps(log)
+    named = {scope: prefix_set_of(texts) for scope, texts in NAMED_LISTS.items()}
+    policy = policy_from_document(NAMED_DOC)
+    report = apply_policy_to_maps(maps, policy, named)
+    assert report.added["ew_tblock_v4"] > 0 and report.added["ew_gblock_v6"] == 1
+    assert_maps_hold(maps, compile_for(maps, NAMED_DOC, named))
+    assert tenant_v4_networks(SwappableTable(maps["ew_tblock_v4"]).entries_table())[1] == [net("100.64.0.0/10")]
+    log.clear()
+    report = apply_policy_to_maps(maps, policy)
+    assert report.swapped == [] and report.removed["ew_gblock_v6"] == 1 and report.changed["ew_tenants"] == 1
+    assert_maps_hold(maps, compile_for(maps, NAMED_DOC))
+    assert 1 not in tenant_v4_networks(SwappableTable(maps["ew_tblock_v4"]).entries_table())
 
 
 def test_revision_is_written_after_every_other_policy_change(make_maps):
@@ -1468,7 +1631,7 @@ def test_apply_to_real_maps():
             for name in POLICY_MAPS:
                 assert maps[name].items() == expected.maps[name], (doc["revision"], name)
             for name in BLOCK_TABLES:
-                assert table_entries(maps, name) == expected.tables[name], (doc["revision"], name)
+                assert table_entries(maps, name) == as_dict(expected.tables[name]), (doc["revision"], name)
             assert live_slots(maps) == expected.slots
         counters = maps["ew_counters"]
         assert live_slots(maps) == {1: 1, 2: 2, 3: 5}   # 3 came back after 4 and 5 took slots 4 and 3
