@@ -52,3 +52,10 @@ def write_section(section_title: str, section: str, path: Path = RESULTS_PATH) -
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(new)
     os.replace(tmp, path)
+
+
+def publish(section_title: str, section: str, write: bool) -> None:
+    """Print a benchmark's section; with `write`, also record it in RESULTS.md."""
+    print(section)
+    if write:
+        write_section(section_title, section)

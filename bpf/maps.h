@@ -38,38 +38,24 @@ struct ew_inner_types {
 } ew_inner_types_anchor;
 
 /* Inner-map templates: the verifier learns the inner layouts from them; the
- * agent creates the real inner maps with the same type, sizes and flags. */
-struct ew_block_table_v4 {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, EW_MAX_BLOCK_NODES_V4);
-    __uint(map_flags, BPF_F_NO_PREALLOC);
-    __type(key, __u32);
-    __type(value, struct ew_block_node);
-};
+ * agent creates the real inner maps with the same type, sizes and flags
+ * (agent/datapath/abi.py SWAPPABLE_TABLES). */
+#define EW_INNER_TEMPLATE(name, map_type, capacity, key_type, value_type) \
+    struct name {                                                        \
+        __uint(type, map_type);                                          \
+        __uint(max_entries, capacity);                                   \
+        __uint(map_flags, BPF_F_NO_PREALLOC);                            \
+        __type(key, key_type);                                           \
+        __type(value, value_type);                                       \
+    }
 
-struct ew_tenant_block_table_v4 {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, EW_MAX_TENANT_BLOCK_NODES_V4);
-    __uint(map_flags, BPF_F_NO_PREALLOC);
-    __type(key, struct ew_tenant_block_key);
-    __type(value, struct ew_block_node);
-};
-
-struct ew_block_trie_v6 {
-    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
-    __uint(max_entries, EW_MAX_SOURCE_BLOCKS_V6);
-    __uint(map_flags, BPF_F_NO_PREALLOC);
-    __type(key, struct ew_lpm_v6_key);
-    __type(value, struct ew_block_value);
-};
-
-struct ew_tenant_block_trie_v6 {
-    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
-    __uint(max_entries, EW_MAX_SOURCE_BLOCKS_V6);
-    __uint(map_flags, BPF_F_NO_PREALLOC);
-    __type(key, struct ew_tenant_lpm_v6_key);
-    __type(value, struct ew_block_value);
-};
+EW_INNER_TEMPLATE(ew_block_table_v4, BPF_MAP_TYPE_HASH, EW_MAX_BLOCK_NODES_V4, __u32, struct ew_block_node);
+EW_INNER_TEMPLATE(ew_tenant_block_table_v4, BPF_MAP_TYPE_HASH, EW_MAX_TENANT_BLOCK_NODES_V4,
+                  struct ew_tenant_block_key, struct ew_block_node);
+EW_INNER_TEMPLATE(ew_block_trie_v6, BPF_MAP_TYPE_LPM_TRIE, EW_MAX_SOURCE_BLOCKS_V6, struct ew_lpm_v6_key,
+                  struct ew_block_value);
+EW_INNER_TEMPLATE(ew_tenant_block_trie_v6, BPF_MAP_TYPE_LPM_TRIE, EW_MAX_SOURCE_BLOCKS_V6,
+                  struct ew_tenant_lpm_v6_key, struct ew_block_value);
 
 #define EW_SWAPPABLE_TABLE(name, inner)                     \
     struct {                                                \
