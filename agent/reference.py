@@ -4,7 +4,9 @@ to the counters. It works from the policy document itself, not from the
 compiled maps, so tests that hold the XDP program to it check the compiler,
 the map layouts and the program together. Precedence of reasons:
 global source block > tenant suspended > tenant source block > malformed >
-blocked destination port > pass."""
+blocked destination port > amplification source port > dropped fragment >
+SYN rate > fragment rate > packet/byte rate > pass. Token buckets are
+state: ReferenceBuckets holds it, with the datapath's exact arithmetic."""
 
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from agent.datapath.abi import (
-    DROP_REASONS, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, TENANT_UNASSIGNED, TrafficClass, VerdictReason,
+    AMPLIFICATION_PORTS, DROP_REASONS, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, TENANT_UNASSIGNED, TrafficClass,
+    VerdictReason,
 )
-from agent.policy.model import PROTOCOL_NUMBERS, Policy
+from agent.policy.model import PROTOCOL_NUMBERS, FragmentPolicy, Policy, Rate
 
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 VLAN_TPIDS = (0x8100, 0x88A8)
@@ -34,6 +37,7 @@ class PacketFacts:
     dst: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     l4_proto: int = 0
     dport: int | None = None        # TCP/UDP destination port when the header was read
+    sport: int | None = None
     fragment: str = "none"          # "none" | "first" | "nonfirst"
     malformed: bool = False
     l4_parsed: bool = False
@@ -145,12 +149,14 @@ def _parse_l4(frame: bytes, pos: int, base: dict, fragment: str) -> PacketFacts:
         data_offset = (frame[pos + 12] >> 4) * 4
         if data_offset < 20 or pos + data_offset > n:
             return PacketFacts(**base, fragment=fragment, malformed=True)
-        return PacketFacts(**base, fragment=fragment, l4_parsed=True,
-                           dport=struct.unpack_from("!H", frame, pos + 2)[0], tcp_flags=frame[pos + 13])
+        sport, dport = struct.unpack_from("!HH", frame, pos)
+        return PacketFacts(**base, fragment=fragment, l4_parsed=True, dport=dport, sport=sport,
+                           tcp_flags=frame[pos + 13])
     if proto == UDP:
         if pos + 8 > n:
             return PacketFacts(**base, fragment=fragment, malformed=True)
-        return PacketFacts(**base, fragment=fragment, l4_parsed=True, dport=struct.unpack_from("!H", frame, pos + 2)[0])
+        sport, dport = struct.unpack_from("!HH", frame, pos)
+        return PacketFacts(**base, fragment=fragment, l4_parsed=True, dport=dport, sport=sport)
     if (proto == ICMP and family == 4) or (proto == ICMPV6 and family == 6):
         if pos + 4 > n:
             return PacketFacts(**base, fragment=fragment, malformed=True)
@@ -178,8 +184,82 @@ def _source_in(networks, address) -> bool:
     return any(address.version == net.version and address in net for net in networks)
 
 
-def decide(policy: Policy, facts: PacketFacts) -> tuple[int, VerdictReason]:
-    """(tenant id, verdict reason) for one parsed frame."""
+NS_PER_SECOND = 10**9
+
+
+@dataclass
+class TokenBucket:
+    """The datapath's bucket (bpf/flood.h bucket_take): tokens in
+    unit-nanoseconds; never used (last_ns 0) means full."""
+
+    tokens: int = 0
+    last_ns: int = 0
+
+    def take(self, rate: int, burst: int, now_ns: int, units: int) -> bool:
+        capacity, cost = burst * NS_PER_SECOND, units * NS_PER_SECOND
+        tokens = min(self.tokens, capacity)
+        if self.last_ns == 0:
+            tokens, self.last_ns = capacity, now_ns
+        elif now_ns > self.last_ns:
+            elapsed, room = now_ns - self.last_ns, capacity - tokens
+            tokens = capacity if rate and elapsed >= -(-room // rate) else tokens + elapsed * rate
+            self.last_ns = now_ns
+        allowed = tokens >= cost
+        self.tokens = tokens - cost if allowed else tokens
+        return allowed
+
+
+class ReferenceBuckets:
+    """Bucket state per (tenant, kind). apply() mirrors the agent: a tenant
+    whose flood policy changed, or that is new, starts with fresh buckets."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[tuple[int, str], TokenBucket] = {}
+        self.floods: dict[int, object] = {}
+
+    def apply(self, policy: Policy) -> None:
+        floods = {t.id: t.flood for t in policy.tenants}
+        for key in list(self.buckets):
+            if floods.get(key[0]) != self.floods.get(key[0]):
+                del self.buckets[key]
+        self.floods = floods
+
+    def take(self, tenant_id: int, kind: str, rate, now_ns: int, units: int) -> bool:
+        if rate.unlimited:
+            return True
+        bucket = self.buckets.setdefault((tenant_id, kind), TokenBucket())
+        return bucket.take(rate.per_second, rate.burst, now_ns, units)
+
+
+def flood_reason(tenant, facts: PacketFacts, buckets: ReferenceBuckets | None, now_ns: int) -> VerdictReason | None:
+    flood = tenant.flood
+    if flood.drop_amplification and facts.l4_parsed and facts.l4_proto == UDP and \
+            facts.sport in AMPLIFICATION_PORTS and facts.sport not in flood.allow_amplification_ports:
+        return VerdictReason.drop_amplification
+    nonfirst = facts.fragment == "nonfirst"
+    if nonfirst and flood.fragments is FragmentPolicy.DROP:
+        return VerdictReason.drop_fragment
+    limits = (flood.syns, flood.fragment_rate, flood.packets, flood.bits)
+    if all(r.unlimited for r in limits):
+        return None
+    if buckets is None:
+        raise ValueError("a policy with rate limits needs ReferenceBuckets to be judged")
+    if facts.traffic_class is TrafficClass.tcp_syn and not buckets.take(tenant.id, "syn", flood.syns, now_ns, 1):
+        return VerdictReason.drop_syn_rate
+    if nonfirst and flood.fragments is FragmentPolicy.LIMIT and \
+            not buckets.take(tenant.id, "fragments", flood.fragment_rate, now_ns, 1):
+        return VerdictReason.drop_fragment
+    byte_rate = Rate(flood.bits.per_second // 8, flood.bits.burst // 8)
+    if not buckets.take(tenant.id, "packets", flood.packets, now_ns, 1) or \
+            not buckets.take(tenant.id, "bytes", byte_rate, now_ns, facts.length):
+        return VerdictReason.drop_rate_limit
+    return None
+
+
+def decide(policy: Policy, facts: PacketFacts, buckets: ReferenceBuckets | None = None,
+           now_ns: int = 1) -> tuple[int, VerdictReason]:
+    """(tenant id, verdict reason) for one parsed frame. `now_ns` is the
+    clock for rate limits; like the kernel's it is never 0."""
     if facts.non_ip:
         return TENANT_UNASSIGNED, VerdictReason.pass_non_ip
     if facts.family == 0:
@@ -198,6 +278,10 @@ def decide(policy: Policy, facts: PacketFacts) -> tuple[int, VerdictReason]:
         for rule in tenant.blocked_ports:
             if PROTOCOL_NUMBERS[rule.protocol] == facts.l4_proto and rule.first <= facts.dport <= rule.last:
                 return tenant_id, VerdictReason.drop_port_block
+    if tenant is not None:
+        reason = flood_reason(tenant, facts, buckets, now_ns)
+        if reason is not None:
+            return tenant_id, reason
     return tenant_id, VerdictReason.pass_allowed
 
 
@@ -213,9 +297,9 @@ class Verdict:
         return self.reason in DROP_REASONS
 
 
-def judge(policy: Policy, frame: bytes) -> Verdict:
+def judge(policy: Policy, frame: bytes, buckets: ReferenceBuckets | None = None, now_ns: int = 1) -> Verdict:
     facts = parse_frame(frame)
-    tenant_id, reason = decide(policy, facts)
+    tenant_id, reason = decide(policy, facts, buckets, now_ns)
     return Verdict(tenant_id, reason, facts.traffic_class, facts.length)
 
 

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     capacity = args.tenants + 1
     policy = Policy(revision=1, tenants=tuple(Tenant(i, f"t{i}") for i in range(1, args.tenants + 1)))
-    with LoadedProgram(capacities={"ew_counters": capacity, "ew_tenants": capacity}) as program:
+    with LoadedProgram(tenant_capacity=capacity) as program:
         setup = time.perf_counter()
         apply_policy_to_maps(program.maps, policy)
         fill_counters(program.maps, random.Random(1))

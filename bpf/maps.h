@@ -86,4 +86,19 @@ struct {
     __type(value, struct ew_config);
 } ew_config SEC(".maps");
 
+/* Flood policy per tenant slot, and the token buckets it refers to. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, EW_MAX_TENANTS);
+    __type(key, __u32);
+    __type(value, struct ew_flood_policy);
+} ew_flood_policies SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, EW_MAX_TENANTS * EW_BUCKET_KINDS);
+    __type(key, __u32);
+    __type(value, struct ew_bucket);
+} ew_buckets SEC(".maps");
+
 #endif /* EW_MAPS_H */

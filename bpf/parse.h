@@ -36,6 +36,7 @@ struct packet_facts {
     void *l3;             /* struct iphdr * or struct ipv6hdr *, if family != 0 */
     __u32 length;         /* whole frame with fragments, as counted in bytes counters */
     __u16 dport;          /* network byte order, 0 unless a TCP/UDP header was read */
+    __u16 sport;          /* network byte order, likewise */
     __u8 family;          /* 0 (not IP or unreadable), EW_FAMILY_IPV4, EW_FAMILY_IPV6 */
     __u8 l4_proto;
     __u8 fragment;        /* enum ew_fragment_kind */
@@ -209,6 +210,7 @@ static __always_inline void parse_l4(struct hdr_cursor *nh, void *data_end, stru
             return;
         }
         f->dport = tcp->dest;
+        f->sport = tcp->source;
         *tcp_flags = ((__u8 *)tcp)[13];
         f->l4_parsed = 1;
     } else if (f->l4_proto == IPPROTO_UDP) {
@@ -219,6 +221,7 @@ static __always_inline void parse_l4(struct hdr_cursor *nh, void *data_end, stru
             return;
         }
         f->dport = udp->dest;
+        f->sport = udp->source;
         f->l4_parsed = 1;
     } else if ((f->l4_proto == IPPROTO_ICMP && f->family == EW_FAMILY_IPV4) ||
                (f->l4_proto == IPPROTO_ICMPV6_ && f->family == EW_FAMILY_IPV6)) {

@@ -1,6 +1,8 @@
 /* Tenant lookup and the verdict. Precedence, first match wins:
  *   global source block > tenant suspended > tenant source block >
- *   malformed > blocked destination port > pass.
+ *   malformed > blocked destination port > amplification source port >
+ *   dropped fragment > SYN rate > fragment rate > packet/byte rate > pass.
+ * Rate limits come last, so blocked packets spend no tokens.
  * agent/reference.py is the executable statement of the same rules. */
 #ifndef EW_VERDICT_H
 #define EW_VERDICT_H
@@ -8,6 +10,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "blocklist.h"
+#include "flood.h"
 
 static __always_inline int has_port(const struct packet_facts *f)
 {
@@ -109,6 +112,8 @@ static __always_inline __u32 decide_ip_verdict(const struct packet_facts *f, con
         return EW_REASON_DROP_MALFORMED;
     if ((tenant->flags & EW_TENANT_HAS_PORT_BLOCKS) && port_blocked_for_tenant(f, tenant->tenant_id))
         return EW_REASON_DROP_PORT_BLOCK;
+    if (tenant->flags & EW_TENANT_HAS_FLOOD_POLICY)
+        return flood_verdict(f, tenant->slot);
     return EW_REASON_PASS_ALLOWED;
 }
 

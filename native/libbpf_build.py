@@ -250,6 +250,7 @@ typedef uint8_t __u8;
 typedef uint16_t __u16;
 typedef uint32_t __u32;
 typedef unsigned long long __u64;
+struct bpf_spin_lock { __u32 val; };
 """
 
 ffibuilder = FFI()

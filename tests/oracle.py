@@ -2,6 +2,7 @@
 reference model, packet by packet: same XDP action, same counter deltas."""
 
 import errno
+import time
 
 import pytest
 
@@ -43,12 +44,14 @@ def reference_delta(verdict) -> dict[int, dict]:
 class Oracle:
     """Runs frames through the kernel and the reference under one policy."""
 
-    def __init__(self, datapath: PrivateDatapath, policy):
+    def __init__(self, datapath: PrivateDatapath, policy, buckets=None):
         self.datapath = datapath
         self.policy = policy
+        self.buckets = buckets      # ReferenceBuckets, for policies with rate limits
 
     def check(self, frame: bytes, *, counters: bool = True):
-        verdict = judge(self.policy, frame)
+        # The kernel's clock is never 0 (0 marks a bucket never used).
+        verdict = judge(self.policy, frame, self.buckets, time.monotonic_ns())
         if len(frame) < ETH_HLEN:
             # The kernel refuses to test-run frames shorter than an Ethernet
             # header (and no driver hands XDP such a runt); the reference

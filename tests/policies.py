@@ -47,6 +47,15 @@ _port_rule = st.builds(lambda p, port, span: f"{p}/{port}" if span == 0 else f"{
                        st.sampled_from(["tcp", "udp"]), _port, st.integers(0, 3))
 
 
+# Stateless flood settings only: rate limits keep state across examples and
+# are tested on their own (tests/test_flood.py).
+_flood = st.fixed_dictionaries({}, optional={
+    "amplification": st.sampled_from(["drop", "pass"]),
+    "allow_amplification_ports": st.lists(st.sampled_from([19, 53, 123, 161, 11211]), max_size=3),
+    "fragments": st.sampled_from(["pass", "drop"]),
+})
+
+
 @st.composite
 def policies(draw):
     """Random valid policies over the address pools of frames.py."""
@@ -67,6 +76,7 @@ def policies(draw):
             "vips": vips,
             "blocked_ports": draw(st.lists(_port_rule, max_size=3)),
             "blocked_sources": draw(st.lists(_prefix, max_size=4)),
+            "flood": draw(_flood),
         })
     doc = {"revision": draw(st.integers(0, 2**40)), "global": {"blocked_sources": draw(st.lists(_prefix, max_size=5))},
            "tenants": tenants}

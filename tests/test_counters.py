@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent._counters import CounterAggregator
+from agent.datapath import abi
 from agent.datapath.counters import AggregatorReference, CounterMonitor, new_aggregator
 from agent.datapath.private import PrivateDatapath
 from agent.policy import policy_from_document
@@ -113,4 +114,4 @@ def test_monitor_over_live_counters_both_read_paths():
 def test_new_aggregator_uses_the_abi_layout():
     native, reference = new_aggregator(), new_aggregator(reference=True)
     assert native.fields == reference.fields == 44
-    assert len(native.drop_fields) == 5
+    assert len(native.drop_fields) == len(abi.DROP_REASONS) == 9

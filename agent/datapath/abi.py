@@ -44,6 +44,18 @@ BLOCK_LEVEL_16 = lib.EW_BLOCK_LEVEL_16
 BLOCK_LEVEL_24 = lib.EW_BLOCK_LEVEL_24
 VIP_HAS_PORT_VIPS = lib.EW_VIP_HAS_PORT_VIPS
 MAX_TENANTS = lib.EW_MAX_TENANTS
+TENANT_HAS_FLOOD_POLICY = lib.EW_TENANT_HAS_FLOOD_POLICY
+FLOOD_DROP_AMPLIFICATION = lib.EW_FLOOD_DROP_AMPLIFICATION
+FLOOD_DROP_FRAGMENTS = lib.EW_FLOOD_DROP_FRAGMENTS
+FLOOD_LIMIT_FRAGMENTS = lib.EW_FLOOD_LIMIT_FRAGMENTS
+BucketKind = _enum_from_c("BucketKind", "enum ew_bucket_kind", "EW_BUCKET_", skip=("EW_BUCKET_KINDS",))
+BUCKET_KINDS = lib.EW_BUCKET_KINDS
+# Amplification source port -> its bit in ew_flood_policy.amplification_allowed.
+AMPLIFICATION_PORTS: dict[int, int] = {
+    int(name.removeprefix("EW_AMP_PORT_")): bit
+    for bit, name in ffi.typeof("enum ew_amplification_port").elements.items()
+    if name != "EW_AMP_PORT_COUNT"
+}
 
 # Map name -> (key C type, value C type), as declared in bpf/maps.h.
 MAP_LAYOUTS: dict[str, tuple[str, str]] = {
@@ -59,7 +71,11 @@ MAP_LAYOUTS: dict[str, tuple[str, str]] = {
     "ew_tblock_v6": ("__u32", "__u32"),
     "ew_counters": ("__u32", "struct ew_counters"),
     "ew_config": ("__u32", "struct ew_config"),
+    "ew_flood_policies": ("__u32", "struct ew_flood_policy"),
+    "ew_buckets": ("__u32", "struct ew_bucket"),
 }
+# Array maps hold every index; "removing" an entry means writing zeroes.
+ARRAY_MAPS = frozenset({"ew_flood_policies"})
 PERCPU_MAPS = frozenset({"ew_counters"})
 
 

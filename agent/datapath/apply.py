@@ -55,7 +55,7 @@ def apply_policy_to_maps(maps: dict[str, BpfMap], policy: Policy,
 def apply_compiled(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> ApplyReport:
     _check_capacity(maps, compiled)
     report = ApplyReport(compiled.revision)
-    current = {name: maps[name].items() for name in POLICY_MAPS}
+    current = {name: _live_entries(maps[name]) for name in POLICY_MAPS}
     writes = {name: {k: v for k, v in compiled.maps[name].items() if current[name].get(k) != v} for name in POLICY_MAPS}
     stale = {name: [k for k in current[name] if k not in compiled.maps[name]] for name in POLICY_MAPS}
     for name in POLICY_MAPS:
@@ -69,26 +69,57 @@ def apply_compiled(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> ApplyRe
         if update.swapped:
             report.swapped.append(name)
 
-    # A counter slot is zeroed when a tenant takes it, before any VIP points at it.
+    # A counter slot is zeroed when a tenant takes it, before any VIP points at
+    # it; its token buckets start full again when it is new or its flood
+    # policy changed (a bucket with last_ns 0 is refilled on first use).
     old_slots = {struct.unpack("=I", k)[0]: struct.unpack("=II", v)[1] for k, v in current["ew_tenants"].items()}
     counters = maps["ew_counters"]
     zero = bytes(counters.value_size)
+    fresh_buckets = set(writes["ew_flood_policies"]) | set(stale["ew_flood_policies"])
     for tenant_id, slot in compiled.slots.items():
         if old_slots.get(tenant_id) != slot:
             counters.update(pack_u32(slot), zero)
+            fresh_buckets.add(pack_u32(slot))
+    _reset_buckets(maps["ew_buckets"], fresh_buckets)
 
     # Adding before removing keeps enforcement gap-free but needs room for old
     # and new at once; a map without that room has its stale entries removed first.
     tight = [name for name in RULE_MAPS if len(current[name]) + report.added[name] > maps[name].max_entries]
     for name in tight:
-        maps[name].delete_many(stale[name])
+        _remove(maps[name], stale[name])
     for name in RULE_MAPS:
         maps[name].update_many(writes[name])
     for name in reversed(RULE_MAPS):
         if name not in tight:
-            maps[name].delete_many(stale[name])
+            _remove(maps[name], stale[name])
     maps[CONFIG_MAP].update_many(writes[CONFIG_MAP])
     return report
+
+
+def _live_entries(bpf_map: BpfMap) -> dict[bytes, bytes]:
+    """A hash map's entries; for an array map, its entries that are not all zeroes."""
+    entries = bpf_map.items()
+    if bpf_map.name in abi.ARRAY_MAPS:
+        return {k: v for k, v in entries.items() if any(v)}
+    return entries
+
+
+def _remove(bpf_map: BpfMap, keys: list[bytes]) -> None:
+    if bpf_map.name in abi.ARRAY_MAPS:
+        zero = bytes(bpf_map.value_size)
+        bpf_map.update_many({k: zero for k in keys})
+    else:
+        bpf_map.delete_many(keys)
+
+
+def _reset_buckets(buckets: BpfMap, slots: set[bytes]) -> None:
+    zero = bytes(buckets.value_size)
+    bpf_map_entries = {}
+    for packed_slot in slots:
+        slot = struct.unpack("=I", packed_slot)[0]
+        for kind in range(abi.BUCKET_KINDS):
+            bpf_map_entries[pack_u32(slot * abi.BUCKET_KINDS + kind)] = zero
+    buckets.update_many(bpf_map_entries)
 
 
 def _check_capacity(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> None:

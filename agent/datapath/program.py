@@ -28,7 +28,14 @@ class LoadedProgram:
     """A loaded bpf_object: the program fd and a BpfMap per map. close() drops
     our references only; an attached program and pinned maps live on."""
 
-    def __init__(self, pin_dir: Path | None = None, capacities: dict[str, int] | None = None):
+    def __init__(self, pin_dir: Path | None = None, capacities: dict[str, int] | None = None,
+                 tenant_capacity: int | None = None):
+        """`tenant_capacity`: counter slots (and with them tenants, flood
+        policies and token buckets), above the default EW_MAX_TENANTS."""
+        if tenant_capacity is not None:
+            capacities = {**(capacities or {}), "ew_counters": tenant_capacity, "ew_tenants": tenant_capacity,
+                          "ew_flood_policies": tenant_capacity,
+                          "ew_buckets": tenant_capacity * abi.BUCKET_KINDS}
         take_libbpf_log()
         self._obj = lib.bpf_object__open_file(str(object_path()).encode(), ffi.NULL)
         if self._obj == ffi.NULL:

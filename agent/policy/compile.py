@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from agent._libbpf import ffi
 from agent._prefixes import EntryTable, PrefixSet
 from agent.datapath import abi
-from agent.policy.model import PROTOCOL_NUMBERS, Policy, Tenant
+from agent.policy.model import PROTOCOL_NUMBERS, FloodPolicy, FragmentPolicy, Policy, Rate, Tenant
 
 GLOBAL_LIST_ID = 0  # list id of entries from the policy's own block lists
 
 # Regular maps, in the order new entries are written (removals go in reverse):
 # rules before the tenants and VIPs that make them reachable, port-specific
 # VIPs before the any-port entries that announce them.
-POLICY_MAPS = ("ew_port_blocks", "ew_tenants", "ew_vip_ports_v4", "ew_vip_ports_v6",
+POLICY_MAPS = ("ew_port_blocks", "ew_flood_policies", "ew_tenants", "ew_vip_ports_v4", "ew_vip_ports_v6",
                "ew_vips_v4", "ew_vips_v6", "ew_config")
 BLOCK_TABLES = ("ew_gblock_v4", "ew_gblock_v6", "ew_tblock_v4", "ew_tblock_v6")
 
@@ -41,7 +41,31 @@ def tenant_flags(tenant: Tenant, with_source_blocks: set[int] | None = None) -> 
         flags |= abi.TENANT_HAS_SOURCE_BLOCKS
     if tenant.blocked_ports:
         flags |= abi.TENANT_HAS_PORT_BLOCKS
+    if flood_policy_value(tenant.flood) is not None:
+        flags |= abi.TENANT_HAS_FLOOD_POLICY
     return flags
+
+
+def flood_policy_value(flood: FloodPolicy) -> bytes | None:
+    """Packed struct ew_flood_policy, or None when the tenant needs no flood check."""
+    flags = 0
+    if flood.drop_amplification:
+        flags |= abi.FLOOD_DROP_AMPLIFICATION
+    if flood.fragments is FragmentPolicy.DROP:
+        flags |= abi.FLOOD_DROP_FRAGMENTS
+    if flood.fragments is FragmentPolicy.LIMIT:
+        flags |= abi.FLOOD_LIMIT_FRAGMENTS
+    limits = [Rate()] * abi.BUCKET_KINDS
+    limits[abi.BucketKind.packets] = flood.packets
+    limits[abi.BucketKind.bytes] = Rate(flood.bits.per_second // 8, flood.bits.burst // 8)
+    limits[abi.BucketKind.syn] = flood.syns
+    limits[abi.BucketKind.fragments] = flood.fragment_rate
+    if not flags and all(r.unlimited for r in limits):
+        return None
+    allowed = sum(1 << abi.AMPLIFICATION_PORTS[port] for port in flood.allow_amplification_ports)
+    return _pack("struct ew_flood_policy", {
+        "flags": flags, "amplification_allowed": allowed,
+        "limits": [{"rate": r.per_second, "burst": r.burst} for r in limits]})
 
 
 def vip_value(tenant_id: int, slot: int, flags: int) -> bytes:
@@ -188,6 +212,9 @@ def compile_policy(policy: Policy, live_slots: dict[int, int] | None = None,
         for rule in tenant.blocked_ports:
             for port in rule.ports():
                 maps["ew_port_blocks"][port_key(tenant.id, rule.protocol, port)] = b"\x01"
+        flood = flood_policy_value(tenant.flood)
+        if flood is not None:
+            maps["ew_flood_policies"][pack_u32(slots[tenant.id])] = flood
     built = _block_tables(sets, tables)
     flags = (abi.CONFIG_GLOBAL_V4_BLOCKS if sets[None].count_v4() else 0) | (
         abi.CONFIG_GLOBAL_V6_BLOCKS if sets[None].count_v6() else 0)

@@ -12,7 +12,10 @@ from typing import Any
 
 import tomli_w
 
-from agent.policy.model import PROTOCOL_NUMBERS, Policy, PortRule, Tenant, TenantState, Vip
+from agent.datapath.abi import AMPLIFICATION_PORTS
+from agent.policy.model import (
+    PROTOCOL_NUMBERS, FloodPolicy, FragmentPolicy, Policy, PortRule, Rate, Tenant, TenantState, Vip,
+)
 
 MAX_TENANT_ID = 2**32 - 1
 MAX_REVISION = 2**64 - 1   # ew_config.policy_revision is a __u64
@@ -20,7 +23,15 @@ MAX_PORTS_PER_RULE = 4096
 
 TOP_LEVEL_KEYS = {"revision", "global", "tenants"}
 GLOBAL_KEYS = {"blocked_sources"}
-TENANT_KEYS = {"id", "name", "state", "vips", "blocked_ports", "blocked_sources"}
+TENANT_KEYS = {"id", "name", "state", "vips", "blocked_ports", "blocked_sources", "flood"}
+MAX_RATE = 10**10          # per second and per burst; keeps token arithmetic inside 64 bits
+RATE_KEYS = {              # document key pair -> FloodPolicy field
+    ("packets_per_second", "packet_burst"): "packets",
+    ("bits_per_second", "bit_burst"): "bits",
+    ("syns_per_second", "syn_burst"): "syns",
+    ("fragments_per_second", "fragment_burst"): "fragment_rate",
+}
+FLOOD_KEYS = {"amplification", "allow_amplification_ports", "fragments"} | {k for pair in RATE_KEYS for k in pair}
 VIP_KEYS = {"address", "protocol", "port"}
 
 
@@ -130,6 +141,53 @@ def _parse_port_rule(value: Any, where: str, errs: _Collector) -> PortRule | Non
     return PortRule(protocol, first, last)
 
 
+def _parse_rate(table: dict, keys: tuple[str, str], where: str, errs: _Collector) -> Rate | None:
+    values = []
+    for key in keys:
+        value = table.get(key, 0)
+        limit = MAX_RATE * (8 if key.startswith("bit") else 1)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+            errs.add(where, f"{key} = {value!r} must be an integer in 0..{limit}")
+            return None
+        values.append(value)
+    per_second, burst = values
+    if per_second and not burst:
+        errs.add(where, f"{keys[0]} needs {keys[1]} of at least 1 (a bucket that holds nothing passes nothing)")
+        return None
+    return Rate(per_second, burst)
+
+
+def _parse_flood(table: Any, where: str, errs: _Collector) -> FloodPolicy | None:
+    if not isinstance(table, dict):
+        errs.add(where, "expected a table")
+        return None
+    _check_keys(table, FLOOD_KEYS, where, errs)
+    amplification = table.get("amplification", "drop")
+    if amplification not in ("drop", "pass"):
+        errs.add(where, f"amplification = {amplification!r} is not one of: drop, pass")
+    allowed = table.get("allow_amplification_ports", [])
+    if not isinstance(allowed, list):
+        errs.add(where, "allow_amplification_ports must be a list of ports")
+        allowed = []
+    for port in allowed:
+        if isinstance(port, bool) or port not in AMPLIFICATION_PORTS:
+            errs.add(where, f"allow_amplification_ports: {port!r} is not an amplification port "
+                            f"({', '.join(str(p) for p in sorted(AMPLIFICATION_PORTS))})")
+    try:
+        fragments = FragmentPolicy(table.get("fragments", "pass"))
+    except ValueError:
+        errs.add(where, f"fragments = {table.get('fragments')!r} is not one of: "
+                        f"{', '.join(f.value for f in FragmentPolicy)}")
+        fragments = None
+    rates = {field: _parse_rate(table, keys, where, errs) for keys, field in RATE_KEYS.items()}
+    if fragments is FragmentPolicy.LIMIT and rates["fragment_rate"] is not None and rates["fragment_rate"].unlimited:
+        errs.add(where, 'fragments = "limit" needs fragments_per_second and fragment_burst')
+    if amplification not in ("drop", "pass") or fragments is None or None in rates.values() or \
+            any(isinstance(p, bool) or p not in AMPLIFICATION_PORTS for p in allowed):
+        return None
+    return FloodPolicy(amplification == "drop", tuple(sorted(set(allowed))), fragments, **rates)
+
+
 def _parse_tenant(table: Any, where: str, errs: _Collector) -> Tenant | None:
     if not isinstance(table, dict):
         errs.add(where, "expected a table")
@@ -160,9 +218,10 @@ def _parse_tenant(table: Any, where: str, errs: _Collector) -> Tenant | None:
     vips = [_parse_vip(v, f"{where}.vips[{i}]", errs) for i, v in enumerate(vips_in)]
     ports = [_parse_port_rule(p, f"{where}.blocked_ports[{i}]", errs) for i, p in enumerate(ports_in)]
     sources = _parse_sources(table.get("blocked_sources", []), f"{where}.blocked_sources", errs)
-    if tenant_id is None or name is None or state is None or None in vips or None in ports:
+    flood = _parse_flood(table.get("flood", {}), f"{where}.flood", errs)
+    if tenant_id is None or name is None or state is None or None in vips or None in ports or flood is None:
         return None
-    return Tenant(tenant_id, name.strip(), state, tuple(vips), tuple(ports), sources)
+    return Tenant(tenant_id, name.strip(), state, tuple(vips), tuple(ports), sources, flood)
 
 
 def policy_from_document(doc: Any, source: str = "<document>") -> Policy:
@@ -233,20 +292,31 @@ def policy_to_document(policy: Policy) -> dict:
             return str(vip.address)
         return {"address": str(vip.address), "protocol": vip.protocol, "port": vip.port}
 
+    def flood_doc(flood: FloodPolicy) -> dict:
+        doc = {"amplification": "drop" if flood.drop_amplification else "pass",
+               "allow_amplification_ports": list(flood.allow_amplification_ports),
+               "fragments": flood.fragments.value}
+        for (rate_key, burst_key), field in RATE_KEYS.items():
+            doc[rate_key], doc[burst_key] = getattr(flood, field).per_second, getattr(flood, field).burst
+        return doc
+
+    def tenant_doc(t: Tenant) -> dict:
+        doc = {
+            "id": t.id,
+            "name": t.name,
+            "state": t.state.value,
+            "vips": [vip_doc(v) for v in t.vips],
+            "blocked_ports": [str(r) for r in t.blocked_ports],
+            "blocked_sources": [str(n) for n in t.blocked_sources],
+        }
+        if t.flood != FloodPolicy():
+            doc["flood"] = flood_doc(t.flood)
+        return doc
+
     return {
         "revision": policy.revision,
         "global": {"blocked_sources": [str(n) for n in policy.blocked_sources]},
-        "tenants": [
-            {
-                "id": t.id,
-                "name": t.name,
-                "state": t.state.value,
-                "vips": [vip_doc(v) for v in t.vips],
-                "blocked_ports": [str(r) for r in t.blocked_ports],
-                "blocked_sources": [str(n) for n in t.blocked_sources],
-            }
-            for t in policy.tenants
-        ],
+        "tenants": [tenant_doc(t) for t in policy.tenants],
     }
 
 

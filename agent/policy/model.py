@@ -51,6 +51,39 @@ class PortRule:
         return f"{self.protocol}/{span}"
 
 
+class FragmentPolicy(str, enum.Enum):
+    PASS = "pass"
+    DROP = "drop"      # non-first fragments
+    LIMIT = "limit"    # non-first fragments at most fragments_per_second
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A token-bucket limit: `per_second` units a second, `burst` at once.
+    Both 0: no limit. A burst with rate 0 is a hard cap of `burst` units."""
+
+    per_second: int = 0
+    burst: int = 0
+
+    @property
+    def unlimited(self) -> bool:
+        return self.per_second == 0 and self.burst == 0
+
+
+@dataclass(frozen=True)
+class FloodPolicy:
+    """A tenant's flood defences (see the README): amplification source ports
+    dropped unless allowed, fragment handling, token-bucket limits."""
+
+    drop_amplification: bool = True
+    allow_amplification_ports: tuple[int, ...] = ()
+    fragments: FragmentPolicy = FragmentPolicy.PASS
+    packets: Rate = Rate()
+    bits: Rate = Rate()
+    syns: Rate = Rate()
+    fragment_rate: Rate = Rate()
+
+
 @dataclass(frozen=True)
 class Tenant:
     id: int
@@ -59,6 +92,7 @@ class Tenant:
     vips: tuple[Vip, ...] = ()
     blocked_ports: tuple[PortRule, ...] = ()
     blocked_sources: tuple[IPNetwork, ...] = ()
+    flood: FloodPolicy = FloodPolicy()
 
     @property
     def suspended(self) -> bool:

@@ -12,6 +12,7 @@
 #define EDGEWARDEN_ABI_H
 
 #include <linux/types.h>
+#include <linux/bpf.h>      /* struct bpf_spin_lock */
 
 /* ABI-BEGIN */
 
@@ -37,6 +38,7 @@
 #define EW_TENANT_HAS_SOURCE_BLOCKS 2
 #define EW_TENANT_HAS_PORT_BLOCKS 4
 #define EW_VIP_HAS_PORT_VIPS 8      /* the address also has (protocol, port) VIPs */
+#define EW_TENANT_HAS_FLOOD_POLICY 16 /* consult ew_flood_policies[slot] */
 
 /* Values of ew_config.flags: let the datapath skip empty global lists. */
 #define EW_CONFIG_GLOBAL_V4_BLOCKS 1
@@ -71,9 +73,72 @@ enum ew_verdict_reason {
     EW_REASON_DROP_TENANT_SUSPENDED = 4,
     EW_REASON_DROP_TENANT_BLOCK = 5,
     EW_REASON_DROP_PORT_BLOCK = 6,
-    EW_REASON_COUNT = 7,
+    EW_REASON_DROP_AMPLIFICATION = 7,
+    EW_REASON_DROP_FRAGMENT = 8,
+    EW_REASON_DROP_RATE_LIMIT = 9,
+    EW_REASON_DROP_SYN_RATE = 10,
+    EW_REASON_COUNT = 11,
     /* Array size in ew_counters: room for reasons added later. */
     EW_REASON_SLOTS = 16
+};
+
+/* UDP source ports of well-known amplification and reflection services.
+ * The value is the bit in ew_flood_policy.amplification_allowed; the port
+ * number is in the name. */
+enum ew_amplification_port {
+    EW_AMP_PORT_19 = 0,         /* chargen */
+    EW_AMP_PORT_53 = 1,         /* DNS */
+    EW_AMP_PORT_111 = 2,        /* portmap */
+    EW_AMP_PORT_123 = 3,        /* NTP */
+    EW_AMP_PORT_137 = 4,        /* NetBIOS */
+    EW_AMP_PORT_161 = 5,        /* SNMP */
+    EW_AMP_PORT_389 = 6,        /* CLDAP */
+    EW_AMP_PORT_500 = 7,        /* IKE */
+    EW_AMP_PORT_1900 = 8,       /* SSDP */
+    EW_AMP_PORT_3283 = 9,       /* ARD */
+    EW_AMP_PORT_3702 = 10,      /* WS-Discovery */
+    EW_AMP_PORT_5353 = 11,      /* mDNS */
+    EW_AMP_PORT_10001 = 12,     /* Ubiquiti discovery */
+    EW_AMP_PORT_11211 = 13,     /* memcached */
+    EW_AMP_PORT_37810 = 14,     /* DVR DHCPDiscover */
+    EW_AMP_PORT_COUNT = 15
+};
+
+/* Values of ew_flood_policy.flags. */
+#define EW_FLOOD_DROP_AMPLIFICATION 1   /* UDP from amplification ports, unless allowed */
+#define EW_FLOOD_DROP_FRAGMENTS 2       /* non-first fragments */
+#define EW_FLOOD_LIMIT_FRAGMENTS 4      /* non-first fragments through the fragment bucket */
+
+/* Token buckets per tenant slot: ew_buckets[slot * EW_BUCKET_KINDS + kind]. */
+enum ew_bucket_kind {
+    EW_BUCKET_PACKETS = 0,      /* every packet of the tenant */
+    EW_BUCKET_BYTES = 1,        /* its bytes */
+    EW_BUCKET_SYN = 2,          /* its TCP SYNs */
+    EW_BUCKET_FRAGMENTS = 3,    /* its non-first fragments, with EW_FLOOD_LIMIT_FRAGMENTS */
+    EW_BUCKET_KINDS = 4
+};
+
+/* A limit: `rate` units per second, at most `burst` units at once. rate 0
+ * with burst 0 means no limit. Units: packets, or bytes for EW_BUCKET_BYTES. */
+struct ew_rate {
+    __u64 rate;
+    __u64 burst;
+};
+
+/* ew_flood_policies: per tenant slot, changed at run time without reload. */
+struct ew_flood_policy {
+    __u32 flags;
+    __u32 amplification_allowed;    /* bit i: allow ew_amplification_port i */
+    struct ew_rate limits[4];       /* EW_BUCKET_KINDS, indexed by enum ew_bucket_kind */
+};
+
+/* ew_buckets: token state. Tokens are kept in unit-nanoseconds (units x
+ * 1e9) so refills are exact integer arithmetic. */
+struct ew_bucket {
+    struct bpf_spin_lock lock;
+    __u32 pad;
+    __u64 tokens;
+    __u64 last_ns;
 };
 
 /* Value of every VIP map: who owns the destination and its state. */
@@ -184,5 +249,8 @@ _Static_assert(sizeof(((struct ew_counters *)0)->reason_packets) == EW_REASON_SL
 _Static_assert(EW_REASON_COUNT <= EW_REASON_SLOTS, "too many verdict reasons");
 _Static_assert(sizeof(struct ew_vip_port_v4_key) == 8, "ew_vip_port_v4_key layout changed");
 _Static_assert(sizeof(struct ew_block_node) == 72, "ew_block_node layout changed");
+_Static_assert(sizeof(((struct ew_flood_policy *)0)->limits) == EW_BUCKET_KINDS * sizeof(struct ew_rate),
+               "one limit per bucket kind");
+_Static_assert(EW_AMP_PORT_COUNT <= 32, "amplification_allowed is a 32-bit mask");
 
 #endif /* EDGEWARDEN_ABI_H */

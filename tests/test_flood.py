@@ -1,0 +1,205 @@
+"""Flood defences: the token-bucket arithmetic of bpf/flood.h against the
+reference TokenBucket (through a harness program that is handed the clock),
+and every flood verdict reason of the real program against the reference."""
+
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent._libbpf import ffi, lib
+from agent.datapath.abi import AMPLIFICATION_PORTS, TrafficClass, VerdictReason
+from agent.datapath.private import PrivateDatapath
+from agent.datapath.syscalls import BpfMap, check, test_run
+from agent.policy import policy_from_document
+from agent.reference import ReferenceBuckets, TokenBucket
+from frames import ipv4_fragment_frame, tcp_ipv4_frame, udp_ipv4_frame
+from oracle import Oracle
+
+REPO = Path(__file__).resolve().parents[1]
+VIP, CLIENT = "203.0.113.10", "198.51.100.9"
+
+
+# --- the bucket arithmetic ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    obj = tmp_path_factory.mktemp("harness") / "bucket_harness.bpf.o"
+    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-Wall", "-Werror", f"-I{REPO / 'bpf'}",
+                    f"-I{REPO / 'native' / 'include'}", "-I/usr/include/x86_64-linux-gnu",
+                    "-c", str(REPO / "tests" / "bpf" / "bucket_harness.bpf.c"), "-o", str(obj)], check=True)
+    bpf_obj = lib.bpf_object__open_file(str(obj).encode(), ffi.NULL)
+    assert bpf_obj != ffi.NULL
+    check(lib.bpf_object__load(bpf_obj), "loading the bucket harness")
+    prog_fd = lib.bpf_program__fd(lib.bpf_object__find_program_by_name(bpf_obj, b"bucket_harness"))
+    buckets = BpfMap(lib.bpf_map__fd(lib.bpf_object__find_map_by_name(bpf_obj, b"ew_buckets")), "ew_buckets",
+                     "__u32", "struct ew_bucket", owns_fd=False)
+    yield prog_fd, buckets
+    lib.bpf_object__close(bpf_obj)
+
+
+def take(harness, now, rate, burst, units):
+    prog_fd, buckets = harness
+    action = test_run(prog_fd, bytes(14) + struct.pack("=4Q", now, rate, burst, units)).retval
+    assert action in (lib.XDP_PASS, lib.XDP_DROP)
+    state = ffi.from_buffer("struct ew_bucket *", buckets.lookup(b"\0\0\0\0"))
+    return action == lib.XDP_PASS, state.tokens, state.last_ns
+
+
+U64 = 2**64 - 1
+steps = st.tuples(
+    st.sampled_from([0, 1, 999, 10**6, 10**9 - 1, 10**9, 10**9 + 1, 3 * 10**9, 2**62,
+                     -1, -10**9, -2**40]),                         # clock step, negative = a jump back
+    st.sampled_from([0, 1, 3, 1000, 10**6, 10**10]),               # rate
+    st.sampled_from([0, 1, 2, 5, 1500, 10**10]),                   # burst
+    st.sampled_from([1, 2, 1500, 10**10]),                         # units
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(steps, min_size=1, max_size=25), st.integers(1, 2**50))
+def test_bucket_arithmetic_matches_reference(harness, sequence, start):
+    harness[1].update(b"\0\0\0\0", bytes(harness[1].value_size))
+    reference = TokenBucket()
+    now = start
+    for step, rate, burst, units in sequence:
+        now = min(max(now + step, 1), U64)
+        allowed, tokens, last_ns = take(harness, now, rate, burst, units)
+        assert allowed == reference.take(rate, burst, now, units), (now, rate, burst, units)
+        assert (tokens, last_ns) == (reference.tokens, reference.last_ns)
+
+
+def test_bucket_boundaries(harness):
+    harness[1].update(b"\0\0\0\0", bytes(harness[1].value_size))
+    t0 = 10**12
+    assert [take(harness, t0, 1, 3, 1)[0] for _ in range(4)] == [True, True, True, False]   # starts full
+    assert take(harness, t0 + 10**9 - 1, 1, 3, 1)[0] is False      # one ns short of a token
+    assert take(harness, t0 + 10**9, 1, 3, 1)[0] is True           # exactly one token
+    assert take(harness, t0 - 5 * 10**9, 1, 3, 1)[0] is False      # clock went back: no refill
+    assert take(harness, t0 + 10**9 + 10**30 % U64, 1, 3, 1)[0] is True   # a huge jump fills, no overflow
+    assert take(harness, 2**63, 10**10, 10**10, 10**10)[0] is True  # largest allowed rate and burst
+
+
+# --- flood verdicts in the real program -----------------------------------------
+
+def flood_policy(**flood):
+    return policy_from_document({"revision": 1, "tenants": [
+        {"id": 1, "name": "shop", "vips": [VIP], "flood": flood}]}, "tests/test_flood.py")
+
+
+def oracle_for(policy, datapath=None):
+    buckets = ReferenceBuckets()
+    buckets.apply(policy)
+    return Oracle(datapath or PrivateDatapath(policy), policy, buckets)
+
+
+@pytest.mark.parametrize("port", sorted(AMPLIFICATION_PORTS))
+def test_amplification_source_ports_are_dropped_by_default(port):
+    oracle = oracle_for(flood_policy())
+    try:
+        verdict = oracle.check(udp_ipv4_frame(CLIENT, VIP, port, 40000, b"x" * 64))
+        assert verdict.reason is VerdictReason.drop_amplification
+        assert oracle.check(udp_ipv4_frame(CLIENT, VIP, 40001, 53)).reason is VerdictReason.pass_allowed
+        assert oracle.check(tcp_ipv4_frame(CLIENT, VIP, port, 443, "SA")).reason is VerdictReason.pass_allowed
+        # not a tenant's VIP: not ours to police
+        assert oracle.check(udp_ipv4_frame(CLIENT, "203.0.113.99", port, 40000)).reason is VerdictReason.pass_allowed
+    finally:
+        oracle.datapath.close()
+
+
+def test_allowed_amplification_ports_pass_and_amplification_can_be_off():
+    oracle = oracle_for(flood_policy(allow_amplification_ports=[53, 123]))
+    try:
+        assert oracle.check(udp_ipv4_frame(CLIENT, VIP, 53, 40000)).reason is VerdictReason.pass_allowed
+        assert oracle.check(udp_ipv4_frame(CLIENT, VIP, 123, 40000)).reason is VerdictReason.pass_allowed
+        assert oracle.check(udp_ipv4_frame(CLIENT, VIP, 161, 40000)).reason is VerdictReason.drop_amplification
+        off = flood_policy(amplification="pass")
+        oracle.datapath.apply(off)
+        oracle.policy = off
+        assert oracle.check(udp_ipv4_frame(CLIENT, VIP, 161, 40000)).reason is VerdictReason.pass_allowed
+    finally:
+        oracle.datapath.close()
+
+
+def test_fragments_dropped_or_passed():
+    oracle = oracle_for(flood_policy(fragments="drop"))
+    try:
+        nonfirst = ipv4_fragment_frame(CLIENT, VIP, 17, bytes(64), frag_offset=8, more_fragments=False)
+        first = ipv4_fragment_frame(CLIENT, VIP, 17, struct.pack("!HHHH", 40000, 80, 72, 0) + bytes(64),
+                                    frag_offset=0, more_fragments=True)
+        assert oracle.check(nonfirst).reason is VerdictReason.drop_fragment
+        assert oracle.check(first).reason is VerdictReason.pass_allowed
+    finally:
+        oracle.datapath.close()
+
+
+@pytest.mark.parametrize("flood, frame, allowed, reason", [
+    # A burst with no rate is a hard cap: exactly `burst` pass, on any clock.
+    ({"packets_per_second": 0, "packet_burst": 5}, tcp_ipv4_frame(CLIENT, VIP, 1, 80, "A"), 5,
+     VerdictReason.drop_rate_limit),
+    ({"syns_per_second": 0, "syn_burst": 3}, tcp_ipv4_frame(CLIENT, VIP, 1, 80, "S"), 3,
+     VerdictReason.drop_syn_rate),
+    ({"bits_per_second": 0, "bit_burst": 8 * 600}, udp_ipv4_frame(CLIENT, VIP, 5000, 80, bytes(58)), 6,
+     VerdictReason.drop_rate_limit),   # 100-byte frames, 600 bytes of burst
+    ({"fragments": "limit", "fragments_per_second": 0, "fragment_burst": 2},
+     ipv4_fragment_frame(CLIENT, VIP, 17, bytes(64), frag_offset=8, more_fragments=False), 2,
+     VerdictReason.drop_fragment),
+])
+def test_burst_caps_are_exact(flood, frame, allowed, reason):
+    """The kernel's clock runs, but with rate 0 nothing refills: the program
+    and the reference must agree packet by packet."""
+    oracle = oracle_for(flood_policy(**flood))
+    try:
+        reasons = [oracle.check(frame).reason for _ in range(allowed + 4)]
+        assert reasons == [VerdictReason.pass_allowed] * allowed + [reason] * 4
+    finally:
+        oracle.datapath.close()
+
+
+def test_syn_limit_does_not_touch_other_packets():
+    oracle = oracle_for(flood_policy(syns_per_second=0, syn_burst=1))
+    try:
+        syn, ack = tcp_ipv4_frame(CLIENT, VIP, 1, 80, "S"), tcp_ipv4_frame(CLIENT, VIP, 1, 80, "A")
+        got = [oracle.check(f).reason for f in (syn, syn, ack, syn, ack)]
+        assert got == [VerdictReason.pass_allowed, VerdictReason.drop_syn_rate, VerdictReason.pass_allowed,
+                       VerdictReason.drop_syn_rate, VerdictReason.pass_allowed]
+    finally:
+        oracle.datapath.close()
+
+
+def test_limits_change_at_run_time_without_reload():
+    policy = flood_policy(packets_per_second=0, packet_burst=2)
+    oracle = oracle_for(policy)
+    try:
+        prog_id_before = oracle.datapath.program.prog_fd
+        frame = tcp_ipv4_frame(CLIENT, VIP, 1, 80, "A")
+        assert [oracle.check(frame).reason for _ in range(3)][-1] is VerdictReason.drop_rate_limit
+        raised = flood_policy(packets_per_second=0, packet_burst=4)
+        oracle.datapath.apply(raised)          # a new flood policy: fresh buckets
+        oracle.policy = raised
+        oracle.buckets.apply(raised)
+        assert [oracle.check(frame).reason for _ in range(5)] == [VerdictReason.pass_allowed] * 4 + \
+            [VerdictReason.drop_rate_limit]
+        unchanged = policy_from_document({"revision": 2, "tenants": [
+            {"id": 1, "name": "shop", "vips": [VIP, "203.0.113.11"],
+             "flood": {"packets_per_second": 0, "packet_burst": 4}}]})
+        oracle.datapath.apply(unchanged)       # same flood policy: buckets keep their state
+        oracle.policy = unchanged
+        oracle.buckets.apply(unchanged)
+        assert oracle.check(frame).reason is VerdictReason.drop_rate_limit
+        assert oracle.datapath.program.prog_fd == prog_id_before
+    finally:
+        oracle.datapath.close()
+
+
+def test_high_rate_passes_everything():
+    oracle = oracle_for(flood_policy(packets_per_second=10**10, packet_burst=10**10,
+                                     bits_per_second=8 * 10**10, bit_burst=8 * 10**10))
+    try:
+        assert all(oracle.check(tcp_ipv4_frame(CLIENT, VIP, 1, 80, "A")).reason is VerdictReason.pass_allowed
+                   for _ in range(50))
+    finally:
+        oracle.datapath.close()
