@@ -97,6 +97,8 @@ static __always_inline __u32 flood_verdict(const struct packet_facts *f, __u32 s
     }
     if (f->fragment == EW_NONFIRST_FRAGMENT && (policy->flags & EW_FLOOD_DROP_FRAGMENTS))
         return EW_REASON_DROP_FRAGMENT;
+    if (!(policy->flags & EW_FLOOD_HAS_LIMITS))
+        return EW_REASON_PASS_ALLOWED;      /* the clock is not free: only read it when needed */
     now = bpf_ktime_get_ns();
     if (f->traffic_class == EW_CLASS_TCP_SYN && !limit_allows(slot, policy, EW_BUCKET_SYN, now, 1))
         return EW_REASON_DROP_SYN_RATE;

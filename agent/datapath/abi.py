@@ -48,6 +48,7 @@ TENANT_HAS_FLOOD_POLICY = lib.EW_TENANT_HAS_FLOOD_POLICY
 FLOOD_DROP_AMPLIFICATION = lib.EW_FLOOD_DROP_AMPLIFICATION
 FLOOD_DROP_FRAGMENTS = lib.EW_FLOOD_DROP_FRAGMENTS
 FLOOD_LIMIT_FRAGMENTS = lib.EW_FLOOD_LIMIT_FRAGMENTS
+FLOOD_HAS_LIMITS = lib.EW_FLOOD_HAS_LIMITS
 BucketKind = _enum_from_c("BucketKind", "enum ew_bucket_kind", "EW_BUCKET_", skip=("EW_BUCKET_KINDS",))
 BUCKET_KINDS = lib.EW_BUCKET_KINDS
 # Amplification source port -> its bit in ew_flood_policy.amplification_allowed.

@@ -60,7 +60,9 @@ def flood_policy_value(flood: FloodPolicy) -> bytes | None:
     limits[abi.BucketKind.bytes] = Rate(flood.bits.per_second // 8, flood.bits.burst // 8)
     limits[abi.BucketKind.syn] = flood.syns
     limits[abi.BucketKind.fragments] = flood.fragment_rate
-    if not flags and all(r.unlimited for r in limits):
+    if not all(r.unlimited for r in limits):
+        flags |= abi.FLOOD_HAS_LIMITS
+    if not flags:
         return None
     allowed = sum(1 << abi.AMPLIFICATION_PORTS[port] for port in flood.allow_amplification_ports)
     return _pack("struct ew_flood_policy", {

@@ -108,6 +108,7 @@ enum ew_amplification_port {
 #define EW_FLOOD_DROP_AMPLIFICATION 1   /* UDP from amplification ports, unless allowed */
 #define EW_FLOOD_DROP_FRAGMENTS 2       /* non-first fragments */
 #define EW_FLOOD_LIMIT_FRAGMENTS 4      /* non-first fragments through the fragment bucket */
+#define EW_FLOOD_HAS_LIMITS 8           /* some limit is set: read the clock, visit the buckets */
 
 /* Token buckets per tenant slot: ew_buckets[slot * EW_BUCKET_KINDS + kind]. */
 enum ew_bucket_kind {
