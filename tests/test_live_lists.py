@@ -16,11 +16,13 @@ pytestmark = pytest.mark.live
 
 # Bounded sender: `count` UDP datagrams from `source`, one every `gap` s, each
 # carrying its monotonic send time (CLOCK_MONOTONIC is shared by namespaces).
+# A fixed source port: an ephemeral one could be 37810, an amplification
+# port that tenants drop by default.
 SENDER = """
 import socket, struct, sys, time
 source, target, port, count, gap = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((source, 0))
+s.bind((source, 45000))
 for i in range(count):
     s.sendto(struct.pack("!Id", i, time.monotonic()), (target, port))
     time.sleep(gap)
