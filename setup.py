@@ -13,8 +13,8 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 BPF_SOURCES = sorted((ROOT / "bpf").glob("*.[ch]")) + [ROOT / "native" / "include" / "edgewarden_abi.h"]
-BPF_ENTRY = ROOT / "bpf" / "edgewarden.bpf.c"
-BPF_OBJECT_NAME = "edgewarden.bpf.o"
+# entry file -> object: the datapath, and the lab's flood generator
+BPF_OBJECTS = {"edgewarden.bpf.c": "edgewarden.bpf.o", "flood_gen.bpf.c": "flood_gen.bpf.o"}
 
 
 def multiarch_include() -> list[str]:
@@ -27,7 +27,7 @@ def multiarch_include() -> list[str]:
     return [f"-I{path}"] if triplet and path.is_dir() else []
 
 
-def compile_bpf_object(output: Path) -> None:
+def compile_bpf_object(entry: Path, output: Path) -> None:
     clang = os.environ.get("CLANG", "clang")
     if shutil.which(clang) is None:
         raise SystemExit(f"building the XDP program needs {clang!r} (apt-get install clang llvm libbpf-dev)")
@@ -35,7 +35,7 @@ def compile_bpf_object(output: Path) -> None:
     cmd = [
         clang, "-O2", "-g", "-target", "bpf", "-Wall", "-Werror",
         f"-I{ROOT / 'native' / 'include'}", *multiarch_include(),
-        "-c", str(BPF_ENTRY), "-o", str(output),
+        "-c", str(entry), "-o", str(output),
     ]
     print(" ".join(cmd))
     subprocess.run(cmd, check=True)
@@ -46,13 +46,14 @@ class BuildWithBpf(build_ext):
 
     def run(self):
         super().run()
-        targets = [ROOT / "agent" / "datapath" / BPF_OBJECT_NAME]
-        if not self.inplace:
-            targets.append(Path(self.build_lib) / "agent" / "datapath" / BPF_OBJECT_NAME)
-        for target in targets:
-            newest_source = max(p.stat().st_mtime for p in BPF_SOURCES)
-            if not target.exists() or target.stat().st_mtime < newest_source:
-                compile_bpf_object(target)
+        newest_source = max(p.stat().st_mtime for p in BPF_SOURCES)
+        for entry, object_name in BPF_OBJECTS.items():
+            targets = [ROOT / "agent" / "datapath" / object_name]
+            if not self.inplace:
+                targets.append(Path(self.build_lib) / "agent" / "datapath" / object_name)
+            for target in targets:
+                if not target.exists() or target.stat().st_mtime < newest_source:
+                    compile_bpf_object(ROOT / "bpf" / entry, target)
 
 
 extensions = cythonize(

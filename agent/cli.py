@@ -365,6 +365,71 @@ def _watch_stats(args) -> int:
     return 0
 
 
+# --- lab and floods ------------------------------------------------------------
+
+def _lab_state_dir():
+    from pathlib import Path
+
+    from agent.datapath.interfaces import state_root
+
+    return Path(state_root()) / "labs"
+
+
+def cmd_lab_up(args) -> int:
+    from agent.lab import FloodLab
+
+    lab = FloodLab(tag=args.tag) if args.tag else FloodLab()
+    lab.up()
+    try:
+        if args.policy:
+            lab.attach(args.policy)
+        state = _lab_state_dir()
+        state.mkdir(parents=True, exist_ok=True)
+        (state / f"{lab.tag}.json").write_text(json.dumps({"tag": lab.tag, "namespaces": lab.ns,
+                                                           "edge_ingress": lab.edge_ingress}))
+    except Exception:
+        lab.detach()
+        lab.down()
+        raise
+    edge_mac = lab.mac_of("edge", lab.links["attacker"][0])
+    print(f"lab {lab.tag} is up: " + ", ".join(f"{role} {ns}" for role, ns in lab.ns.items()))
+    print(f"victim VIP {lab.vip} on the server; edgewarden on {', '.join(lab.edge_ingress)}"
+          + ("" if args.policy else " (not attached: pass --policy)"))
+    print(f"flood from the attacker: nsenter --net=/var/run/netns/{lab.ns['attacker']} edgewarden flood syn "
+          f"--iface {lab.links['attacker'][1]} --target {lab.vip} --dst-mac {edge_mac}")
+    print(f"remove it: edgewarden lab down {lab.tag}")
+    return 0
+
+
+def cmd_lab_down(args) -> int:
+    from agent.lab import FloodLab
+
+    path = _lab_state_dir() / f"{args.tag}.json"
+    lab = FloodLab(tag=args.tag)
+    lab.detach()
+    lab.down()
+    path.unlink(missing_ok=True)
+    print(f"lab {args.tag} removed")
+    return 0
+
+
+def cmd_flood(args) -> int:
+    from agent.flood import flood
+
+    if args.packets <= 0 or not 0 < args.seconds <= 600:
+        raise UsageError("--packets must be positive and --seconds in (0, 600]: floods are always bounded")
+    result = flood(args.type, args.iface, args.target, args.dst_mac, dport=args.dport, source=args.source,
+                   packets=args.packets, seconds=args.seconds, threads=args.threads)
+    doc = {"type": result.kind, "packets": result.packets, "seconds": round(result.seconds, 3),
+           "offered_pps": round(result.pps), "threads": result.threads}
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        print(f"{result.kind}: {result.packets:,} packets in {result.seconds:.2f} s = {result.pps:,.0f} packets/s "
+              f"offered ({result.threads} threads)")
+    return 0
+
+
 # --- classify ----------------------------------------------------------------
 
 def cmd_classify(args) -> int:
@@ -474,6 +539,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=20, help="tenants shown, busiest first (--watch)")
     p.add_argument("--count", type=int, help="stop after this many refreshes (--watch)")
     p.set_defaults(func=cmd_stats)
+
+    lab = sub.add_parser("lab", help="a throwaway attacker/client/edge/server topology in namespaces"
+                         ).add_subparsers(dest="lab_command", required=True)
+    p = lab.add_parser("up", help="create the lab (and attach edgewarden with --policy)")
+    p.add_argument("--policy", metavar="FILE")
+    p.add_argument("--tag", help="name suffix (default: random)")
+    p.set_defaults(func=cmd_lab_up)
+    p = lab.add_parser("down", help="remove a lab and everything it created")
+    p.add_argument("tag")
+    p.set_defaults(func=cmd_lab_down)
+
+    from agent.flood import FLOOD_TYPES
+    p = sub.add_parser("flood", help="send a bounded attack flood with XDP live frames (from the lab's attacker)")
+    p.add_argument("type", choices=sorted(FLOOD_TYPES),
+                   help="; ".join(f"{name}: {kind.description}" for name, kind in sorted(FLOOD_TYPES.items())))
+    p.add_argument("--iface", required=True, help="the attacker's interface (run inside its namespace)")
+    p.add_argument("--target", required=True, help="victim IPv4 address")
+    p.add_argument("--dst-mac", required=True, help="MAC of the next hop (the edge's interface)")
+    p.add_argument("--dport", type=int, default=80)
+    p.add_argument("--source", default="203.0.113.128/25", help="prefix of the spoofed sources")
+    p.add_argument("--packets", type=int, default=1_000_000)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_flood)
 
     p = sub.add_parser("classify", help="run a pcap/pcapng through the real XDP program under a policy (nothing sent)")
     p.add_argument("pcap")

@@ -159,3 +159,86 @@ try:
 except OSError as e:
     print('failed', e)
 """
+
+
+@dataclass
+class FloodLab:
+    """attacker ns --veth--> edge ns --veth--> server ns, and client ns --veth--> edge ns.
+
+    The edge routes between them with edgewarden attached (native) on its
+    attacker- and client-facing interfaces; the victim VIP lives on the
+    server, behind the edge. Spoofed sources are forwarded (rp_filter off).
+    All addresses are documentation ranges; every name carries `tag`."""
+
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    vip: str = "203.0.113.10"
+    attacker_link: tuple[str, str] = ("198.51.100.129", "198.51.100.130")   # edge, attacker (/25)
+    client_link: tuple[str, str] = ("198.51.100.1", "198.51.100.2")         # edge, client (/25)
+    server_link: tuple[str, str] = ("192.0.2.1", "192.0.2.10")              # edge, server (/24)
+
+    def __post_init__(self) -> None:
+        self.ns = {role: f"ew-{self.tag}-{role}" for role in ("attacker", "client", "edge", "server")}
+        # edge-side interface and far-side peer per link
+        self.links = {role: (f"ew{role[0]}{self.tag}", f"ew{role[0]}{self.tag}p") for role in ("attacker", "client", "server")}
+
+    @property
+    def edge_ingress(self) -> list[str]:
+        return [self.links["attacker"][0], self.links["client"][0]]
+
+    def up(self) -> "FloodLab":
+        try:
+            for namespace in self.ns.values():
+                run(["ip", "netns", "add", namespace])
+                EdgeLab.ns(namespace, ["ip", "link", "set", "lo", "up"])
+            e = lambda *cmd: EdgeLab.ns(self.ns["edge"], list(cmd))
+            for role, (edge_if, far_if) in self.links.items():
+                run(["ip", "link", "add", edge_if, "netns", self.ns["edge"], "type", "veth",
+                     "peer", "name", far_if, "netns", self.ns[role]])
+            for role, (edge_addr, far_addr) in (("attacker", self.attacker_link), ("client", self.client_link),
+                                                ("server", self.server_link)):
+                edge_if, far_if = self.links[role]
+                plen = "24" if role == "server" else "25"
+                e("ip", "addr", "add", f"{edge_addr}/{plen}", "dev", edge_if)
+                e("ip", "link", "set", edge_if, "up")
+                f = lambda *cmd, role=role: EdgeLab.ns(self.ns[role], list(cmd))
+                f("ip", "addr", "add", f"{far_addr}/{plen}", "dev", far_if)
+                f("ip", "link", "set", far_if, "up")
+                f("ip", "route", "add", "default", "via", edge_addr)
+            EdgeLab.ns(self.ns["server"], ["ip", "addr", "add", f"{self.vip}/32", "dev", "lo"])
+            e("ip", "route", "add", f"{self.vip}/32", "via", self.server_link[1])
+            for setting in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
+                            "net.ipv4.conf.default.rp_filter=0"):
+                e("sysctl", "-qw", setting)
+            for edge_if, _ in self.links.values():
+                e("sysctl", "-qw", f"net.ipv4.conf.{edge_if}.rp_filter=0")
+        except Exception:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> None:
+        for namespace in self.ns.values():
+            if os.path.exists(f"{NETNS_DIR}/{namespace}"):
+                run(["ip", "netns", "del", namespace], check=False)
+
+    def __enter__(self) -> "FloodLab":
+        return self.up()
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def mac_of(self, role: str, interface: str) -> str:
+        out = EdgeLab.ns(self.ns[role], ["cat", f"/sys/class/net/{interface}/address"]).stdout
+        return out.strip()
+
+    def edgewarden(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run(["nsenter", f"--net={NETNS_DIR}/{self.ns['edge']}", sys.executable, "-m", "agent.cli", *args],
+                   check=check, timeout=120)
+
+    def attach(self, policy_file: str) -> None:
+        for interface in self.edge_ingress:
+            self.edgewarden("attach", interface, "--mode", "native", "--policy", policy_file)
+
+    def detach(self) -> None:
+        for interface in self.edge_ingress:
+            self.edgewarden("detach", interface, check=False)

