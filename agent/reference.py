@@ -5,7 +5,7 @@ compiled maps, so tests that hold the XDP program to it check the compiler,
 the map layouts and the program together. Precedence of reasons:
 global source block > tenant suspended > tenant source block > malformed >
 blocked destination port > amplification source port > dropped fragment >
-SYN rate > fragment rate > packet/byte rate > pass. Token buckets are
+SYN rate > fragment rate > per-source rate > packet/byte rate > pass. Token buckets are
 state: ReferenceBuckets holds it, with the datapath's exact arithmetic."""
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ class ReferenceBuckets:
     whose flood policy changed, or that is new, starts with fresh buckets."""
 
     def __init__(self) -> None:
-        self.buckets: dict[tuple[int, str], TokenBucket] = {}
+        self.buckets: dict[tuple[int, object], TokenBucket] = {}
         self.floods: dict[int, object] = {}
 
     def apply(self, policy: Policy) -> None:
@@ -224,7 +224,7 @@ class ReferenceBuckets:
                 del self.buckets[key]
         self.floods = floods
 
-    def take(self, tenant_id: int, kind: str, rate, now_ns: int, units: int) -> bool:
+    def take(self, tenant_id: int, kind, rate, now_ns: int, units: int) -> bool:
         if rate.unlimited:
             return True
         bucket = self.buckets.setdefault((tenant_id, kind), TokenBucket())
@@ -239,7 +239,7 @@ def flood_reason(tenant, facts: PacketFacts, buckets: ReferenceBuckets | None, n
     nonfirst = facts.fragment == "nonfirst"
     if nonfirst and flood.fragments is FragmentPolicy.DROP:
         return VerdictReason.drop_fragment
-    limits = (flood.syns, flood.fragment_rate, flood.packets, flood.bits)
+    limits = (flood.syns, flood.fragment_rate, flood.packets, flood.bits, flood.per_source)
     if all(r.unlimited for r in limits):
         return None
     if buckets is None:
@@ -249,6 +249,10 @@ def flood_reason(tenant, facts: PacketFacts, buckets: ReferenceBuckets | None, n
     if nonfirst and flood.fragments is FragmentPolicy.LIMIT and \
             not buckets.take(tenant.id, "fragments", flood.fragment_rate, now_ns, 1):
         return VerdictReason.drop_fragment
+    prefixlen = flood.source_prefix_v4 if facts.family == 4 else flood.source_prefix_v6
+    source_prefix = ipaddress.ip_network((facts.src, prefixlen), strict=False)
+    if not buckets.take(tenant.id, ("source", source_prefix), flood.per_source, now_ns, 1):
+        return VerdictReason.drop_source_rate
     byte_rate = Rate(flood.bits.per_second // 8, flood.bits.burst // 8)
     if not buckets.take(tenant.id, "packets", flood.packets, now_ns, 1) or \
             not buckets.take(tenant.id, "bytes", byte_rate, now_ns, facts.length):

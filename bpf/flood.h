@@ -34,36 +34,46 @@ static __always_inline int amplification_port_bit(__u16 sport)
     }
 }
 
-/* Takes `units` from the bucket if it holds them. A bucket never used
- * (last_ns 0) starts full; a clock that did not move forward refills
- * nothing; a refill is capped at the burst before multiplying, so no
- * product can overflow (rates and bursts are at most 1e10, see policy
+/* Takes `units` from a bucket (*tokens, *last_ns) if it holds them. A bucket
+ * never used (last_ns 0) starts full; a clock that did not move forward
+ * refills nothing; a refill is capped at the burst before multiplying, so
+ * no product can overflow (rates and bursts are at most 1e10, see policy
  * validation). Returns 1 if the packet may pass. */
-static __always_inline int bucket_take(struct ew_bucket *b, const struct ew_rate *limit, __u64 now, __u64 units)
+static __always_inline int token_take(__u64 *tokens_p, __u64 *last_ns_p, const struct ew_rate *limit, __u64 now,
+                                      __u64 units)
 {
     __u64 capacity = limit->burst * EW_NS_PER_SECOND, cost = units * EW_NS_PER_SECOND;
     __u64 rate = limit->rate, tokens, room, elapsed;
     int allowed = 0;
 
-    bpf_spin_lock(&b->lock);
-    tokens = b->tokens < capacity ? b->tokens : capacity;
-    if (b->last_ns == 0) {
+    tokens = *tokens_p < capacity ? *tokens_p : capacity;
+    if (*last_ns_p == 0) {
         tokens = capacity;
-        b->last_ns = now;
-    } else if (now > b->last_ns) {
-        elapsed = now - b->last_ns;
+        *last_ns_p = now;
+    } else if (now > *last_ns_p) {
+        elapsed = now - *last_ns_p;
         room = capacity - tokens;
         if (rate && elapsed >= (room + rate - 1) / rate)
             tokens = capacity;
         else
             tokens += elapsed * rate;
-        b->last_ns = now;
+        *last_ns_p = now;
     }
     if (tokens >= cost) {
         tokens -= cost;
         allowed = 1;
     }
-    b->tokens = tokens;
+    *tokens_p = tokens;
+    return allowed;
+}
+
+/* A tenant-wide bucket, shared by all CPUs: exact, under its lock. */
+static __always_inline int bucket_take(struct ew_bucket *b, const struct ew_rate *limit, __u64 now, __u64 units)
+{
+    int allowed;
+
+    bpf_spin_lock(&b->lock);
+    allowed = token_take(&b->tokens, &b->last_ns, limit, now, units);
     bpf_spin_unlock(&b->lock);
     return allowed;
 }
@@ -79,6 +89,56 @@ static __always_inline int limit_allows(__u32 slot, const struct ew_flood_policy
         return 1;
     bucket = bpf_map_lookup_elem(&ew_buckets, &key);
     return !bucket || bucket_take(bucket, limit, now, units);
+}
+
+/* Clears the host bits of the first `prefixlen` bits of an address. */
+static __always_inline void mask_prefix(__u8 *addr, __u32 bytes, __u32 prefixlen)
+{
+#pragma unroll
+    for (__u32 i = 0; i < 16; i++) {
+        if (i >= bytes)
+            break;
+        if (i * 8 >= prefixlen)
+            addr[i] = 0;
+        else if (i * 8 + 8 > prefixlen)
+            addr[i] &= (__u8)(0xff << (8 - (prefixlen - i * 8)));
+    }
+}
+
+static __always_inline int source_allows(const struct packet_facts *f, __u32 slot,
+                                         const struct ew_flood_policy *policy, __u64 now)
+{
+    struct ew_source_key key = { .slot = slot, .family = f->family };
+    struct ew_source_bucket *bucket;
+
+    if (policy->per_source.rate == 0 && policy->per_source.burst == 0)
+        return 1;
+    if (f->family == EW_FAMILY_IPV4) {
+        const struct iphdr *ip = f->l3;
+
+        key.prefixlen = policy->source_prefix_v4;
+        __builtin_memcpy(key.prefix, &ip->saddr, 4);
+        mask_prefix(key.prefix, 4, key.prefixlen);
+    } else {
+        const struct ipv6hdr *ip6 = f->l3;
+
+        key.prefixlen = policy->source_prefix_v6;
+        __builtin_memcpy(key.prefix, &ip6->saddr, 16);
+        mask_prefix(key.prefix, 16, key.prefixlen);
+    }
+    bucket = bpf_map_lookup_elem(&ew_source_buckets, &key);
+    if (!bucket) {
+        struct ew_source_bucket fresh = {};
+
+        bpf_map_update_elem(&ew_source_buckets, &key, &fresh, BPF_NOEXIST);
+        bucket = bpf_map_lookup_elem(&ew_source_buckets, &key);
+        if (!bucket)
+            return 1;
+    }
+    /* No lock (LRU maps cannot hold one): CPUs updating the same prefix at
+     * once may lose an update, so a per-source limit is approximate under
+     * a multi-queue flood from one prefix; tenant-wide limits stay exact. */
+    return token_take(&bucket->tokens, &bucket->last_ns, &policy->per_source, now, 1);
 }
 
 /* The flood verdict for a packet that passed every block rule, or PASS. */
@@ -105,6 +165,8 @@ static __always_inline __u32 flood_verdict(const struct packet_facts *f, __u32 s
     if (f->fragment == EW_NONFIRST_FRAGMENT && (policy->flags & EW_FLOOD_LIMIT_FRAGMENTS) &&
         !limit_allows(slot, policy, EW_BUCKET_FRAGMENTS, now, 1))
         return EW_REASON_DROP_FRAGMENT;
+    if (!source_allows(f, slot, policy, now))
+        return EW_REASON_DROP_SOURCE_RATE;
     if (!limit_allows(slot, policy, EW_BUCKET_PACKETS, now, 1) ||
         !limit_allows(slot, policy, EW_BUCKET_BYTES, now, f->length))
         return EW_REASON_DROP_RATE_LIMIT;

@@ -27,9 +27,12 @@ EW_HASH_MAP(ew_vip_ports_v6, struct ew_vip_port_v6_key, struct ew_vip, EW_MAX_VI
 EW_HASH_MAP(ew_tenants, __u32, struct ew_tenant, EW_MAX_TENANTS);
 EW_HASH_MAP(ew_port_blocks, struct ew_port_key, __u8, EW_MAX_PORT_RULES);
 
-/* Structs seen only through inner-map templates would reach BTF as forward
- * declarations, which libbpf cannot size: this variable anchors them. */
+/* Structs seen only through map definitions would reach BTF as forward
+ * declarations, which libbpf cannot size (and a map whose value holds a
+ * bpf_spin_lock needs its BTF): this variable anchors them. */
 struct ew_inner_types {
+    struct ew_source_key source_key;
+    struct ew_source_bucket source_bucket;
     struct ew_block_node block_node;
     struct ew_tenant_block_key tenant_block_key;
     struct ew_lpm_v6_key lpm_v6_key;
@@ -100,5 +103,15 @@ struct {
     __type(key, __u32);
     __type(value, struct ew_bucket);
 } ew_buckets SEC(".maps");
+
+/* Per-source buckets. LRU: under a spoofed flood from more prefixes than it
+ * holds, the least recently seen prefixes are evicted and start again with a
+ * full burst, so the tenant-wide limits are the backstop that cannot churn. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, EW_MAX_SOURCE_BUCKETS);
+    __type(key, struct ew_source_key);
+    __type(value, struct ew_source_bucket);
+} ew_source_buckets SEC(".maps");
 
 #endif /* EW_MAPS_H */

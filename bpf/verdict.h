@@ -1,7 +1,8 @@
 /* Tenant lookup and the verdict. Precedence, first match wins:
  *   global source block > tenant suspended > tenant source block >
  *   malformed > blocked destination port > amplification source port >
- *   dropped fragment > SYN rate > fragment rate > packet/byte rate > pass.
+ *   dropped fragment > SYN rate > fragment rate > per-source rate >
+ *   packet/byte rate > pass.
  * Rate limits come last, so blocked packets spend no tokens.
  * agent/reference.py is the executable statement of the same rules. */
 #ifndef EW_VERDICT_H

@@ -203,3 +203,33 @@ def test_high_rate_passes_everything():
                    for _ in range(50))
     finally:
         oracle.datapath.close()
+
+
+def test_per_source_limit_groups_sources_by_prefix():
+    """Sources in one /24 share a bucket; another /24 has its own; v6 by /64."""
+    policy = policy_from_document({"revision": 1, "tenants": [{"id": 1, "name": "shop", "vips": [VIP, "2001:db8::10"],
+        "flood": {"source_packets_per_second": 0, "source_packet_burst": 3}}]})
+    oracle = oracle_for(policy)
+    try:
+        same_prefix = [tcp_ipv4_frame(f"198.51.100.{h}", VIP, 1, 80, "A") for h in (1, 2, 3, 4)]
+        assert [oracle.check(f).reason for f in same_prefix] == [VerdictReason.pass_allowed] * 3 + \
+            [VerdictReason.drop_source_rate]
+        assert oracle.check(tcp_ipv4_frame("192.0.2.7", VIP, 1, 80, "A")).reason is VerdictReason.pass_allowed
+        from frames import tcp_ipv6_frame
+        v6 = [tcp_ipv6_frame(f"2001:db8:5::{h}", "2001:db8::10", 1, 80, "A") for h in (1, 2, 3, 4)]
+        assert [oracle.check(f).reason for f in v6][-1] is VerdictReason.drop_source_rate
+        assert oracle.check(tcp_ipv6_frame("2001:db8:6::1", "2001:db8::10", 1, 80, "A")).reason is \
+            VerdictReason.pass_allowed
+    finally:
+        oracle.datapath.close()
+
+
+def test_per_source_prefix_lengths_are_configurable():
+    policy = policy_from_document({"revision": 1, "tenants": [{"id": 1, "name": "shop", "vips": [VIP],
+        "flood": {"source_packets_per_second": 0, "source_packet_burst": 1, "source_prefix_v4": 32}}]})
+    oracle = oracle_for(policy)
+    try:
+        assert [oracle.check(tcp_ipv4_frame(f"198.51.100.{h}", VIP, 1, 80, "A")).reason for h in (1, 2, 1)] == \
+            [VerdictReason.pass_allowed, VerdictReason.pass_allowed, VerdictReason.drop_source_rate]
+    finally:
+        oracle.datapath.close()

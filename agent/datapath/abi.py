@@ -74,6 +74,7 @@ MAP_LAYOUTS: dict[str, tuple[str, str]] = {
     "ew_config": ("__u32", "struct ew_config"),
     "ew_flood_policies": ("__u32", "struct ew_flood_policy"),
     "ew_buckets": ("__u32", "struct ew_bucket"),
+    "ew_source_buckets": ("struct ew_source_key", "struct ew_source_bucket"),
 }
 # Array maps hold every index; "removing" an entry means writing zeroes.
 ARRAY_MAPS = frozenset({"ew_flood_policies"})

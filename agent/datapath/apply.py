@@ -80,7 +80,7 @@ def apply_compiled(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> ApplyRe
         if old_slots.get(tenant_id) != slot:
             counters.update(pack_u32(slot), zero)
             fresh_buckets.add(pack_u32(slot))
-    _reset_buckets(maps["ew_buckets"], fresh_buckets)
+    _reset_buckets(maps["ew_buckets"], maps["ew_source_buckets"], fresh_buckets)
 
     # Adding before removing keeps enforcement gap-free but needs room for old
     # and new at once; a map without that room has its stale entries removed first.
@@ -112,7 +112,10 @@ def _remove(bpf_map: BpfMap, keys: list[bytes]) -> None:
         bpf_map.delete_many(keys)
 
 
-def _reset_buckets(buckets: BpfMap, slots: set[bytes]) -> None:
+def _reset_buckets(buckets: BpfMap, source_buckets: BpfMap, slots: set[bytes]) -> None:
+    """Fresh (full) tenant and per-source buckets for these slots."""
+    if not slots:
+        return
     zero = bytes(buckets.value_size)
     bpf_map_entries = {}
     for packed_slot in slots:
@@ -120,6 +123,8 @@ def _reset_buckets(buckets: BpfMap, slots: set[bytes]) -> None:
         for kind in range(abi.BUCKET_KINDS):
             bpf_map_entries[pack_u32(slot * abi.BUCKET_KINDS + kind)] = zero
     buckets.update_many(bpf_map_entries)
+    # struct ew_source_key starts with the slot
+    source_buckets.delete_many([key for key in source_buckets.keys() if key[:4] in slots])
 
 
 def _check_capacity(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> None:

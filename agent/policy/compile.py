@@ -60,14 +60,16 @@ def flood_policy_value(flood: FloodPolicy) -> bytes | None:
     limits[abi.BucketKind.bytes] = Rate(flood.bits.per_second // 8, flood.bits.burst // 8)
     limits[abi.BucketKind.syn] = flood.syns
     limits[abi.BucketKind.fragments] = flood.fragment_rate
-    if not all(r.unlimited for r in limits):
+    if not all(r.unlimited for r in limits) or not flood.per_source.unlimited:
         flags |= abi.FLOOD_HAS_LIMITS
     if not flags:
         return None
     allowed = sum(1 << abi.AMPLIFICATION_PORTS[port] for port in flood.allow_amplification_ports)
     return _pack("struct ew_flood_policy", {
         "flags": flags, "amplification_allowed": allowed,
-        "limits": [{"rate": r.per_second, "burst": r.burst} for r in limits]})
+        "limits": [{"rate": r.per_second, "burst": r.burst} for r in limits],
+        "per_source": {"rate": flood.per_source.per_second, "burst": flood.per_source.burst},
+        "source_prefix_v4": flood.source_prefix_v4, "source_prefix_v6": flood.source_prefix_v6})
 
 
 def vip_value(tenant_id: int, slot: int, flags: int) -> bytes:

@@ -30,8 +30,11 @@ RATE_KEYS = {              # document key pair -> FloodPolicy field
     ("bits_per_second", "bit_burst"): "bits",
     ("syns_per_second", "syn_burst"): "syns",
     ("fragments_per_second", "fragment_burst"): "fragment_rate",
+    ("source_packets_per_second", "source_packet_burst"): "per_source",
 }
-FLOOD_KEYS = {"amplification", "allow_amplification_ports", "fragments"} | {k for pair in RATE_KEYS for k in pair}
+SOURCE_PREFIX_KEYS = {"source_prefix_v4": (8, 32), "source_prefix_v6": (16, 128)}
+FLOOD_KEYS = ({"amplification", "allow_amplification_ports", "fragments"} | {k for pair in RATE_KEYS for k in pair}
+              | set(SOURCE_PREFIX_KEYS))
 VIP_KEYS = {"address", "protocol", "port"}
 
 
@@ -182,10 +185,17 @@ def _parse_flood(table: Any, where: str, errs: _Collector) -> FloodPolicy | None
     rates = {field: _parse_rate(table, keys, where, errs) for keys, field in RATE_KEYS.items()}
     if fragments is FragmentPolicy.LIMIT and rates["fragment_rate"] is not None and rates["fragment_rate"].unlimited:
         errs.add(where, 'fragments = "limit" needs fragments_per_second and fragment_burst')
+    prefixes = {}
+    for key, (low, high) in SOURCE_PREFIX_KEYS.items():
+        value = table.get(key, getattr(FloodPolicy(), key))
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            errs.add(where, f"{key} = {value!r} must be an integer in {low}..{high}")
+            value = None
+        prefixes[key] = value
     if amplification not in ("drop", "pass") or fragments is None or None in rates.values() or \
-            any(isinstance(p, bool) or p not in AMPLIFICATION_PORTS for p in allowed):
+            None in prefixes.values() or any(isinstance(p, bool) or p not in AMPLIFICATION_PORTS for p in allowed):
         return None
-    return FloodPolicy(amplification == "drop", tuple(sorted(set(allowed))), fragments, **rates)
+    return FloodPolicy(amplification == "drop", tuple(sorted(set(allowed))), fragments, **rates, **prefixes)
 
 
 def _parse_tenant(table: Any, where: str, errs: _Collector) -> Tenant | None:
@@ -298,6 +308,8 @@ def policy_to_document(policy: Policy) -> dict:
                "fragments": flood.fragments.value}
         for (rate_key, burst_key), field in RATE_KEYS.items():
             doc[rate_key], doc[burst_key] = getattr(flood, field).per_second, getattr(flood, field).burst
+        for key in SOURCE_PREFIX_KEYS:
+            doc[key] = getattr(flood, key)
         return doc
 
     def tenant_doc(t: Tenant) -> dict:

@@ -82,6 +82,9 @@ class FloodPolicy:
     bits: Rate = Rate()
     syns: Rate = Rate()
     fragment_rate: Rate = Rate()
+    per_source: Rate = Rate()         # packets per source prefix
+    source_prefix_v4: int = 24
+    source_prefix_v6: int = 64
 
 
 @dataclass(frozen=True)

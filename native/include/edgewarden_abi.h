@@ -23,6 +23,7 @@
 #define EW_MAX_BLOCK_NODES_V4 2097152
 #define EW_MAX_TENANT_BLOCK_NODES_V4 262144
 #define EW_MAX_SOURCE_BLOCKS_V6 262144
+#define EW_MAX_SOURCE_BUCKETS 262144
 
 /* Parser bounds: the verifier needs fixed loop bounds. */
 #define EW_MAX_VLAN_TAGS 2
@@ -77,7 +78,8 @@ enum ew_verdict_reason {
     EW_REASON_DROP_FRAGMENT = 8,
     EW_REASON_DROP_RATE_LIMIT = 9,
     EW_REASON_DROP_SYN_RATE = 10,
-    EW_REASON_COUNT = 11,
+    EW_REASON_DROP_SOURCE_RATE = 11,
+    EW_REASON_COUNT = 12,
     /* Array size in ew_counters: room for reasons added later. */
     EW_REASON_SLOTS = 16
 };
@@ -131,6 +133,27 @@ struct ew_flood_policy {
     __u32 flags;
     __u32 amplification_allowed;    /* bit i: allow ew_amplification_port i */
     struct ew_rate limits[4];       /* EW_BUCKET_KINDS, indexed by enum ew_bucket_kind */
+    struct ew_rate per_source;      /* packets per source prefix; 0 and 0 = none */
+    __u8 source_prefix_v4;          /* sources are grouped by this prefix length */
+    __u8 source_prefix_v6;
+    __u16 pad;
+    __u32 reserved;
+};
+
+/* Value of ew_source_buckets: like ew_bucket but without a lock, which LRU
+ * maps cannot hold; see bpf/flood.h on what that means. */
+struct ew_source_bucket {
+    __u64 tokens;
+    __u64 last_ns;
+};
+
+/* ew_source_buckets (LRU): per tenant slot and source prefix. */
+struct ew_source_key {
+    __u32 slot;
+    __u8 family;                    /* EW_FAMILY_IPV4 / EW_FAMILY_IPV6 */
+    __u8 prefixlen;
+    __u16 pad;
+    __u8 prefix[16];                /* the source, host bits cleared */
 };
 
 /* ew_buckets: token state. Tokens are kept in unit-nanoseconds (units x
