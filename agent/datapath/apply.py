@@ -129,6 +129,11 @@ def _reset_buckets(buckets: BpfMap, source_buckets: BpfMap, slots: set[bytes]) -
 
 def _check_capacity(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> None:
     """Everything that can be too big is checked before anything is written."""
+    top_slot = max(compiled.slots.values(), default=0)
+    if top_slot >= maps["ew_flood_policies"].max_entries or \
+            (top_slot + 1) * abi.BUCKET_KINDS > maps["ew_buckets"].max_entries:
+        raise ValueError(f"counter slot {top_slot} is beyond the flood-policy or bucket maps; load the program "
+                         "with tenant_capacity= to size them together; nothing was applied")
     capacities = {name: maps[name].max_entries for name in compiled.maps}
     capacities.update({name: abi.SWAPPABLE_TABLES[name].max_entries for name in compiled.tables})
     for name, entries in {**compiled.maps, **compiled.tables}.items():

@@ -154,6 +154,11 @@ def _parse_rate(table: dict, keys: tuple[str, str], where: str, errs: _Collector
             return None
         values.append(value)
     per_second, burst = values
+    if keys[0].startswith("bit") and (per_second % 8 or burst % 8):
+        # the datapath counts bytes: a remainder would be lost, and a burst
+        # under 8 bits would compile to a bucket that holds nothing
+        errs.add(where, f"{keys[0]} and {keys[1]} must be multiples of 8 (whole bytes)")
+        return None
     if per_second and not burst:
         errs.add(where, f"{keys[0]} needs {keys[1]} of at least 1 (a bucket that holds nothing passes nothing)")
         return None
@@ -172,8 +177,11 @@ def _parse_flood(table: Any, where: str, errs: _Collector) -> FloodPolicy | None
     if not isinstance(allowed, list):
         errs.add(where, "allow_amplification_ports must be a list of ports")
         allowed = []
+    def is_amplification_port(port) -> bool:
+        return isinstance(port, int) and not isinstance(port, bool) and port in AMPLIFICATION_PORTS
+
     for port in allowed:
-        if isinstance(port, bool) or port not in AMPLIFICATION_PORTS:
+        if not is_amplification_port(port):
             errs.add(where, f"allow_amplification_ports: {port!r} is not an amplification port "
                             f"({', '.join(str(p) for p in sorted(AMPLIFICATION_PORTS))})")
     try:
@@ -193,7 +201,7 @@ def _parse_flood(table: Any, where: str, errs: _Collector) -> FloodPolicy | None
             value = None
         prefixes[key] = value
     if amplification not in ("drop", "pass") or fragments is None or None in rates.values() or \
-            None in prefixes.values() or any(isinstance(p, bool) or p not in AMPLIFICATION_PORTS for p in allowed):
+            None in prefixes.values() or not all(is_amplification_port(p) for p in allowed):
         return None
     return FloodPolicy(amplification == "drop", tuple(sorted(set(allowed))), fragments, **rates, **prefixes)
 
