@@ -430,6 +430,19 @@ def cmd_flood(args) -> int:
     return 0
 
 
+def cmd_replay(args) -> int:
+    from agent.replay import replay
+
+    result = replay(args.pcap, args.iface, args.target, args.dst_mac, pps=args.pps, victim=args.victim)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+        return 0
+    print(f"{result.capture}: {result.sent:,} of {result.frames:,} frames sent in {result.seconds:.2f} s "
+          f"({result.pps:,.0f} packets/s); {result.rewritten:,} pointed at {args.target}; "
+          f"{result.skipped:,} skipped as larger than the link's MTU")
+    return 0
+
+
 # --- classify ----------------------------------------------------------------
 
 def cmd_classify(args) -> int:
@@ -564,6 +577,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_flood)
+
+    p = sub.add_parser("replay", help="replay a capture into the lab (run inside the attacker namespace)")
+    p.add_argument("pcap")
+    p.add_argument("--iface", required=True, help="the attacker's interface")
+    p.add_argument("--target", required=True, help="the lab's victim address; the capture's victim is rewritten to it")
+    p.add_argument("--dst-mac", required=True, help="MAC of the next hop (the edge's interface)")
+    p.add_argument("--victim", help="the capture's victim address (default: its most common IPv4 destination)")
+    p.add_argument("--pps", type=int, help="packets per second (default: top speed)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("classify", help="run a pcap/pcapng through the real XDP program under a policy (nothing sent)")
     p.add_argument("pcap")
