@@ -5,10 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool xdp-tools \
-	iproute2 iputils-ping tshark tcpreplay nftables util-linux gcc g++ make
+	iproute2 iputils-ping ethtool tshark tcpreplay nftables util-linux gcc g++ make
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.py native/*.pyx native/*.cpp native/include/*.h bpf/*.c bpf/*.h)
 
-.PHONY: all setup os-packages build demo test bench clean
+.PHONY: all setup os-packages build demo test bench loadtest clean
 
 all: build
 
@@ -46,6 +46,10 @@ bench: setup
 	$(PY) benchmarks/bench_datapath.py --write-results
 	$(PY) benchmarks/bench_blocklist.py --write-results
 	$(PY) benchmarks/bench_counters.py --write-results
+
+# Attack floods against the lab: a few minutes; writes benchmarks/results/.
+loadtest: setup
+	$(PY) benchmarks/loadtest.py --write-results
 
 clean:
 	rm -rf build *.egg-info agent/*.so agent/datapath/*.bpf.o native/counters.c $(VENV)

@@ -1,0 +1,324 @@
+#!/usr/bin/env python3
+"""Load tests: real attack floods against the edge of the flood lab, in one run.
+
+For every flood type of `edgewarden flood` and every capture in
+../shared/captures, and for each subject on the edge's attacker-facing
+interface (edgewarden with a victim policy; a minimal XDP_DROP program;
+xdp-filter configured as well as it can be for that attack), a real TCP
+client in the client namespace keeps doing short request/response
+transactions with the server behind the edge while the flood runs. Recorded:
+offered packets/s, packets/s dropped and passed at the edge (veth XDP
+counters; per reason for edgewarden), frames lost before XDP (ring
+overflow), and the share of legitimate transactions that succeeded, with the
+flood off and on. Writes benchmarks/results/loadtest.md and a PNG plot, and
+with --write-results a summary into benchmarks/RESULTS.md.
+
+Everything is bounded (packets and seconds) and inside namespaces the run
+creates and removes.
+
+    .venv/bin/python benchmarks/loadtest.py [--seconds S] [--write-results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from results_file import machine_facts, publish  # noqa: E402
+
+from agent.flood import FLOOD_TYPES  # noqa: E402
+from agent.lab import NETNS_DIR, EdgeLab, FloodLab, run  # noqa: E402
+
+SECTION_TITLE = "## Load tests"
+RESULTS_DIR = REPO / "benchmarks" / "results"
+CAPTURES = REPO.parent / "shared" / "captures"
+SERVICE_PORT = 8080
+POLICY = """revision = 1
+[[tenants]]
+id = 1
+name = "victim"
+vips = ["203.0.113.10"]
+[tenants.flood]
+fragments = "drop"
+syns_per_second = 2000
+syn_burst = 4000
+source_packets_per_second = 200
+source_packet_burst = 400
+"""
+# What xdp-filter can do against each attack without dropping the legitimate
+# clients too: it matches exact addresses and ports, not prefixes or TCP flags.
+XDP_FILTER_RULES = {
+    "dns": [("port", "53", "udp")], "ntp": [("port", "123", "udp")], "memcached": [("port", "11211", "udp")],
+    "snmp": [("port", "161", "udp")], "synack": [("port", "80", "tcp")],
+    "amp.UDP.snmp.src161.pcapng": [("port", "161", "udp")], "amp.TCP.reflection.SYNACK.pcap": [("port", "80", "tcp")],
+}
+
+# Bounded echo server and transaction client (run with `python -c`).
+SERVER = """
+import socket, sys, threading, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(512); s.settimeout(1)
+end = time.monotonic() + float(sys.argv[3])
+def serve(c):
+    try:
+        c.settimeout(2); c.sendall(c.recv(256))
+    except OSError:
+        pass
+    finally:
+        c.close()
+print("ready", flush=True)
+while time.monotonic() < end:
+    try:
+        c, _ = s.accept()
+    except OSError:
+        continue
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+CLIENT = """
+import json, socket, sys, time
+end = time.monotonic() + float(sys.argv[3]); ok = tries = 0
+while time.monotonic() < end:
+    tries += 1
+    try:
+        with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=0.5) as c:
+            c.settimeout(0.5); c.sendall(b"ping"); ok += c.recv(16) == b"ping"
+    except OSError:
+        pass
+print(json.dumps({"tries": tries, "ok": ok}))
+"""
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    subject: str
+    offered_pps: float = 0.0
+    dropped_pps: float = 0.0
+    passed_pps: float = 0.0
+    lost_pps: float = 0.0                 # lost before XDP (ring overflow)
+    legit_success: float = 0.0            # share of transactions that succeeded
+    by_reason: dict = field(default_factory=dict)
+
+
+def ns_cmd(lab: FloodLab, role: str, cmd: list[str]) -> list[str]:
+    return ["nsenter", f"--net={NETNS_DIR}/{lab.ns[role]}", *cmd]
+
+
+def xdp_counters(lab: FloodLab) -> dict[str, int]:
+    out = EdgeLab.ns(lab.ns["edge"], ["ethtool", "-S", lab.links["attacker"][0]]).stdout
+    stats = {}
+    for line in out.splitlines():
+        if ":" in line:
+            key, value = line.split(":", 1)
+            key = key.strip().split("_", 3)[-1] if key.strip().startswith("rx_queue_") else key.strip()
+            if value.strip().isdigit():
+                stats[key] = stats.get(key, 0) + int(value)
+    return stats
+
+
+def edgewarden_reasons(lab: FloodLab) -> dict[str, int]:
+    doc = json.loads(lab.edgewarden("stats", "--iface", lab.links["attacker"][0], "--json").stdout)
+    totals: dict[str, int] = {}
+    for tenant in doc["interfaces"][lab.links["attacker"][0]]["tenants"]:
+        for reason, n in tenant["reason_packets"].items():
+            totals[reason] = totals.get(reason, 0) + n
+    return totals
+
+
+class Subject:
+    def __init__(self, name: str, lab: FloodLab, workdir: Path):
+        self.name, self.lab, self.workdir = name, lab, workdir
+
+    def attach(self, scenario: str) -> None:
+        edge_if = self.lab.links["attacker"][0]
+        if self.name == "edgewarden":
+            policy = self.workdir / "policy.toml"
+            policy.write_text(POLICY)
+            self.lab.edgewarden("attach", edge_if, "--mode", "native", "--policy", str(policy))
+        elif self.name == "xdp_drop":
+            obj = self.workdir / "xdp_drop.bpf.o"
+            if not obj.exists():
+                run(["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c",
+                     str(REPO / "benchmarks" / "bpf" / "xdp_drop.bpf.c"), "-o", str(obj)])
+            EdgeLab.ns(self.lab.ns["edge"], ["ip", "link", "set", "dev", edge_if, "xdpdrv", "obj", str(obj),
+                                             "sec", "xdp"])
+        else:
+            run(ns_cmd(self.lab, "edge", ["xdp-filter", "load", "--mode", "native", edge_if]))
+            for kind, value, proto in XDP_FILTER_RULES.get(scenario, []):
+                run(ns_cmd(self.lab, "edge", ["xdp-filter", kind, value, "--mode", "src", "--proto", proto]))
+
+    def detach(self) -> None:
+        edge_if = self.lab.links["attacker"][0]
+        if self.name == "edgewarden":
+            self.lab.edgewarden("detach", edge_if, check=False)
+        elif self.name == "xdp_drop":
+            EdgeLab.ns(self.lab.ns["edge"], ["ip", "link", "set", "dev", edge_if, "xdp", "off"], check=False)
+        else:
+            run(ns_cmd(self.lab, "edge", ["xdp-filter", "unload", edge_if]), check=False)
+
+
+def start_attack(lab: FloodLab, scenario: str, seconds: float) -> subprocess.Popen:
+    attacker_if = lab.links["attacker"][1]
+    mac = lab.mac_of("edge", lab.links["attacker"][0])
+    if scenario in FLOOD_TYPES:
+        args = ["flood", scenario, "--packets", "50000000", "--seconds", str(seconds)]
+    else:
+        args = ["replay", str(CAPTURES / scenario)]
+    cmd = ns_cmd(lab, "attacker", [sys.executable, "-m", "agent.cli", *args, "--iface", attacker_if,
+                                   "--target", lab.vip, "--dst-mac", mac, "--json"])
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def legit_client(lab: FloodLab, seconds: float) -> subprocess.Popen:
+    return subprocess.Popen(ns_cmd(lab, "client", [sys.executable, "-c", CLIENT, lab.vip, str(SERVICE_PORT),
+                                                   str(seconds)]), stdout=subprocess.PIPE, text=True)
+
+
+def measure(lab: FloodLab, subject: Subject, scenario: str | None, seconds: float) -> Outcome:
+    outcome = Outcome(scenario or "no flood", subject.name)
+    before = xdp_counters(lab)
+    reasons_before = edgewarden_reasons(lab) if subject.name == "edgewarden" else {}
+    client = legit_client(lab, seconds)
+    attack = start_attack(lab, scenario, seconds) if scenario else None
+    legit = json.loads(client.communicate(timeout=seconds + 30)[0])
+    if attack is not None:
+        out, err = attack.communicate(timeout=seconds + 120)
+        if attack.returncode != 0:
+            raise RuntimeError(f"{scenario}: {err.strip()}")
+        result = json.loads(out)
+        elapsed = max(result.get("seconds", seconds), 1e-3)
+        outcome.offered_pps = result.get("packets", result.get("sent", 0)) / elapsed
+    else:
+        elapsed = seconds
+    after = xdp_counters(lab)
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    outcome.dropped_pps = delta.get("xdp_drops", 0) / elapsed
+    outcome.passed_pps = (delta.get("xdp_packets", 0) - delta.get("xdp_drops", 0)) / elapsed
+    outcome.lost_pps = delta.get("drops", 0) / elapsed
+    outcome.legit_success = legit["ok"] / legit["tries"] if legit["tries"] else 0.0
+    if subject.name == "edgewarden":
+        reasons_after = edgewarden_reasons(lab)
+        outcome.by_reason = {r: round((n - reasons_before.get(r, 0)) / elapsed) for r, n in reasons_after.items()
+                             if r.startswith("drop_") and n - reasons_before.get(r, 0)}
+    return outcome
+
+
+def plot(outcomes: list[Outcome], baseline: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = [o.scenario for o in outcomes if o.subject == "edgewarden"]
+    subjects = ["edgewarden", "xdp-filter", "xdp_drop"]
+    by = {(o.scenario, o.subject): o for o in outcomes}
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 8), sharex=True)
+    width = 0.27
+    for i, subject in enumerate(subjects):
+        xs = [j + (i - 1) * width for j in range(len(scenarios))]
+        top.bar(xs, [by[(s, subject)].dropped_pps / 1e6 for s in scenarios], width, label=subject)
+        rel = [100 * by[(s, subject)].legit_success / baseline[subject] if baseline[subject] else 0
+               for s in scenarios]
+        bottom.bar(xs, rel, width, label=subject)
+    top.set_ylabel("dropped at the edge (Mpps)")
+    bottom.set_ylabel("legitimate success\n(% of no-flood rate)")
+    bottom.axhline(99, color="grey", linestyle="--", linewidth=0.8)
+    bottom.set_xticks(range(len(scenarios)), [s.replace(".pcap", "").replace("ng", "") for s in scenarios],
+                      rotation=35, ha="right", fontsize=8)
+    top.legend()
+    top.set_title("edgewarden under attack floods (2-core lab, generator on the same machine)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="flood and client time per scenario")
+    parser.add_argument("--write-results", action="store_true")
+    args = parser.parse_args(argv)
+    scenarios = sorted(FLOOD_TYPES) + sorted(p.name for p in CAPTURES.glob("*.pcap*"))
+    outcomes: list[Outcome] = []
+    baseline: dict[str, float] = {}
+    started = time.monotonic()
+    lab = FloodLab()
+    with tempfile.TemporaryDirectory(prefix="ew-loadtest-") as tmp, lab:
+        server = subprocess.Popen(ns_cmd(lab, "server", [sys.executable, "-c", SERVER, lab.vip, str(SERVICE_PORT),
+                                                          str(60 + len(scenarios) * 3 * (args.seconds + 8))]),
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout.readline().strip() == "ready"
+            for name in ("edgewarden", "xdp-filter", "xdp_drop"):
+                subject = Subject(name, lab, Path(tmp))
+                subject.attach("")
+                try:
+                    baseline[name] = measure(lab, subject, None, args.seconds).legit_success
+                finally:
+                    subject.detach()
+                for scenario in scenarios:
+                    subject.attach(scenario)
+                    try:
+                        outcomes.append(measure(lab, subject, scenario, args.seconds))
+                        print(f"{name:>10} {scenario:<32} {outcomes[-1].dropped_pps:>12,.0f} dropped/s  "
+                              f"legit {outcomes[-1].legit_success:.1%}", file=sys.stderr)
+                    finally:
+                        subject.detach()
+        finally:
+            server.kill()
+            server.wait()
+
+    RESULTS_DIR.mkdir(exist_ok=True)
+    plot(outcomes, baseline, RESULTS_DIR / "loadtest.png")
+    by = {(o.scenario, o.subject): o for o in outcomes}
+    rows = ["| scenario | offered pps | edgewarden dropped pps | passed pps | lost before XDP pps | drops by reason | "
+            "xdp-filter dropped pps | XDP_DROP dropped pps | edgewarden / XDP_DROP | "
+            "legit success (edgewarden / xdp-filter / XDP_DROP) |",
+            "|---|---:|---:|---:|---:|---|---:|---:|---:|---|"]
+    ratios, legit_ok = [], []
+    for scenario in scenarios:
+        ew, xf, xd = by[(scenario, "edgewarden")], by[(scenario, "xdp-filter")], by[(scenario, "xdp_drop")]
+        ratio = ew.dropped_pps / xd.dropped_pps if xd.dropped_pps else float("nan")
+        ratios.append(ratio)
+        rel = ew.legit_success / baseline["edgewarden"] if baseline["edgewarden"] else 0.0
+        legit_ok.append(rel)
+        reasons = ", ".join(f"{r.removeprefix('drop_')} {n:,}" for r, n in sorted(ew.by_reason.items())) or "-"
+        rows.append(f"| {scenario} | {ew.offered_pps:,.0f} | {ew.dropped_pps:,.0f} | {ew.passed_pps:,.0f} | "
+                    f"{ew.lost_pps:,.0f} | {reasons} | {xf.dropped_pps:,.0f} | {xd.dropped_pps:,.0f} | {ratio:.2f} | "
+                    f"{ew.legit_success:.1%} / "
+                    f"{xf.legit_success:.1%} / {xd.legit_success:.1%} |")
+    finite = [r for r in ratios if r == r]
+    lines = [SECTION_TITLE, ""] + [f"- **{k}:** {v}" for k, v in machine_facts()] + [
+        f"- **Setup:** the flood lab (attacker, client, edge, server namespaces); each subject on the edge's "
+        f"attacker-facing veth in native mode; the generator (XDP live frames, 2 threads) and tcpreplay on the "
+        f"same 2 cores; {args.seconds:.0f} s per scenario; legitimate client: TCP connect/request/response/close "
+        f"in a loop, 0.5 s timeouts, through the client-facing interface.",
+        f"- **Legitimate success with no flood:** edgewarden {baseline['edgewarden']:.1%}, "
+        f"xdp-filter {baseline['xdp-filter']:.1%}, XDP_DROP {baseline['xdp_drop']:.1%}.",
+        f"- **edgewarden drop throughput / XDP_DROP's:** median {statistics.median(finite):.2f}, "
+        f"min {min(finite):.2f} (goal: at least 0.9). The generator and the edge share the CPUs, so each "
+        f"subject's offered rate is close to the most it can drop: the ratio compares per-packet cost. A "
+        f"capture replayed by tcpreplay offers far less, and what edgewarden passes of it (no rule matches) "
+        f"is not a drop it failed at.",
+        f"- **Legitimate success under flood, share of the no-flood rate:** median "
+        f"{statistics.median(legit_ok):.1%}, min {min(legit_ok):.1%} (goal: at least 99% while the edge core is "
+        f"not saturated; here generator and edge share 2 cores).",
+        "", *rows, "", "![load test](results/loadtest.png)", "",
+        f"_Generated by `benchmarks/loadtest.py` in {time.monotonic() - started:.0f} s; full report in "
+        f"`benchmarks/results/loadtest.md`._",
+    ]
+    section = "\n".join(lines)
+    (RESULTS_DIR / "loadtest.md").write_text(section.replace("(results/loadtest.png)", "(loadtest.png)") + "\n")
+    publish(SECTION_TITLE, section, args.write_results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
