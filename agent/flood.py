@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from agent._libbpf import ffi, lib
+from agent.checksum import internet_checksum
 from agent.datapath.syscalls import BpfError, BpfMap, check
 
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
@@ -50,13 +51,6 @@ FLOOD_TYPES: dict[str, FloodType] = {
 }
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def template_frame(kind: FloodType, src_mac: bytes, dst_mac: bytes, target: str, dport: int) -> tuple[bytes, int]:
@@ -72,7 +66,7 @@ def template_frame(kind: FloodType, src_mac: bytes, dst_mac: bytes, target: str,
         l4 = struct.pack("!HHHH", kind.sport or 40000, dport, 8 + len(payload), 0) + payload
     else:
         body = struct.pack("!BBHHH", 8, 0, 0, 0x4557, 1) + payload
-        l4 = body[:2] + struct.pack("!H", _checksum(body)) + body[4:]
+        l4 = body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]
     frag_field = 185 if kind.fragment else 0x4000         # a non-first fragment, or DF
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, frag_field, 64, kind.proto, 0,
                      ipaddress.IPv4Address("0.0.0.0").packed, ipaddress.IPv4Address(target).packed)

@@ -15,19 +15,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.checksum import internet_checksum
 from agent.flood import interface_mac
 from agent.pcap import LINKTYPE_ETHERNET, ethernet_frame, read_frames
 
 MAX_FRAME = 1514        # larger captured frames (offloaded super-packets) cannot be sent on a 1500 MTU link
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def most_common_destination(frames: list[bytes]) -> ipaddress.IPv4Address | None:
@@ -45,7 +39,7 @@ def rewrite(frame: bytes, victim: bytes, target: bytes, src_mac: bytes, dst_mac:
         return bytes(out)
     out[30:34] = target
     out[24:26] = b"\0\0"
-    out[24:26] = struct.pack("!H", _checksum(bytes(out[14:14 + ihl])))
+    out[24:26] = struct.pack("!H", internet_checksum(bytes(out[14:14 + ihl])))
     fragment = struct.unpack_from("!H", out, 20)[0] & 0x3FFF
     proto, l4 = out[23], 14 + ihl
     total = struct.unpack_from("!H", out, 16)[0]
@@ -56,7 +50,7 @@ def rewrite(frame: bytes, victim: bytes, target: bytes, src_mac: bytes, dst_mac:
         if at + 2 <= segment_end and not (proto == 17 and out[at:at + 2] == b"\0\0"):
             out[at:at + 2] = b"\0\0"
             pseudo = bytes(out[26:34]) + struct.pack("!BBH", 0, proto, segment_end - l4)
-            check = _checksum(pseudo + bytes(out[l4:segment_end]))
+            check = internet_checksum(pseudo + bytes(out[l4:segment_end]))
             out[at:at + 2] = struct.pack("!H", check if check or proto == 6 else 0xFFFF)
     return bytes(out)
 

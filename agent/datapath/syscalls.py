@@ -157,40 +157,9 @@ class BpfMap:
 
     def items(self) -> dict[bytes, bytes]:
         """Every entry. Uses a batched lookup where the map type has one."""
-        try:
-            return self._items_batched()
-        except BpfError as err:
-            if err.errno not in (22, 95, 524):  # EINVAL, EOPNOTSUPP, ENOTSUPP: no batch ops for this map
-                raise
-        result = {}
-        for key in list(self.keys()):
-            value = self.lookup(key)
-            if value is not None:
-                result[key] = value
-        return result
-
-    def _items_batched(self) -> dict[bytes, bytes]:
-        chunk = max(1, min(self.max_entries, 4096))
-        keys = ffi.new("char[]", self.key_size * chunk)
-        values = ffi.new("char[]", self.value_size * chunk)
-        # Hash maps use a 4-byte opaque bucket cursor; size it generously.
-        in_batch = ffi.NULL
-        out_batch = ffi.new("char[]", max(8, self.key_size))
-        count = ffi.new("__u32 *")
-        result = {}
-        while True:
-            count[0] = chunk
-            rc = lib.ew_map_lookup_batch(self.fd, in_batch, out_batch, keys, values, count)
-            done = rc == -2  # ENOENT: this call returned the last entries
-            if rc < 0 and not done:
-                check(rc, f"batch lookup in {self.name}")
-            kbuf = ffi.buffer(keys, self.key_size * count[0])[:]
-            vbuf = ffi.buffer(values, self.value_size * count[0])[:]
-            for i in range(count[0]):
-                result[kbuf[i * self.key_size:(i + 1) * self.key_size]] = vbuf[i * self.value_size:(i + 1) * self.value_size]
-            if done:
-                return result
-            in_batch = ffi.new("char[]", ffi.buffer(out_batch)[:])
+        keys, values = self.items_packed()
+        ks, vs = self.key_size, self.value_size
+        return {keys[i * ks:(i + 1) * ks]: values[i * vs:(i + 1) * vs] for i in range(len(keys) // ks)}
 
     def array_values(self) -> memoryview:
         """All values of an (per-CPU) array map in index order, one batched
