@@ -77,7 +77,7 @@ def generate_list(total: int, rng: random.Random) -> list[str]:
 
 # Run in a fresh process so the figure is the agent's, not this generator's.
 AGENT_MEMORY_PROBE = """
-import os, resource, sys
+import os, sys
 from pathlib import Path
 from agent.blocklist import read_blocklist
 from agent.datapath.apply import apply_policy_to_maps
@@ -96,13 +96,16 @@ with PrivateDatapath() as datapath:
     loaded = read_blocklist(sys.argv[1])
     apply_policy_to_maps(datapath.program.maps, Policy(revision=1), {None: loaded.prefixes}, frozenset(GLOBAL_TABLES))
     del loaded
-    rss = int(next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS")).split()[1])
+    # VmHWM, not ru_maxrss: the latter survives execve, so a child forked
+    # from a big parent would report the parent's peak.
+    status = dict(l.split(":", 1) for l in Path("/proc/self/status").read_text().splitlines())
+    rss, peak = (int(status[k].split()[0]) for k in ("VmRSS", "VmHWM"))
     kernel = sum(memlock(m.fd) for m in datapath.program.maps.values())
     for name in BLOCK_TABLES:
         inner = SwappableTable(datapath.program.maps[name]).inner()
         kernel += memlock(inner.fd)
         inner.close()
-    print(rss * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, kernel)
+    print(rss * 1024, peak * 1024, kernel)
 """
 
 

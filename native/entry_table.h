@@ -13,6 +13,7 @@
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -143,6 +144,40 @@ public:
         return out;
     }
 
+    // (added, changed, removed) that diff(newer) would give, without building it.
+    std::tuple<std::size_t, std::size_t, std::size_t> diff_counts(const EntryTable &newer) const {
+        if (newer.key_size_ != key_size_ || newer.value_size_ != value_size_)
+            throw std::invalid_argument("cannot diff tables of different layouts");
+        std::size_t added = 0, changed = 0, removed = 0, i = 0, j = 0;
+        const std::size_t n = size(), m = newer.size();
+        while (i < n || j < m) {
+            int c = i == n ? 1 : j == m ? -1 : std::memcmp(key(i), newer.key(j), key_size_);
+            if (c < 0) {
+                ++removed;
+                ++i;
+            } else if (c > 0) {
+                ++added;
+                ++j;
+            } else {
+                changed += std::memcmp(value(i), newer.value(j), value_size_) != 0;
+                ++i;
+                ++j;
+            }
+        }
+        return {added, changed, removed};
+    }
+
+    // Read-only views of the packed arrays, valid while the table lives:
+    // a million-entry table is handed to the kernel without a copy.
+    py::memoryview keys_view() const {
+        return py::memoryview::from_memory(const_cast<unsigned char *>(keys_.data()),
+                                           static_cast<py::ssize_t>(keys_.size()), true);
+    }
+    py::memoryview values_view() const {
+        return py::memoryview::from_memory(const_cast<unsigned char *>(values_.data()),
+                                           static_cast<py::ssize_t>(values_.size()), true);
+    }
+
     // Union of tables with disjoint keys (e.g. one per tenant).
     void extend(const EntryTable &other) {
         if (other.key_size_ != key_size_ || other.value_size_ != value_size_)
@@ -171,6 +206,12 @@ inline void register_entry_table(py::module_ &m) {
         .def("keys_packed", &EntryTable::keys_packed)
         .def("values_packed", &EntryTable::values_packed)
         .def("items", &EntryTable::items, "list of (key, value) bytes: for small tables")
+        .def("diff_counts", &EntryTable::diff_counts, py::arg("newer"),
+             "(added, changed, removed) of diff(newer), without building it")
+        .def("keys_view", &EntryTable::keys_view, py::keep_alive<0, 1>(),
+             "read-only memoryview of the packed keys (no copy; keeps the table alive)")
+        .def("values_view", &EntryTable::values_view, py::keep_alive<0, 1>(),
+             "read-only memoryview of the packed values (no copy; keeps the table alive)")
         .def("diff", &EntryTable::diff, py::arg("newer"),
              "(writes, deletes): entries of newer that are new or changed, and entries of this table "
              "whose keys newer lacks")

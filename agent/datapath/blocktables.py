@@ -184,15 +184,16 @@ class SwappableTable:
         if isinstance(desired, dict):
             desired = EntryTable.from_packed(b"".join(desired), b"".join(desired.values()), *self._sizes())
         current = self.entries_table()
-        writes, stale = current.diff(desired)
-        added = len(desired) - len(current) + len(stale)
-        update = TableUpdate(self.name, added, len(writes) - added, len(stale))
-        if not len(writes) and not len(stale):
+        added, changed, removed = current.diff_counts(desired)
+        update = TableUpdate(self.name, added, changed, removed)
+        if not (added or changed or removed):
             return update
-        if len(writes) + len(stale) > DELTA_LIMIT or len(current) + added > self.spec.max_entries:
+        if added + changed + removed > DELTA_LIMIT or len(current) + added > self.spec.max_entries:
+            del current            # a million-entry table: do not hold two while building a third
             self._swap_in(desired)
             update.swapped = True
         else:
+            writes, stale = current.diff(desired)
             self._apply_delta(writes.items(), [key for key, _ in stale.items()])
         return update
 
@@ -201,7 +202,7 @@ class SwappableTable:
             raise ValueError(f"{self.name}: {len(desired)} entries do not fit in {self.spec.max_entries}; "
                              "nothing was applied")
         with self._new_inner() as inner:
-            inner.update_packed(desired.keys_packed(), desired.values_packed())
+            inner.update_packed(desired.keys_view(), desired.values_view())
             self.outer.update(b"\0\0\0\0", struct.pack("=I", inner.fd))
 
     def _apply_delta(self, writes: list[tuple[bytes, bytes]], stale: list[bytes]) -> None:

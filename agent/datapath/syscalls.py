@@ -206,19 +206,20 @@ class BpfMap:
         present = [(k, v) for k, v in zip(keys, values) if v is not None]
         return b"".join(k for k, _ in present), b"".join(v for _, v in present)
 
-    def update_packed(self, keys: bytes, values: bytes) -> None:
-        """Write concatenated keys and values: one batched update where the
-        map type has it, else key by key. (Splitting a big load over threads
-        was measured slower: the kernel's element allocation serialises.)"""
+    def update_packed(self, keys, values) -> None:
+        """Write concatenated keys and values (bytes or any buffer, e.g. a
+        zero-copy view): one batched update where the map type has it, else
+        key by key. (Splitting a big load over threads was measured slower:
+        the kernel's element allocation serialises.)"""
         count = len(keys) // self.key_size
         if count == 0:
             return
         n = ffi.new("__u32 *", count)
-        rc = lib.ew_map_update_batch(self.fd, keys, values, n, 0)
+        rc = lib.ew_map_update_batch(self.fd, ffi.from_buffer(keys), ffi.from_buffer(values), n, 0)
         if rc in (-22, -95, -524) and n[0] == 0:
             for i in range(count):
-                self.update(keys[i * self.key_size:(i + 1) * self.key_size],
-                            values[i * self.value_size:(i + 1) * self.value_size])
+                self.update(bytes(keys[i * self.key_size:(i + 1) * self.key_size]),
+                            bytes(values[i * self.value_size:(i + 1) * self.value_size]))
             return
         check(rc, f"batch update of {count} entries in {self.name} (failed after {n[0]})")
 
