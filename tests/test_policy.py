@@ -1814,6 +1814,9 @@ class FakeMap:
     def items(self):
         return dict(self.data)
 
+    def items_packed(self):
+        return b"".join(self.data), b"".join(self.data.values())
+
     def keys(self):
         return iter(list(self.data))
 

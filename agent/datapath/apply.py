@@ -123,8 +123,11 @@ def _reset_buckets(buckets: BpfMap, source_buckets: BpfMap, slots: set[bytes]) -
         for kind in range(abi.BUCKET_KINDS):
             bpf_map_entries[pack_u32(slot * abi.BUCKET_KINDS + kind)] = zero
     buckets.update_many(bpf_map_entries)
-    # struct ew_source_key starts with the slot
-    source_buckets.delete_many([key for key in source_buckets.keys() if key[:4] in slots])
+    # One batched read of the LRU map, not a get_next_key walk of up to 262,144
+    # entries; struct ew_source_key starts with the slot.
+    keys, _ = source_buckets.items_packed()
+    size = source_buckets.key_size
+    source_buckets.delete_many([keys[i:i + size] for i in range(0, len(keys), size) if keys[i:i + 4] in slots])
 
 
 def _check_capacity(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> None:
