@@ -21,6 +21,17 @@ def run(cmd: list[str], *, check: bool = True, timeout: float = 30, **kwargs) ->
     return result
 
 
+def in_namespace(namespace: str, cmd: list[str]) -> list[str]:
+    """`cmd` inside a network namespace. nsenter --net, not ip netns exec,
+    which remounts /sys and hides bpffs and the pinned maps."""
+    return ["nsenter", f"--net={NETNS_DIR}/{namespace}", *cmd]
+
+
+def cli_in(namespace: str, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The edgewarden CLI inside a network namespace."""
+    return run(in_namespace(namespace, [sys.executable, "-m", "agent.cli", *args]), check=check, timeout=timeout)
+
+
 @dataclass
 class EdgeLab:
     """peer namespace --veth--> edge namespace (XDP goes on `edge_if`).
@@ -101,10 +112,8 @@ class EdgeLab:
         return run(["ip", "netns", "exec", namespace, *cmd], **kwargs)
 
     def edgewarden(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        """The CLI inside the edge namespace. nsenter --net, not ip netns exec,
-        which remounts /sys and hides bpffs and the pinned maps."""
-        return run(["nsenter", f"--net={NETNS_DIR}/{self.edge_ns}", sys.executable, "-m", "agent.cli", *args],
-                   check=check, timeout=60)
+        """The CLI inside the edge namespace."""
+        return cli_in(self.edge_ns, *args, check=check)
 
     def ping(self, source: str, target: str, count: int = 3) -> bool:
         """True if every echo got a reply."""
@@ -231,9 +240,12 @@ class FloodLab:
         out = EdgeLab.ns(self.ns[role], ["cat", f"/sys/class/net/{interface}/address"]).stdout
         return out.strip()
 
+    def cli(self, role: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """The CLI inside one of the lab's namespaces (attacker, client, edge, server)."""
+        return cli_in(self.ns[role], *args, check=check)
+
     def edgewarden(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return run(["nsenter", f"--net={NETNS_DIR}/{self.ns['edge']}", sys.executable, "-m", "agent.cli", *args],
-                   check=check, timeout=120)
+        return self.cli("edge", *args, check=check)
 
     def attach(self, policy_file: str) -> None:
         for interface in self.edge_ingress:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from results_file import machine_facts, publish  # noqa: E402
 
 from agent.flood import FLOOD_TYPES  # noqa: E402
-from agent.lab import NETNS_DIR, EdgeLab, FloodLab, run  # noqa: E402
+from agent.lab import EdgeLab, FloodLab, in_namespace, run  # noqa: E402
 
 SECTION_TITLE = "## Load tests"
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -110,7 +110,7 @@ class Outcome:
 
 
 def ns_cmd(lab: FloodLab, role: str, cmd: list[str]) -> list[str]:
-    return ["nsenter", f"--net={NETNS_DIR}/{lab.ns[role]}", *cmd]
+    return in_namespace(lab.ns[role], cmd)
 
 
 def xdp_counters(lab: FloodLab) -> dict[str, int]:

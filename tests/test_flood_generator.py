@@ -78,11 +78,8 @@ def test_floods_through_the_lab(tmp_path):
             mac = lab.mac_of("edge", edge_if)
 
             def flood(kind, packets):
-                out = subprocess.run(
-                    ["nsenter", f"--net=/var/run/netns/{lab.ns['attacker']}", sys.executable, "-m", "agent.cli",
-                     "flood", kind, "--iface", attacker_if, "--target", lab.vip, "--dst-mac", mac,
-                     "--packets", str(packets), "--seconds", "5", "--json"],
-                    capture_output=True, text=True, check=True, timeout=60).stdout
+                out = lab.cli("attacker", "flood", kind, "--iface", attacker_if, "--target", lab.vip,
+                              "--dst-mac", mac, "--packets", str(packets), "--seconds", "5", "--json").stdout
                 return json.loads(out)
 
             def victim():

@@ -5,8 +5,6 @@ model says about the frames that were sent."""
 import ipaddress
 import json
 import struct
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
@@ -61,10 +59,8 @@ def test_replayed_capture_is_counted_as_the_reference_says(captures_dir, tmp_pat
         try:
             edge_if, attacker_if = lab.links["attacker"]
             mac = lab.mac_of("edge", edge_if)
-            out = subprocess.run(["nsenter", f"--net=/var/run/netns/{lab.ns['attacker']}", sys.executable, "-m",
-                                  "agent.cli", "replay", str(capture), "--iface", attacker_if, "--target", VIP,
-                                  "--dst-mac", mac, "--pps", "20000", "--json"],
-                                 capture_output=True, text=True, check=True, timeout=120).stdout
+            out = lab.cli("attacker", "replay", str(capture), "--iface", attacker_if, "--target", VIP,
+                          "--dst-mac", mac, "--pps", "20000", "--json").stdout
             result = json.loads(out)
             assert result["sent"] == result["frames"] == 4373
             frames, _, _ = prepare(capture, VIP, bytes(6), bytes.fromhex(mac.replace(":", "")))
