@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from typing import Callable
 
-from agent.datapath.abi import DROP_REASONS, TrafficClass, VerdictReason
+from agent.datapath.abi import DROP_REASONS, TrafficClass, VerdictReason, action_name
 from agent.datapath.blocktables import blocked_prefixes
 from agent.datapath.counters import read_counters
 from agent._prefixes import PrefixSet
@@ -457,7 +457,7 @@ def cmd_classify(args) -> int:
           f"policy revision {result['policy_revision']}")
     print("actions: " + ", ".join(f"{k} {v}" for k, v in result["actions"].items() if v))
     _print_table(["REASON", "VERDICT", "PACKETS", "BYTES"],
-                 [[r, "drop" if VerdictReason[r] in DROP_REASONS else "pass", v["packets"], v["bytes"]]
+                 [[r, action_name(VerdictReason[r]), v["packets"], v["bytes"]]
                   for r, v in result["reasons"].items() if v["packets"]])
     print()
     classes = [c.name for c in TrafficClass]

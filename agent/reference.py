@@ -5,21 +5,27 @@ compiled maps, so tests that hold the XDP program to it check the compiler,
 the map layouts and the program together. Precedence of reasons:
 global source block > tenant suspended > tenant source block > malformed >
 blocked destination port > amplification source port > dropped fragment >
-SYN rate > fragment rate > per-source rate > packet/byte rate > pass. Token buckets are
-state: ReferenceBuckets holds it, with the datapath's exact arithmetic."""
+SYN-ACK without connection > segment without connection or cookie (SYN-cookie
+mode) > SYN rate > fragment rate > per-source rate > packet/byte rate > SYN
+answered with a cookie > pass. Token buckets are state: ReferenceBuckets
+holds it, with the datapath's exact arithmetic. Which connections conntrack
+knows and which cookies the kernel would accept are the kernel's secrets:
+TcpState says them (by default: none, as in BPF_PROG_TEST_RUN on frames
+with made-up addresses)."""
 
 from __future__ import annotations
 
 import ipaddress
 import struct
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.datapath.abi import (
     AMPLIFICATION_PORTS, DROP_REASONS, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, TENANT_UNASSIGNED, TrafficClass,
-    VerdictReason,
+    VerdictReason, xdp_action,
 )
-from agent.policy.model import PROTOCOL_NUMBERS, FragmentPolicy, Policy, Rate
+from agent.policy.model import PROTOCOL_NUMBERS, FragmentPolicy, Policy, Rate, SynAckPolicy
 
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 VLAN_TPIDS = (0x8100, 0x88A8)
@@ -43,6 +49,7 @@ class PacketFacts:
     l4_parsed: bool = False
     tcp_flags: int = 0
     non_ip: bool = False            # well-formed frame of another ethertype
+    ipv6_extension_headers: int = 0
 
     @property
     def traffic_class(self) -> TrafficClass:
@@ -113,9 +120,10 @@ def _parse_ipv6(frame: bytes, offset: int) -> PacketFacts:
     next_header = frame[offset + 6]
     pos = offset + 40
     fragment = "none"
-    for _ in range(MAX_IPV6_EXT_HEADERS):
+    for walked in range(MAX_IPV6_EXT_HEADERS):
         if next_header not in IPV6_EXTENSION_HEADERS:
             break
+        base["ipv6_extension_headers"] = walked + 1
         if next_header == 44:
             if pos + 8 > n:
                 return PacketFacts(**base, l4_proto=next_header, malformed=True)
@@ -231,7 +239,52 @@ class ReferenceBuckets:
         return bucket.take(rate.per_second, rate.burst, now_ns, units)
 
 
-def flood_reason(tenant, facts: PacketFacts, buckets: ReferenceBuckets | None, now_ns: int) -> VerdictReason | None:
+TCP_SYN, TCP_ACK, TCP_FIN, TCP_RST = 0x02, 0x10, 0x01, 0x04
+
+
+@dataclass(frozen=True)
+class TcpState:
+    """The kernel state the TCP defences consult: does conntrack know the
+    segment's connection, does the ACK carry a cookie the kernel issued."""
+
+    connection_known: Callable[[PacketFacts], bool] = lambda facts: False
+    cookie_valid: Callable[[PacketFacts], bool] = lambda facts: False
+
+
+NO_TCP_STATE = TcpState()
+
+
+def tcp_state_reason(flood, facts: PacketFacts, tcp: TcpState) -> VerdictReason | None:
+    """bpf/tcp_state.h tcp_state_verdict: the drops of the TCP state policies."""
+    flags = facts.tcp_flags
+    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK:
+        if flood.syn_ack is SynAckPolicy.DROP or \
+                (flood.syn_ack is SynAckPolicy.TRACK and not tcp.connection_known(facts)):
+            return VerdictReason.drop_syn_ack
+        return None
+    if not flood.syn_cookies:
+        return None
+    if flags & TCP_SYN:
+        return VerdictReason.drop_bad_cookie if flags & (TCP_RST | TCP_FIN) else None
+    if tcp.connection_known(facts):
+        return None
+    if flags & TCP_ACK and not flags & TCP_RST and tcp.cookie_valid(facts):
+        return None
+    return VerdictReason.drop_bad_cookie
+
+
+def syn_cookie_answer(flood, facts: PacketFacts) -> VerdictReason | None:
+    """The SYN answered with a cookie, or why it cannot be (bpf/tcp_state.h answer_syn_with_cookie)."""
+    if not (flood.syn_cookies and facts.l4_parsed and facts.l4_proto == TCP and
+            facts.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN):
+        return None
+    if facts.fragment != "none" or facts.ipv6_extension_headers:
+        return VerdictReason.drop_bad_cookie
+    return VerdictReason.answer_syn_cookie
+
+
+def flood_reason(tenant, facts: PacketFacts, buckets: ReferenceBuckets | None, now_ns: int,
+                 tcp: TcpState = NO_TCP_STATE) -> VerdictReason | None:
     flood = tenant.flood
     if flood.drop_amplification and facts.l4_parsed and facts.l4_proto == UDP and \
             facts.sport in AMPLIFICATION_PORTS and facts.sport not in flood.allow_amplification_ports:
@@ -239,9 +292,13 @@ def flood_reason(tenant, facts: PacketFacts, buckets: ReferenceBuckets | None, n
     nonfirst = facts.fragment == "nonfirst"
     if nonfirst and flood.fragments is FragmentPolicy.DROP:
         return VerdictReason.drop_fragment
+    if facts.l4_parsed and facts.l4_proto == TCP:
+        reason = tcp_state_reason(flood, facts, tcp)
+        if reason is not None:
+            return reason
     limits = (flood.syns, flood.fragment_rate, flood.packets, flood.bits, flood.per_source)
     if all(r.unlimited for r in limits):
-        return None
+        return syn_cookie_answer(flood, facts)
     if buckets is None:
         raise ValueError("a policy with rate limits needs ReferenceBuckets to be judged")
     if facts.traffic_class is TrafficClass.tcp_syn and not buckets.take(tenant.id, "syn", flood.syns, now_ns, 1):
@@ -257,11 +314,11 @@ def flood_reason(tenant, facts: PacketFacts, buckets: ReferenceBuckets | None, n
     if not buckets.take(tenant.id, "packets", flood.packets, now_ns, 1) or \
             not buckets.take(tenant.id, "bytes", byte_rate, now_ns, facts.length):
         return VerdictReason.drop_rate_limit
-    return None
+    return syn_cookie_answer(flood, facts)
 
 
 def decide(policy: Policy, facts: PacketFacts, buckets: ReferenceBuckets | None = None,
-           now_ns: int = 1) -> tuple[int, VerdictReason]:
+           now_ns: int = 1, tcp: TcpState = NO_TCP_STATE) -> tuple[int, VerdictReason]:
     """(tenant id, verdict reason) for one parsed frame. `now_ns` is the
     clock for rate limits; like the kernel's it is never 0."""
     if facts.non_ip:
@@ -283,7 +340,7 @@ def decide(policy: Policy, facts: PacketFacts, buckets: ReferenceBuckets | None 
             if PROTOCOL_NUMBERS[rule.protocol] == facts.l4_proto and rule.first <= facts.dport <= rule.last:
                 return tenant_id, VerdictReason.drop_port_block
     if tenant is not None:
-        reason = flood_reason(tenant, facts, buckets, now_ns)
+        reason = flood_reason(tenant, facts, buckets, now_ns, tcp)
         if reason is not None:
             return tenant_id, reason
     return tenant_id, VerdictReason.pass_allowed
@@ -300,10 +357,16 @@ class Verdict:
     def dropped(self) -> bool:
         return self.reason in DROP_REASONS
 
+    @property
+    def action(self) -> int:
+        """The XDP return code."""
+        return xdp_action(self.reason)
 
-def judge(policy: Policy, frame: bytes, buckets: ReferenceBuckets | None = None, now_ns: int = 1) -> Verdict:
+
+def judge(policy: Policy, frame: bytes, buckets: ReferenceBuckets | None = None, now_ns: int = 1,
+          tcp: TcpState = NO_TCP_STATE) -> Verdict:
     facts = parse_frame(frame)
-    tenant_id, reason = decide(policy, facts, buckets, now_ns)
+    tenant_id, reason = decide(policy, facts, buckets, now_ns, tcp)
     return Verdict(tenant_id, reason, facts.traffic_class, facts.length)
 
 

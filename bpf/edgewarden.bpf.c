@@ -16,7 +16,9 @@ int edgewarden_xdp(struct xdp_md *ctx)
     switch (parse_packet(ctx, &facts)) {
     case EW_PARSED_IP:
         lookup_tenant(&facts, &tenant);
-        reason = decide_ip_verdict(&facts, &tenant);
+        reason = decide_ip_verdict(ctx, &facts, &tenant);
+        if (reason == EW_REASON_ANSWER_SYN_COOKIE)
+            reason = answer_syn_with_cookie(ctx, &facts);
         break;
     case EW_PARSED_NON_IP:
         reason = EW_REASON_PASS_NON_IP;
@@ -26,7 +28,7 @@ int edgewarden_xdp(struct xdp_md *ctx)
         break;
     }
     account_packet(tenant.slot, facts.traffic_class, reason, facts.length);
-    return reason_is_drop(reason) ? XDP_DROP : XDP_PASS;
+    return reason_action(reason);
 }
 
 char LICENSE[] SEC("license") = "GPL";

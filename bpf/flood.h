@@ -1,5 +1,6 @@
 /* Flood defences per tenant: UDP from amplification source ports, non-first
- * fragments, and token-bucket limits (packets/s, bytes/s, SYNs/s,
+ * fragments, TCP state (SYN cookies, SYN-ACKs with no connection: see
+ * tcp_state.h), and token-bucket limits (packets/s, bytes/s, SYNs/s,
  * fragments/s). Policies live in ew_flood_policies per tenant slot, so they
  * change at run time without a reload. agent/reference.py TokenBucket is the
  * same arithmetic in Python. */
@@ -8,6 +9,7 @@
 
 #include "maps.h"
 #include "parse.h"
+#include "tcp_state.h"
 
 #define EW_NS_PER_SECOND 1000000000ULL
 
@@ -141,8 +143,11 @@ static __always_inline int source_allows(const struct packet_facts *f, __u32 slo
     return token_take(&bucket->tokens, &bucket->last_ns, &policy->per_source, now, 1);
 }
 
-/* The flood verdict for a packet that passed every block rule, or PASS. */
-static __always_inline __u32 flood_verdict(const struct packet_facts *f, __u32 slot)
+#define EW_FLOOD_TCP_STATE (EW_FLOOD_SYN_COOKIES | EW_FLOOD_SYN_ACK_DROP | EW_FLOOD_SYN_ACK_TRACK)
+
+/* The flood verdict for a packet that passed every block rule: a drop,
+ * ANSWER_SYN_COOKIE (the caller builds the answer), or PASS. */
+static __always_inline __u32 flood_verdict(struct xdp_md *ctx, const struct packet_facts *f, __u32 slot)
 {
     const struct ew_flood_policy *policy = bpf_map_lookup_elem(&ew_flood_policies, &slot);
     __u64 now;
@@ -157,8 +162,14 @@ static __always_inline __u32 flood_verdict(const struct packet_facts *f, __u32 s
     }
     if (f->fragment == EW_NONFIRST_FRAGMENT && (policy->flags & EW_FLOOD_DROP_FRAGMENTS))
         return EW_REASON_DROP_FRAGMENT;
-    if (!(policy->flags & EW_FLOOD_HAS_LIMITS))
-        return EW_REASON_PASS_ALLOWED;      /* the clock is not free: only read it when needed */
+    if ((policy->flags & EW_FLOOD_TCP_STATE) && f->l4_parsed && f->l4_proto == IPPROTO_TCP) {
+        __u32 reason = tcp_state_verdict(ctx, f, policy->flags);
+
+        if (reason != EW_REASON_PASS_ALLOWED)
+            return reason;
+    }
+    if (!(policy->flags & EW_FLOOD_HAS_LIMITS))     /* the clock is not free: only read it when needed */
+        return wants_syn_cookie(f, policy->flags) ? EW_REASON_ANSWER_SYN_COOKIE : EW_REASON_PASS_ALLOWED;
     now = bpf_ktime_get_ns();
     if (f->traffic_class == EW_CLASS_TCP_SYN && !limit_allows(slot, policy, EW_BUCKET_SYN, now, 1))
         return EW_REASON_DROP_SYN_RATE;
@@ -170,7 +181,7 @@ static __always_inline __u32 flood_verdict(const struct packet_facts *f, __u32 s
     if (!limit_allows(slot, policy, EW_BUCKET_PACKETS, now, 1) ||
         !limit_allows(slot, policy, EW_BUCKET_BYTES, now, f->length))
         return EW_REASON_DROP_RATE_LIMIT;
-    return EW_REASON_PASS_ALLOWED;
+    return wants_syn_cookie(f, policy->flags) ? EW_REASON_ANSWER_SYN_COOKIE : EW_REASON_PASS_ALLOWED;
 }
 
 #endif /* EW_FLOOD_H */

@@ -43,6 +43,9 @@ struct packet_facts {
     __u8 malformed;       /* something after the fixed IP header is broken */
     __u8 l4_parsed;       /* the TCP/UDP/ICMP header was read */
     __u8 traffic_class;   /* enum ew_traffic_class */
+    __u8 tcp_flags;       /* byte 13 of the TCP header, if l4_proto is TCP and l4_parsed */
+    __u16 l4_offset;      /* of the TCP/UDP/ICMP header from the frame start, if l4_parsed; an
+                           * offset, not a pointer, so the verifier can still prune states */
 };
 
 struct hdr_cursor {
@@ -195,8 +198,7 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end, str
 
 /* Reads the transport header when there is one to read. A header that does
  * not fit is malformed; protocols we do not parse are left alone. */
-static __always_inline void parse_l4(struct hdr_cursor *nh, void *data_end, struct packet_facts *f,
-                                     __u8 *tcp_flags)
+static __always_inline void parse_l4(struct hdr_cursor *nh, void *data, void *data_end, struct packet_facts *f)
 {
     if (f->malformed || f->fragment == EW_NONFIRST_FRAGMENT)
         return;
@@ -211,7 +213,8 @@ static __always_inline void parse_l4(struct hdr_cursor *nh, void *data_end, stru
         }
         f->dport = tcp->dest;
         f->sport = tcp->source;
-        *tcp_flags = ((__u8 *)tcp)[13];
+        f->tcp_flags = ((__u8 *)tcp)[13];
+        f->l4_offset = (void *)tcp - data;
         f->l4_parsed = 1;
     } else if (f->l4_proto == IPPROTO_UDP) {
         struct udphdr *udp = nh->pos;
@@ -222,6 +225,7 @@ static __always_inline void parse_l4(struct hdr_cursor *nh, void *data_end, stru
         }
         f->dport = udp->dest;
         f->sport = udp->source;
+        f->l4_offset = (void *)udp - data;
         f->l4_parsed = 1;
     } else if ((f->l4_proto == IPPROTO_ICMP && f->family == EW_FAMILY_IPV4) ||
                (f->l4_proto == IPPROTO_ICMPV6_ && f->family == EW_FAMILY_IPV6)) {
@@ -230,14 +234,17 @@ static __always_inline void parse_l4(struct hdr_cursor *nh, void *data_end, stru
             f->malformed = 1;
             return;
         }
+        f->l4_offset = nh->pos - data;
         f->l4_parsed = 1;
     }
 }
 
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_RST 0x04
 
-static __always_inline __u8 classify_traffic(const struct packet_facts *f, __u8 tcp_flags)
+static __always_inline __u8 classify_traffic(const struct packet_facts *f)
 {
     if (f->family == 0 || f->malformed)
         return EW_CLASS_OTHER;
@@ -247,7 +254,7 @@ static __always_inline __u8 classify_traffic(const struct packet_facts *f, __u8 
         return EW_CLASS_OTHER;
     switch (f->l4_proto) {
     case IPPROTO_TCP:
-        return (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN ? EW_CLASS_TCP_SYN
+        return (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN ? EW_CLASS_TCP_SYN
                                                                            : EW_CLASS_TCP_OTHER;
     case IPPROTO_UDP:
         return EW_CLASS_UDP;
@@ -268,7 +275,6 @@ static __always_inline enum ew_parse_result parse_packet(struct xdp_md *ctx, str
     void *data_end = (void *)(long)ctx->data_end;
     struct hdr_cursor nh = { .pos = data };
     __u16 ethertype;
-    __u8 tcp_flags = 0;
 
     /* Whole frame including fragments of a multi-buffer packet (jumbo frames,
      * GRO): only the linear part is parsed, but all of it is counted. */
@@ -286,8 +292,8 @@ static __always_inline enum ew_parse_result parse_packet(struct xdp_md *ctx, str
     } else {
         return EW_PARSED_NON_IP;
     }
-    parse_l4(&nh, data_end, f, &tcp_flags);
-    f->traffic_class = classify_traffic(f, tcp_flags);
+    parse_l4(&nh, data, data_end, f);
+    f->traffic_class = classify_traffic(f);
     return EW_PARSED_IP;
 }
 

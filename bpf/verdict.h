@@ -1,9 +1,11 @@
 /* Tenant lookup and the verdict. Precedence, first match wins:
  *   global source block > tenant suspended > tenant source block >
  *   malformed > blocked destination port > amplification source port >
- *   dropped fragment > SYN rate > fragment rate > per-source rate >
- *   packet/byte rate > pass.
- * Rate limits come last, so blocked packets spend no tokens.
+ *   dropped fragment > SYN-ACK without connection > segment without
+ *   connection or cookie > SYN rate > fragment rate > per-source rate >
+ *   packet/byte rate > SYN answered with a cookie > pass.
+ * Rate limits come after the drops, so blocked packets spend no tokens, and
+ * before the cookie answer, so the SYN limit also caps the SYN-ACKs sent.
  * agent/reference.py is the executable statement of the same rules. */
 #ifndef EW_VERDICT_H
 #define EW_VERDICT_H
@@ -98,7 +100,8 @@ static __always_inline int port_blocked_for_tenant(const struct packet_facts *f,
     return bpf_map_lookup_elem(&ew_port_blocks, &key) != NULL;
 }
 
-static __always_inline __u32 decide_ip_verdict(const struct packet_facts *f, const struct ew_vip *tenant)
+static __always_inline __u32 decide_ip_verdict(struct xdp_md *ctx, const struct packet_facts *f,
+                                               const struct ew_vip *tenant)
 {
     __u32 zero = 0;
     struct ew_config *config = bpf_map_lookup_elem(&ew_config, &zero);
@@ -114,13 +117,21 @@ static __always_inline __u32 decide_ip_verdict(const struct packet_facts *f, con
     if ((tenant->flags & EW_TENANT_HAS_PORT_BLOCKS) && port_blocked_for_tenant(f, tenant->tenant_id))
         return EW_REASON_DROP_PORT_BLOCK;
     if (tenant->flags & EW_TENANT_HAS_FLOOD_POLICY)
-        return flood_verdict(f, tenant->slot);
+        return flood_verdict(ctx, f, tenant->slot);
     return EW_REASON_PASS_ALLOWED;
 }
 
-static __always_inline int reason_is_drop(__u32 reason)
+static __always_inline int reason_action(__u32 reason)
 {
-    return reason != EW_REASON_PASS_ALLOWED && reason != EW_REASON_PASS_NON_IP;
+    switch (reason) {
+    case EW_REASON_PASS_ALLOWED:
+    case EW_REASON_PASS_NON_IP:
+        return XDP_PASS;
+    case EW_REASON_ANSWER_SYN_COOKIE:
+        return XDP_TX;
+    default:
+        return XDP_DROP;
+    }
 }
 
 #endif /* EW_VERDICT_H */

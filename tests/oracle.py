@@ -11,7 +11,7 @@ from agent.datapath.abi import VerdictReason
 from agent.datapath.syscalls import BpfError
 from agent.datapath.counters import TenantCounters
 from agent.datapath.private import PrivateDatapath
-from agent.reference import ReferenceCounters, judge
+from agent.reference import NO_TCP_STATE, ReferenceCounters, TcpState, judge
 
 ETH_HLEN = 14
 FIELDS = ("class_packets", "class_bytes", "reason_packets", "reason_bytes")
@@ -49,9 +49,9 @@ class Oracle:
         self.policy = policy
         self.buckets = buckets      # ReferenceBuckets, for policies with rate limits
 
-    def check(self, frame: bytes, *, counters: bool = True):
+    def check(self, frame: bytes, *, counters: bool = True, tcp: TcpState = NO_TCP_STATE):
         # The kernel's clock is never 0 (0 marks a bucket never used).
-        verdict = judge(self.policy, frame, self.buckets, time.monotonic_ns())
+        verdict = judge(self.policy, frame, self.buckets, time.monotonic_ns(), tcp)
         if len(frame) < ETH_HLEN:
             # The kernel refuses to test-run frames shorter than an Ethernet
             # header (and no driver hands XDP such a runt); the reference
@@ -63,7 +63,7 @@ class Oracle:
             return verdict
         before = counters_snapshot(self.datapath) if counters else None
         action = self.datapath.run(frame)
-        expected = lib.XDP_DROP if verdict.dropped else lib.XDP_PASS
+        expected = verdict.action
         assert action == expected, (
             f"XDP returned {action}, reference says {verdict} for frame {frame.hex()}")
         if counters:

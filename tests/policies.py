@@ -53,6 +53,8 @@ _flood = st.fixed_dictionaries({}, optional={
     "amplification": st.sampled_from(["drop", "pass"]),
     "allow_amplification_ports": st.lists(st.sampled_from([19, 53, 123, 161, 11211]), max_size=3),
     "fragments": st.sampled_from(["pass", "drop"]),
+    "syn_cookies": st.booleans(),
+    "syn_ack": st.sampled_from(["drop", "track", "pass"]),
 })
 
 

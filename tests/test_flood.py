@@ -103,7 +103,9 @@ def test_amplification_source_ports_are_dropped_by_default(port):
         verdict = oracle.check(udp_ipv4_frame(CLIENT, VIP, port, 40000, b"x" * 64))
         assert verdict.reason is VerdictReason.drop_amplification
         assert oracle.check(udp_ipv4_frame(CLIENT, VIP, 40001, 53)).reason is VerdictReason.pass_allowed
-        assert oracle.check(tcp_ipv4_frame(CLIENT, VIP, port, 443, "SA")).reason is VerdictReason.pass_allowed
+        assert oracle.check(tcp_ipv4_frame(CLIENT, VIP, port, 443, "PA")).reason is VerdictReason.pass_allowed
+        # the same reflection over TCP is the SYN-ACK policy's (default: drop)
+        assert oracle.check(tcp_ipv4_frame(CLIENT, VIP, port, 443, "SA")).reason is VerdictReason.drop_syn_ack
         # not a tenant's VIP: not ours to police
         assert oracle.check(udp_ipv4_frame(CLIENT, "203.0.113.99", port, 40000)).reason is VerdictReason.pass_allowed
     finally:

@@ -46,7 +46,7 @@ from agent.policy.compile import (
     pack_u32,
 )
 from agent.policy.document import MAX_RATE
-from agent.policy.model import FloodPolicy, FragmentPolicy, Rate
+from agent.policy.model import FloodPolicy, FragmentPolicy, Rate, SynAckPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "configs" / "policy.example.toml"
@@ -435,7 +435,8 @@ AMPLIFICATION_PORTS = (19, 53, 111, 123, 137, 161, 389, 500, 1900, 3283, 3702, 5
 AMP_PORT_LIST = ", ".join(str(p) for p in AMPLIFICATION_PORTS)
 FLOOD_KEY_LIST = ("allow_amplification_ports, amplification, bit_burst, bits_per_second, fragment_burst, "
                   "fragments, fragments_per_second, packet_burst, packets_per_second, source_packet_burst, "
-                  "source_packets_per_second, source_prefix_v4, source_prefix_v6, syn_burst, syns_per_second")
+                  "source_packets_per_second, source_prefix_v4, source_prefix_v6, syn_ack, syn_burst, syn_cookies, "
+                  "syns_per_second")
 # The tenant-wide limits, in enum ew_bucket_kind order; then the per-source one.
 BUCKET_RATE_PAIRS = (("packets_per_second", "packet_burst"), ("bits_per_second", "bit_burst"),
                      ("syns_per_second", "syn_burst"), ("fragments_per_second", "fragment_burst"))
@@ -816,7 +817,8 @@ def test_flood_document_is_canonical_and_only_there_when_not_the_default():
     ]}
     policy = policy_from_document(doc)
     canonical = policy_to_document(policy)
-    zero = {key: 0 for pair in RATE_PAIRS for key in pair} | {"source_prefix_v4": 24, "source_prefix_v6": 64}
+    zero = {key: 0 for pair in RATE_PAIRS for key in pair} | {"source_prefix_v4": 24, "source_prefix_v6": 64,
+                                                              "syn_cookies": False, "syn_ack": "drop"}
     assert [t.get("flood") for t in canonical["tenants"]] == [
         {"amplification": "pass", "allow_amplification_ports": [19, 5353], "fragments": "drop",
          **zero, "syn_burst": 7},
@@ -1073,7 +1075,9 @@ def expected_flood(flood: FloodPolicy) -> Flood | None:
     flags = ((abi.FLOOD_DROP_AMPLIFICATION if flood.drop_amplification else 0)
              | (abi.FLOOD_DROP_FRAGMENTS if flood.fragments is FragmentPolicy.DROP else 0)
              | (abi.FLOOD_LIMIT_FRAGMENTS if flood.fragments is FragmentPolicy.LIMIT else 0)
-             | (abi.FLOOD_HAS_LIMITS if limits != NO_LIMITS or per_source != (0, 0) else 0))
+             | (abi.FLOOD_HAS_LIMITS if limits != NO_LIMITS or per_source != (0, 0) else 0)
+             | (abi.FLOOD_SYN_COOKIES if flood.syn_cookies else 0)
+             | {"drop": abi.FLOOD_SYN_ACK_DROP, "track": abi.FLOOD_SYN_ACK_TRACK, "pass": 0}[flood.syn_ack.value])
     if not flags:
         return None
     allowed = 0
@@ -1260,7 +1264,7 @@ def test_vip_keys_and_values():
 def test_any_port_vip_of_a_tenant_without_port_vips_has_no_port_flag():
     compiled = compile_doc({"tenants": [{"id": 1, "name": "a", "vips": ["192.0.2.1", "2001:db8::1"]},
                                         {"id": 2, "name": "b", "vips": ["192.0.2.2"],
-                                         "flood": {"amplification": "pass"}}]})
+                                         "flood": {"amplification": "pass", "syn_ack": "pass"}}]})
     flood = abi.TENANT_HAS_FLOOD_POLICY   # tenant 1's default flood policy; tenant 2 has nothing to check
     assert any_port_vips(compiled) == {ip("192.0.2.1"): (1, 1, flood), ip("2001:db8::1"): (1, 1, flood),
                                        ip("192.0.2.2"): (2, 2, 0)}
@@ -1269,8 +1273,8 @@ def test_any_port_vip_of_a_tenant_without_port_vips_has_no_port_flag():
 
 FLOOD_VARIANTS = {
     "default": (None, True),                                  # no table: drop amplification
-    "pass": ({"amplification": "pass"}, False),               # nothing to check
-    "pass-ports": ({"amplification": "pass", "allow_amplification_ports": [53]}, False),
+    "pass": ({"amplification": "pass", "syn_ack": "pass"}, False),   # nothing to check
+    "pass-ports": ({"amplification": "pass", "syn_ack": "pass", "allow_amplification_ports": [53]}, False),
     "pass-limit": ({"amplification": "pass", "syns_per_second": 10, "syn_burst": 20}, True),
     "pass-fragments": ({"amplification": "pass", "fragments": "drop"}, True),
 }
@@ -1290,7 +1294,7 @@ def test_tenant_flags(state, sources, ports, flood):
     compiled = compile_doc({"tenants": [
         x,
         {"id": 5, "name": "plain", "vips": ["192.0.2.5"]},
-        {"id": 6, "name": "bare", "vips": ["192.0.2.6"], "flood": {"amplification": "pass"}},
+        {"id": 6, "name": "bare", "vips": ["192.0.2.6"], "flood": {"amplification": "pass", "syn_ack": "pass"}},
     ]})
     expected = ((abi.TENANT_SUSPENDED if state == "suspended" else 0)
                 | (abi.TENANT_HAS_SOURCE_BLOCKS if sources else 0)
@@ -1344,6 +1348,7 @@ def test_port_ranges_expand_to_one_entry_per_port():
 
 AMP, DROP_FRAGS, LIMIT_FRAGS, LIMITS = (abi.FLOOD_DROP_AMPLIFICATION, abi.FLOOD_DROP_FRAGMENTS,
                                         abi.FLOOD_LIMIT_FRAGMENTS, abi.FLOOD_HAS_LIMITS)
+SA = abi.FLOOD_SYN_ACK_DROP     # the default: every SYN-ACK to a VIP is a reflection
 
 
 def raw_flood(f: Flood) -> bytes:
@@ -1382,16 +1387,16 @@ def test_flood_policy_values_are_keyed_by_slot():
     compiled = compile_doc(doc, live={10: 7, 11: 3, 12: 9, 13: 1, 14: 5})
     assert compiled.slots == {10: 7, 11: 3, 12: 9, 13: 1, 14: 5, 15: 2, 16: 4, 17: 6}
     expected = {
-        7: Flood(AMP),
-        3: Flood(AMP | DROP_FRAGS, 1 << 1 | 1 << 3),
-        9: Flood(LIMIT_FRAGS | LIMITS, 0x7FFF, ((1000, 2000), (1_000_000, 200_000), (0, 5), (100, 200)),
+        7: Flood(SA | AMP),
+        3: Flood(SA | AMP | DROP_FRAGS, 1 << 1 | 1 << 3),
+        9: Flood(SA | LIMIT_FRAGS | LIMITS, 0x7FFF, ((1000, 2000), (1_000_000, 200_000), (0, 5), (100, 200)),
                  (20, 40), 32, 64),
-        5: Flood(AMP | LIMITS, 0, ((MAX_RATE, MAX_RATE),) * 4, (MAX_RATE, MAX_RATE), 8, 128),
-        2: Flood(LIMITS, 0, ((0, 0), (127, 2), (0, 0), (0, 0))),   # bits // 8
-        4: Flood(LIMITS, 0, ((0, 0), (0, 0), (0, 0), (9, 9))),
-        6: Flood(LIMITS, 0, NO_LIMITS, (0, 3), 24, 16),   # a per-source limit alone is a limit
+        5: Flood(SA | AMP | LIMITS, 0, ((MAX_RATE, MAX_RATE),) * 4, (MAX_RATE, MAX_RATE), 8, 128),
+        2: Flood(SA | LIMITS, 0, ((0, 0), (127, 2), (0, 0), (0, 0))),   # bits // 8
+        4: Flood(SA | LIMITS, 0, ((0, 0), (0, 0), (0, 0), (9, 9))),
+        6: Flood(SA | LIMITS, 0, NO_LIMITS, (0, 3), 24, 16),   # a per-source limit alone is a limit
+        1: Flood(SA, 1, NO_LIMITS, (0, 0), 16, 56),   # amplification passed, but SYN-ACKs dropped
     }
-    # Tenant 13 (slot 1) has nothing to check, whatever its prefixes: no entry.
     assert flood_entries(compiled) == expected
     assert set(compiled.maps["ew_flood_policies"]) == {pack_u32(s) for s in expected}
     for slot, flood in expected.items():
@@ -1406,7 +1411,7 @@ def test_each_allowed_amplification_port_is_its_bit(port):
     compiled = compile_doc({"tenants": [tenant(flood={"allow_amplification_ports": [port]})]})
     bit = AMPLIFICATION_PORTS.index(port)
     assert abi.AMPLIFICATION_PORTS[port] == bit
-    assert flood_entries(compiled) == {1: Flood(AMP, 1 << bit)}
+    assert flood_entries(compiled) == {1: Flood(SA | AMP, 1 << bit)}
 
 
 @pytest.mark.parametrize("fragments,flags", [("pass", 0), ("drop", DROP_FRAGS), ("limit", LIMIT_FRAGS | LIMITS)])
@@ -1417,11 +1422,9 @@ def test_flood_flags(fragments, flags, amplification):
         table |= {"fragments_per_second": 1, "fragment_burst": 1}
     flags |= AMP if amplification == "drop" else 0
     entries = flood_entries(compile_doc({"tenants": [tenant(flood=table)]}))
-    if not flags:
-        assert entries == {}
-    else:
+    if True:    # the default syn_ack = "drop" is always something to check
         limits = ((0, 0), (0, 0), (0, 0), (1, 1)) if fragments == "limit" else NO_LIMITS
-        assert entries == {1: Flood(flags, 0, limits)}
+        assert entries == {1: Flood(SA | flags, 0, limits)}
 
 
 @pytest.mark.parametrize("kind,rate_key,burst_key", [(k, *pair) for k, pair in enumerate(BUCKET_RATE_PAIRS)])
@@ -1432,7 +1435,7 @@ def test_each_limit_lands_in_its_bucket_kind(kind, rate_key, burst_key):
                                                                    burst_key: 7 * scale})]}))
     limits = [(0, 0)] * 4
     limits[kind] = (3000, 7)
-    assert entries == {1: Flood(LIMITS, 0, tuple(limits))}
+    assert entries == {1: Flood(SA | LIMITS, 0, tuple(limits))}
 
 
 @pytest.mark.parametrize("v4,v6", [(None, None), (8, 16), (32, 128), (20, 48)])
@@ -1440,20 +1443,24 @@ def test_per_source_limit_and_prefixes(v4, v6):
     table = {"amplification": "pass", "source_packets_per_second": 3000, "source_packet_burst": 7}
     table |= {} if v4 is None else {"source_prefix_v4": v4, "source_prefix_v6": v6}
     entries = flood_entries(compile_doc({"tenants": [tenant(flood=table)]}))
-    assert entries == {1: Flood(LIMITS, 0, NO_LIMITS, (3000, 7), v4 or 24, v6 or 64)}
+    assert entries == {1: Flood(SA | LIMITS, 0, NO_LIMITS, (3000, 7), v4 or 24, v6 or 64)}
 
 
 def test_flood_policy_value():
-    assert flood_of(flood_policy_value(FloodPolicy())) == Flood(AMP, 0, NO_LIMITS, (0, 0), 24, 64)
-    assert flood_policy_value(FloodPolicy()) == raw_flood(Flood(AMP))
-    assert flood_policy_value(FloodPolicy(False)) is None
-    assert flood_policy_value(FloodPolicy(False, (53, 123))) is None   # allowed ports alone check nothing
-    assert flood_policy_value(FloodPolicy(False, bits=Rate(7, 7))) is None   # under a byte: no byte limit
-    assert flood_policy_value(FloodPolicy(False, source_prefix_v4=8)) is None   # prefixes without a limit
-    assert flood_of(flood_policy_value(FloodPolicy(False, (11211,), syns=Rate(0, 1)))) == Flood(
+    off = dict(syn_ack=SynAckPolicy.PASS)
+    assert flood_of(flood_policy_value(FloodPolicy())) == Flood(SA | AMP, 0, NO_LIMITS, (0, 0), 24, 64)
+    assert flood_policy_value(FloodPolicy()) == raw_flood(Flood(SA | AMP))
+    assert flood_of(flood_policy_value(FloodPolicy(False))) == Flood(SA)    # SYN-ACKs are still checked
+    assert flood_policy_value(FloodPolicy(False, **off)) is None
+    assert flood_policy_value(FloodPolicy(False, (53, 123), **off)) is None   # allowed ports alone check nothing
+    assert flood_policy_value(FloodPolicy(False, bits=Rate(7, 7), **off)) is None   # under a byte: no byte limit
+    assert flood_policy_value(FloodPolicy(False, source_prefix_v4=8, **off)) is None   # prefixes without a limit
+    assert flood_of(flood_policy_value(FloodPolicy(False, (11211,), syns=Rate(0, 1), **off))) == Flood(
         LIMITS, 1 << 13, ((0, 0), (0, 0), (0, 1), (0, 0)))
     assert flood_of(flood_policy_value(FloodPolicy(per_source=Rate(1, 2), source_prefix_v6=100))) == Flood(
-        AMP | LIMITS, 0, NO_LIMITS, (1, 2), 24, 100)
+        SA | AMP | LIMITS, 0, NO_LIMITS, (1, 2), 24, 100)
+    assert flood_of(flood_policy_value(FloodPolicy(False, syn_cookies=True, syn_ack=SynAckPolicy.TRACK))) == Flood(
+        abi.FLOOD_SYN_COOKIES | abi.FLOOD_SYN_ACK_TRACK)
 
 
 @pytest.mark.parametrize("bits_per_second,bit_burst", [(800, 4), (8, 7), (10**6, 1), (MAX_BITS, 7)])
@@ -1700,7 +1707,7 @@ def test_named_lists_are_united_into_the_tables():
                                        ip("203.0.113.3"): (3, 3, flood),
                                        ip("2001:db8::1"): (0, 0, abi.VIP_HAS_PORT_VIPS)}
     assert port_vips(compiled) == {(ip("2001:db8::1"), socket.IPPROTO_TCP, 443): (1, 1, ports | has | flood)}
-    assert flood_entries(compiled) == flood_entries(plain) == {s: Flood(AMP) for s in (1, 2, 3)}
+    assert flood_entries(compiled) == flood_entries(plain) == {s: Flood(SA | AMP) for s in (1, 2, 3)}
 
     # Exactly what the policy compiles to with the lists written into its own block lists.
     merged = compile_doc({
@@ -2063,7 +2070,7 @@ def test_apply_to_empty_maps_writes_everything(make_maps):
         key for slot in (1, 2, 3) for key in source_keys(slot))
     assert {op for op, name, _ in log if name == "ew_source_buckets"} == {"delete"}
     # Every tenant has the default flood policy, in its slot.
-    assert flood_entries(compiled) == {s: Flood(AMP) for s in (1, 2, 3)}
+    assert flood_entries(compiled) == {s: Flood(SA | AMP) for s in (1, 2, 3)}
     assert {u32(k) for k in live_entries(maps, "ew_flood_policies")} == {1, 2, 3}
 
     assert report.revision == 1
@@ -2199,34 +2206,34 @@ def test_apply_diff_writes_only_changes_and_keeps_counters(make_maps):
     assert counters.items() == live | {pack_u32(3): bytes(counters.value_size)}
     assert [key for _, name, key in log if name == "ew_counters"] == [pack_u32(3)]
     assert sorted(key for _, name, key in log if name == "ew_buckets") == sorted(bucket_keys(3))
-    assert flood_entries(third) == {s: Flood(AMP) for s in (1, 2, 3, 4)}
+    assert flood_entries(third) == {s: Flood(SA | AMP) for s in (1, 2, 3, 4)}
 
 
 FLOOD_BASE_DOC = {"revision": 1, "tenants": [
     {"id": 1, "name": "kept", "vips": ["203.0.113.1"]},
-    {"id": 2, "name": "gains", "vips": ["203.0.113.2"], "flood": {"amplification": "pass"}},
+    {"id": 2, "name": "gains", "vips": ["203.0.113.2"], "flood": {"amplification": "pass", "syn_ack": "pass"}},
     {"id": 3, "name": "loses", "vips": ["203.0.113.3"],
-     "flood": {"amplification": "pass", "syns_per_second": 10, "syn_burst": 20}},
+     "flood": {"amplification": "pass", "syn_ack": "pass", "syns_per_second": 10, "syn_burst": 20}},
     {"id": 4, "name": "retuned", "vips": ["203.0.113.4"], "flood": {"packets_per_second": 100, "packet_burst": 200}},
     {"id": 5, "name": "suspended", "vips": ["203.0.113.5"]},
-    {"id": 6, "name": "still-none", "vips": ["203.0.113.6"], "flood": {"amplification": "pass"}},
+    {"id": 6, "name": "still-none", "vips": ["203.0.113.6"], "flood": {"amplification": "pass", "syn_ack": "pass"}},
     {"id": 7, "name": "removed", "vips": ["203.0.113.7"]},
     {"id": 8, "name": "same-bytes", "vips": ["203.0.113.8"], "flood": {"bits_per_second": 8000, "bit_burst": 16000}},
 ]}
 FLOOD_NEXT_DOC = {"revision": 2, "tenants": [
     {"id": 1, "name": "kept", "vips": ["203.0.113.1"]},                                      # unchanged
     {"id": 2, "name": "gains", "vips": ["203.0.113.2"],                                      # none -> a policy
-     "flood": {"amplification": "pass", "fragments": "drop"}},
-    {"id": 3, "name": "loses", "vips": ["203.0.113.3"], "flood": {"amplification": "pass"}},   # a policy -> none
+     "flood": {"amplification": "pass", "syn_ack": "pass", "fragments": "drop"}},
+    {"id": 3, "name": "loses", "vips": ["203.0.113.3"], "flood": {"amplification": "pass", "syn_ack": "pass"}},   # a policy -> none
     {"id": 4, "name": "retuned", "vips": ["203.0.113.4"],                                    # a policy changed
      "flood": {"packets_per_second": 100, "packet_burst": 300}},
     {"id": 5, "name": "suspended", "state": "suspended", "vips": ["203.0.113.5"]},           # flood unchanged
     {"id": 6, "name": "still-none", "vips": ["203.0.113.6"],                                 # still nothing to check
-     "flood": {"amplification": "pass", "allow_amplification_ports": [53]}},
+     "flood": {"amplification": "pass", "syn_ack": "pass", "allow_amplification_ports": [53]}},
     {"id": 8, "name": "same-bytes", "vips": ["203.0.113.8"], "blocked_ports": ["tcp/25"],    # same flood, other rules
      "flood": {"bits_per_second": 8000, "bit_burst": 16000}},
     {"id": 9, "name": "new", "vips": ["203.0.113.9"]},                                       # added
-    {"id": 10, "name": "new-none", "vips": ["203.0.113.10"], "flood": {"amplification": "pass"}},   # added, none
+    {"id": 10, "name": "new-none", "vips": ["203.0.113.10"], "flood": {"amplification": "pass", "syn_ack": "pass"}},   # added, none
 ]}
 
 
@@ -2239,10 +2246,10 @@ def test_token_buckets_are_reset_when_a_flood_policy_changes(make_maps):
     base = compile_for(maps, FLOOD_BASE_DOC)
     apply_compiled(maps, base)
     assert base.slots == {i: i for i in range(1, 9)}
-    assert flood_entries(base) == {1: Flood(AMP), 3: Flood(LIMITS, 0, ((0, 0), (0, 0), (10, 20), (0, 0))),
-                                   4: Flood(AMP | LIMITS, 0, ((100, 200), (0, 0), (0, 0), (0, 0))),
-                                   5: Flood(AMP), 7: Flood(AMP),
-                                   8: Flood(AMP | LIMITS, 0, ((0, 0), (1000, 2000), (0, 0), (0, 0)))}
+    assert flood_entries(base) == {1: Flood(SA | AMP), 3: Flood(LIMITS, 0, ((0, 0), (0, 0), (10, 20), (0, 0))),
+                                   4: Flood(SA | AMP | LIMITS, 0, ((100, 200), (0, 0), (0, 0), (0, 0))),
+                                   5: Flood(SA | AMP), 7: Flood(SA | AMP),
+                                   8: Flood(SA | AMP | LIMITS, 0, ((0, 0), (1000, 2000), (0, 0), (0, 0)))}
     buckets = maps["ew_buckets"]
     fill_buckets(maps)
     log.clear()
@@ -2251,10 +2258,10 @@ def test_token_buckets_are_reset_when_a_flood_policy_changes(make_maps):
     assert nxt.slots == {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 8: 8, 9: 9, 10: 10}
     report = apply_compiled(maps, nxt)
     assert_maps_hold(maps, nxt)
-    assert flood_entries(nxt) == {1: Flood(AMP), 2: Flood(DROP_FRAGS),
-                                  4: Flood(AMP | LIMITS, 0, ((100, 300), (0, 0), (0, 0), (0, 0))),
-                                  5: Flood(AMP), 8: Flood(AMP | LIMITS, 0, ((0, 0), (1000, 2000), (0, 0), (0, 0))),
-                                  9: Flood(AMP)}
+    assert flood_entries(nxt) == {1: Flood(SA | AMP), 2: Flood(DROP_FRAGS),
+                                  4: Flood(SA | AMP | LIMITS, 0, ((100, 300), (0, 0), (0, 0), (0, 0))),
+                                  5: Flood(SA | AMP), 8: Flood(SA | AMP | LIMITS, 0, ((0, 0), (1000, 2000), (0, 0), (0, 0))),
+                                  9: Flood(SA | AMP)}
     # Reset: 2 (policy written), 3 (removed), 4 (changed), 7 (tenant and policy removed), 9 and
     # 10 (new; 10 has no flood policy, but a new slot starts clean all the same).
     assert reset_bucket_slots(maps, range(buckets.max_entries // 4)) == {2, 3, 4, 7, 9, 10}
@@ -2312,7 +2319,7 @@ def test_a_removed_flood_policy_reads_back_as_absent(make_maps):
     assert log == [("update", "ew_config", pack_u32(0))]
     # Everything off: every entry zeroed, none deleted.
     log.clear()
-    off = {"revision": 4, "tenants": [dict(t, flood={"amplification": "pass"}) for t in FLOOD_NEXT_DOC["tenants"]]}
+    off = {"revision": 4, "tenants": [dict(t, flood={"amplification": "pass", "syn_ack": "pass"}) for t in FLOOD_NEXT_DOC["tenants"]]}
     report = apply_compiled(maps, compile_for(maps, off))
     assert report.removed["ew_flood_policies"] == 6
     assert live_entries(maps, "ew_flood_policies") == {}

@@ -25,6 +25,21 @@ VerdictReason = _enum_from_c(
 CLASS_COUNT = lib.EW_CLASS_COUNT
 REASON_SLOTS = lib.EW_REASON_SLOTS
 DROP_REASONS = frozenset(r for r in VerdictReason if r.name.startswith("drop_"))
+# The packet was answered from XDP (XDP_TX) instead of passed or dropped.
+ANSWER_REASONS = frozenset(r for r in VerdictReason if r.name.startswith("answer_"))
+
+
+def xdp_action(reason: "VerdictReason") -> int:
+    """The XDP return code of a verdict reason (bpf/verdict.h reason_action)."""
+    if reason in DROP_REASONS:
+        return lib.XDP_DROP
+    if reason in ANSWER_REASONS:
+        return lib.XDP_TX
+    return lib.XDP_PASS
+
+
+def action_name(reason: "VerdictReason") -> str:
+    return "drop" if reason in DROP_REASONS else "answer" if reason in ANSWER_REASONS else "pass"
 
 TENANT_UNASSIGNED = lib.EW_TENANT_UNASSIGNED
 TENANT_SUSPENDED = lib.EW_TENANT_SUSPENDED
@@ -49,6 +64,11 @@ FLOOD_DROP_AMPLIFICATION = lib.EW_FLOOD_DROP_AMPLIFICATION
 FLOOD_DROP_FRAGMENTS = lib.EW_FLOOD_DROP_FRAGMENTS
 FLOOD_LIMIT_FRAGMENTS = lib.EW_FLOOD_LIMIT_FRAGMENTS
 FLOOD_HAS_LIMITS = lib.EW_FLOOD_HAS_LIMITS
+FLOOD_SYN_COOKIES = lib.EW_FLOOD_SYN_COOKIES
+FLOOD_SYN_ACK_DROP = lib.EW_FLOOD_SYN_ACK_DROP
+FLOOD_SYN_ACK_TRACK = lib.EW_FLOOD_SYN_ACK_TRACK
+SYNACK_TCP_LEN = lib.EW_SYNACK_TCP_LEN
+SYNACK_TTL = lib.EW_SYNACK_TTL
 BucketKind = _enum_from_c("BucketKind", "enum ew_bucket_kind", "EW_BUCKET_", skip=("EW_BUCKET_KINDS",))
 BUCKET_KINDS = lib.EW_BUCKET_KINDS
 # Amplification source port -> its bit in ew_flood_policy.amplification_allowed.

@@ -61,8 +61,13 @@ class TenantCounters:
         return sum(n for r, n in self.reason_packets.items() if abi.VerdictReason[r] in abi.DROP_REASONS)
 
     @property
+    def answered_packets(self) -> int:
+        """Answered from XDP (SYN cookies): neither passed nor dropped."""
+        return sum(n for r, n in self.reason_packets.items() if abi.VerdictReason[r] in abi.ANSWER_REASONS)
+
+    @property
     def passed_packets(self) -> int:
-        return self.packets - self.dropped_packets
+        return self.packets - self.dropped_packets - self.answered_packets
 
     def as_dict(self) -> dict:
         return {
@@ -71,6 +76,7 @@ class TenantCounters:
             "bytes": self.bytes,
             "passed_packets": self.passed_packets,
             "dropped_packets": self.dropped_packets,
+            "answered_packets": self.answered_packets,
             "class_packets": self.class_packets,
             "class_bytes": self.class_bytes,
             "reason_packets": self.reason_packets,

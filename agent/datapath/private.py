@@ -26,6 +26,11 @@ class PrivateDatapath:
         """The XDP action the program returns for one frame."""
         return test_run(self.program.prog_fd, frame).retval
 
+    def run_with_output(self, frame: bytes) -> tuple[int, bytes]:
+        """The XDP action and the frame as the program left it (an answer, for XDP_TX)."""
+        result = test_run(self.program.prog_fd, frame, want_data=True)
+        return result.retval, result.data_out
+
     def time_per_packet_ns(self, frame: bytes, repeat: int) -> float:
         return test_run(self.program.prog_fd, frame, repeat).duration_ns
 

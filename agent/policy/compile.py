@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from agent._libbpf import ffi
 from agent._prefixes import EntryTable, PrefixSet
 from agent.datapath import abi
-from agent.policy.model import PROTOCOL_NUMBERS, FloodPolicy, FragmentPolicy, Policy, Rate, Tenant
+from agent.policy.model import PROTOCOL_NUMBERS, FloodPolicy, FragmentPolicy, Policy, Rate, SynAckPolicy, Tenant
 
 GLOBAL_LIST_ID = 0  # list id of entries from the policy's own block lists
 
@@ -55,6 +55,10 @@ def flood_policy_value(flood: FloodPolicy) -> bytes | None:
         flags |= abi.FLOOD_DROP_FRAGMENTS
     if flood.fragments is FragmentPolicy.LIMIT:
         flags |= abi.FLOOD_LIMIT_FRAGMENTS
+    if flood.syn_cookies:
+        flags |= abi.FLOOD_SYN_COOKIES
+    flags |= {SynAckPolicy.DROP: abi.FLOOD_SYN_ACK_DROP, SynAckPolicy.TRACK: abi.FLOOD_SYN_ACK_TRACK,
+              SynAckPolicy.PASS: 0}[flood.syn_ack]
     limits = [Rate()] * abi.BUCKET_KINDS
     limits[abi.BucketKind.packets] = flood.packets
     limits[abi.BucketKind.bytes] = Rate(flood.bits.per_second // 8, flood.bits.burst // 8)

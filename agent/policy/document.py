@@ -14,7 +14,7 @@ import tomli_w
 
 from agent.datapath.abi import AMPLIFICATION_PORTS
 from agent.policy.model import (
-    PROTOCOL_NUMBERS, FloodPolicy, FragmentPolicy, Policy, PortRule, Rate, Tenant, TenantState, Vip,
+    PROTOCOL_NUMBERS, FloodPolicy, FragmentPolicy, Policy, PortRule, Rate, SynAckPolicy, Tenant, TenantState, Vip,
 )
 
 MAX_TENANT_ID = 2**32 - 1
@@ -33,7 +33,7 @@ RATE_KEYS = {              # document key pair -> FloodPolicy field
     ("source_packets_per_second", "source_packet_burst"): "per_source",
 }
 SOURCE_PREFIX_KEYS = {"source_prefix_v4": (8, 32), "source_prefix_v6": (16, 128)}
-FLOOD_KEYS = ({"amplification", "allow_amplification_ports", "fragments"} | {k for pair in RATE_KEYS for k in pair}
+FLOOD_KEYS = ({"amplification", "allow_amplification_ports", "fragments", "syn_cookies", "syn_ack"} | {k for pair in RATE_KEYS for k in pair}
               | set(SOURCE_PREFIX_KEYS))
 VIP_KEYS = {"address", "protocol", "port"}
 
@@ -190,6 +190,14 @@ def _parse_flood(table: Any, where: str, errs: _Collector) -> FloodPolicy | None
         errs.add(where, f"fragments = {table.get('fragments')!r} is not one of: "
                         f"{', '.join(f.value for f in FragmentPolicy)}")
         fragments = None
+    syn_cookies = table.get("syn_cookies", False)
+    if not isinstance(syn_cookies, bool):
+        errs.add(where, f"syn_cookies = {syn_cookies!r} must be true or false")
+    try:
+        syn_ack = SynAckPolicy(table.get("syn_ack", SynAckPolicy.DROP.value))
+    except ValueError:
+        errs.add(where, f"syn_ack = {table.get('syn_ack')!r} is not one of: {', '.join(p.value for p in SynAckPolicy)}")
+        syn_ack = None
     rates = {field: _parse_rate(table, keys, where, errs) for keys, field in RATE_KEYS.items()}
     if fragments is FragmentPolicy.LIMIT and rates["fragment_rate"] is not None and rates["fragment_rate"].unlimited:
         errs.add(where, 'fragments = "limit" needs fragments_per_second and fragment_burst')
@@ -201,9 +209,11 @@ def _parse_flood(table: Any, where: str, errs: _Collector) -> FloodPolicy | None
             value = None
         prefixes[key] = value
     if amplification not in ("drop", "pass") or fragments is None or None in rates.values() or \
-            None in prefixes.values() or not all(is_amplification_port(p) for p in allowed):
+            None in prefixes.values() or not all(is_amplification_port(p) for p in allowed) or \
+            not isinstance(syn_cookies, bool) or syn_ack is None:
         return None
-    return FloodPolicy(amplification == "drop", tuple(sorted(set(allowed))), fragments, **rates, **prefixes)
+    return FloodPolicy(amplification == "drop", tuple(sorted(set(allowed))), fragments, **rates, **prefixes,
+                       syn_cookies=syn_cookies, syn_ack=syn_ack)
 
 
 def _parse_tenant(table: Any, where: str, errs: _Collector) -> Tenant | None:
@@ -313,7 +323,8 @@ def policy_to_document(policy: Policy) -> dict:
     def flood_doc(flood: FloodPolicy) -> dict:
         doc = {"amplification": "drop" if flood.drop_amplification else "pass",
                "allow_amplification_ports": list(flood.allow_amplification_ports),
-               "fragments": flood.fragments.value}
+               "fragments": flood.fragments.value,
+               "syn_cookies": flood.syn_cookies, "syn_ack": flood.syn_ack.value}
         for (rate_key, burst_key), field in RATE_KEYS.items():
             doc[rate_key], doc[burst_key] = getattr(flood, field).per_second, getattr(flood, field).burst
         for key in SOURCE_PREFIX_KEYS:

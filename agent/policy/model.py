@@ -57,6 +57,14 @@ class FragmentPolicy(str, enum.Enum):
     LIMIT = "limit"    # non-first fragments at most fragments_per_second
 
 
+class SynAckPolicy(str, enum.Enum):
+    """What happens to a SYN-ACK arriving for a tenant's VIP."""
+
+    DROP = "drop"      # the VIPs never connect out: every SYN-ACK is a reflection
+    TRACK = "track"    # drop unless conntrack knows the connection it answers
+    PASS = "pass"
+
+
 @dataclass(frozen=True)
 class Rate:
     """A token-bucket limit: `per_second` units a second, `burst` at once.
@@ -73,7 +81,8 @@ class Rate:
 @dataclass(frozen=True)
 class FloodPolicy:
     """A tenant's flood defences (see the README): amplification source ports
-    dropped unless allowed, fragment handling, token-bucket limits."""
+    dropped unless allowed, fragment handling, SYN cookies, SYN-ACKs without
+    a connection, token-bucket limits."""
 
     drop_amplification: bool = True
     allow_amplification_ports: tuple[int, ...] = ()
@@ -85,6 +94,8 @@ class FloodPolicy:
     per_source: Rate = Rate()         # packets per source prefix
     source_prefix_v4: int = 24
     source_prefix_v6: int = 64
+    syn_cookies: bool = False
+    syn_ack: SynAckPolicy = SynAckPolicy.DROP
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,10 @@ enum ew_verdict_reason {
     EW_REASON_DROP_RATE_LIMIT = 9,
     EW_REASON_DROP_SYN_RATE = 10,
     EW_REASON_DROP_SOURCE_RATE = 11,
-    EW_REASON_COUNT = 12,
+    EW_REASON_ANSWER_SYN_COOKIE = 12,   /* SYN answered with a cookie SYN-ACK (XDP_TX) */
+    EW_REASON_DROP_SYN_ACK = 13,        /* SYN-ACK that belongs to no connection */
+    EW_REASON_DROP_BAD_COOKIE = 14,     /* SYN-cookie mode: no connection and no valid cookie */
+    EW_REASON_COUNT = 15,
     /* Array size in ew_counters: room for reasons added later. */
     EW_REASON_SLOTS = 16
 };
@@ -111,6 +114,14 @@ enum ew_amplification_port {
 #define EW_FLOOD_DROP_FRAGMENTS 2       /* non-first fragments */
 #define EW_FLOOD_LIMIT_FRAGMENTS 4      /* non-first fragments through the fragment bucket */
 #define EW_FLOOD_HAS_LIMITS 8           /* some limit is set: read the clock, visit the buckets */
+#define EW_FLOOD_SYN_COOKIES 16         /* answer SYNs with cookies; other TCP needs a connection or a cookie */
+#define EW_FLOOD_SYN_ACK_DROP 32        /* drop every SYN-ACK: the tenant's VIPs never connect out */
+#define EW_FLOOD_SYN_ACK_TRACK 64       /* drop SYN-ACKs that match no conntrack connection */
+
+/* The SYN-ACK a SYN cookie is sent in: IPv4 without options or IPv6 without
+ * extension headers, and TCP with one option, the MSS the cookie encodes. */
+#define EW_SYNACK_TCP_LEN 24
+#define EW_SYNACK_TTL 64
 
 /* Token buckets per tenant slot: ew_buckets[slot * EW_BUCKET_KINDS + kind]. */
 enum ew_bucket_kind {
