@@ -14,7 +14,8 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 BPF_SOURCES = sorted((ROOT / "bpf").glob("*.[ch]")) + [ROOT / "native" / "include" / "edgewarden_abi.h"]
 # entry file -> object: the datapath, and the lab's flood generator
-BPF_OBJECTS = {"edgewarden.bpf.c": "edgewarden.bpf.o", "flood_gen.bpf.c": "flood_gen.bpf.o"}
+BPF_OBJECTS = {"edgewarden.bpf.c": "edgewarden.bpf.o", "flood_gen.bpf.c": "flood_gen.bpf.o",
+               "lab_peer.bpf.c": "lab_peer.bpf.o"}
 
 
 def multiarch_include() -> list[str]:

@@ -23,6 +23,9 @@ from agent.datapath.syscalls import BpfError, BpfMap, check
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
 TCP_SYN, TCP_ACK = 0x02, 0x10
 RUN_CHUNK = 65536          # repetitions per BPF_PROG_RUN call: bounds each call's duration
+GEN_HEADER_MAX = 64        # struct gen_config.header in bpf/flood_gen.bpf.c
+GEN_CONFIG_FORMAT = f"=IIHHHHII{GEN_HEADER_MAX}s"
+GEN_CONFIG_SIZE = struct.calcsize(GEN_CONFIG_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class FloodGenerator:
         check(lib.bpf_object__load(self._obj), f"loading {path}")
         self.prog_fd = lib.bpf_program__fd(lib.bpf_object__find_program_by_name(self._obj, b"flood_gen"))
         self.config = BpfMap(lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, b"gen_config")),
-                             "gen_config", "__u32", "char[20]", owns_fd=False)
+                             "gen_config", "__u32", f"char[{GEN_CONFIG_SIZE}]", owns_fd=False)
         self.sent = BpfMap(lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, b"gen_sent")),
                            "gen_sent", "__u32", "__u64", percpu=True, owns_fd=False)
 
@@ -120,11 +123,14 @@ class FloodGenerator:
         self.close()
 
     def configure(self, source: ipaddress.IPv4Network, kind: FloodType, l4_length: int,
-                  dport_span: tuple[int, int] | None) -> None:
+                  dport_span: tuple[int, int] | None, template: bytes) -> None:
         sport = (1024, 64511) if kind.sport is None and kind.proto != IPPROTO_ICMP and not kind.fragment else (0, 0)
         dport = dport_span or (0, 0)
-        self.config.update(b"\0\0\0\0", struct.pack("=IIHHHHI", int(source.network_address), int(source.hostmask),
-                                                    sport[0], sport[1], dport[0], dport[1], l4_length))
+        header = template[:GEN_HEADER_MAX]
+        header_len = len(header) & ~1       # written in 16-bit words; an odd last byte is never changed
+        self.config.update(b"\0\0\0\0", struct.pack(GEN_CONFIG_FORMAT, int(source.network_address),
+                                                    int(source.hostmask), sport[0], sport[1], dport[0], dport[1],
+                                                    l4_length, header_len, header))
 
     def sent_total(self) -> int:
         raw = self.sent.lookup(b"\0\0\0\0")
@@ -183,6 +189,6 @@ def flood(kind_name: str, interface: str, target: str, dst_mac: str, *, dport: i
     if dport_range is None and kind.sport is not None:
         dport_range = (1024, 64511)     # reflected responses land on random client ports
     with FloodGenerator() as generator:
-        generator.configure(ipaddress.IPv4Network(source), kind, l4_length, dport_range)
+        generator.configure(ipaddress.IPv4Network(source), kind, l4_length, dport_range, frame)
         sent, elapsed = generator.run(frame, ifindex, packets, seconds, threads)
     return FloodResult(kind_name, sent, elapsed, threads)

@@ -10,8 +10,10 @@ import secrets
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 NETNS_DIR = "/var/run/netns"
+LAB_PEER_OBJECT = str(Path(__file__).resolve().parent / "datapath" / "lab_peer.bpf.o")
 
 
 def run(cmd: list[str], *, check: bool = True, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
@@ -213,6 +215,10 @@ class FloodLab:
                 f("ip", "addr", "add", f"{far_addr}/{plen}", "dev", far_if)
                 f("ip", "link", "set", far_if, "up")
                 f("ip", "route", "add", "default", "via", edge_addr)
+                if role != "server":
+                    # XDP_TX from the edge (SYN-cookie answers) reaches a veth
+                    # only while it runs an XDP program (GRO did not suffice on 6.18).
+                    f("ip", "link", "set", "dev", far_if, "xdpdrv", "obj", LAB_PEER_OBJECT, "sec", "xdp")
             EdgeLab.ns(self.ns["server"], ["ip", "addr", "add", f"{self.vip}/32", "dev", "lo"])
             e("ip", "route", "add", f"{self.vip}/32", "via", self.server_link[1])
             for setting in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",

@@ -2,8 +2,10 @@
  * BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES, it turns one template frame
  * into a stream of frames transmitted out of the attacker's interface,
  * each with a random source from a prefix, random ports where asked, and
- * checksums recomputed from scratch (correct whether or not the kernel
- * resets the frame between runs). IPv4 templates. */
+ * checksums recomputed from scratch. The kernel recycles frame pages
+ * without restoring their contents, and a page may come back changed (the
+ * edge turns SYNs into cookie SYN-ACKs in place), so the headers are
+ * rewritten from the template on every run. IPv4 templates. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -21,7 +23,11 @@ struct gen_config {
     __u16 dport_min;
     __u16 dport_span;
     __u32 l4_length;      /* TCP/UDP header + payload bytes to checksum; 0 = leave L4 alone */
+    __u32 header_len;     /* bytes of `header` to write over the frame's start, even, <= GEN_HEADER_MAX */
+    __u8 header[64];      /* GEN_HEADER_MAX: the template's first bytes */
 };
+
+#define GEN_HEADER_MAX 64
 
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -65,7 +71,18 @@ int flood_gen(struct xdp_md *ctx)
     __u64 *sent = bpf_map_lookup_elem(&gen_sent, &zero);
     __u64 sum;
 
-    if (!cfg || !sent || (void *)(ip + 1) > data_end || ip->ihl != 5)
+    if (!cfg || !sent)
+        return XDP_ABORTED;
+    for (int i = 0; i < GEN_HEADER_MAX / 2; i++) {
+        __u16 *word = data + i * 2;
+
+        if (i * 2 >= cfg->header_len)
+            break;
+        if ((void *)(word + 1) > data_end)
+            return XDP_ABORTED;
+        *word = *(__u16 *)&cfg->header[i * 2];
+    }
+    if ((void *)(ip + 1) > data_end || ip->ihl != 5)
         return XDP_ABORTED;
     ip->saddr = bpf_htonl(cfg->src_base | (bpf_get_prandom_u32() & cfg->src_random_mask));
     ip->id = bpf_get_prandom_u32() & 0xffff;

@@ -28,7 +28,7 @@ def test_generated_frames_are_well_formed(name):
     kind = FLOOD_TYPES[name]
     frame, l4_length = template_frame(kind, bytes(6), b"\x02" * 6, "203.0.113.10", 443)
     with FloodGenerator() as generator:
-        generator.configure(SOURCE, kind, l4_length, (2000, 100) if kind.sport is not None else None)
+        generator.configure(SOURCE, kind, l4_length, (2000, 100) if kind.sport is not None else None, frame)
         sources, sports = set(), set()
         for _ in range(64):
             result = test_run(generator.prog_fd, frame, want_data=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from agent._libbpf import ffi, lib
+from agent.datapath import netfilter
 from agent.datapath.apply import ApplyReport, apply_policy_to_maps
 from agent._prefixes import PrefixSet
 from agent.datapath.named_lists import ListId, ListStore, scope_unions
@@ -128,12 +129,34 @@ def attach(ifname: str, mode: AttachMode = AttachMode.NATIVE, policy: Policy | N
         with LoadedProgram(pin_dir=pin_dir) as program:
             report = None
             if policy is not None:
-                report = apply_policy_to_maps(program.maps, policy, named_list_unions(ifname))
+                with _tcp_state_tables(ifname, _live_policy_or_none(ifname), policy):
+                    report = apply_policy_to_maps(program.maps, policy, named_list_unions(ifname))
             _attach_in_mode(ifname, ifindex, program.prog_fd, mode, current.prog_id, current.attach_mode)
             program.pin_program(pin_dir / PROGRAM_PIN)
         if policy is not None:
             save_policy(policy, policy_path_for(ifname))
     return interface_status(ifname), report
+
+
+@contextlib.contextmanager
+def _tcp_state_tables(ifname: str, old: Policy | None, new: Policy) -> Iterator[None]:
+    """Around a map update: the netfilter half covers both policies while the
+    maps change (a cookie ACK must find synproxy the moment XDP passes it),
+    then exactly the new one."""
+    before = netfilter.needs_of(old) if old is not None else netfilter.TcpStateNeeds()
+    after = netfilter.needs_of(new)
+    try:
+        netfilter.sync(ifname, before | after)
+    except netfilter.NetfilterError as err:
+        raise InterfaceError(f"{ifname}: {err}") from None
+    yield
+    if after != before | after:
+        netfilter.sync(ifname, after)
+
+
+def _live_policy_or_none(ifname: str) -> Policy | None:
+    path = policy_path_for(ifname)
+    return load_policy(path) if path.exists() else None
 
 
 def _attach_in_mode(ifname: str, ifindex: int, prog_fd: int, mode: AttachMode, old_prog_id: int, old_mode: int) -> None:
@@ -178,6 +201,7 @@ def detach(ifname: str, keep_maps: bool = False) -> None:
         if keep_maps:
             (pin_dir / PROGRAM_PIN).unlink(missing_ok=True)
             return
+        netfilter.remove(ifname)
         if pin_dir.exists():
             for entry in pin_dir.iterdir():
                 entry.unlink()
@@ -237,8 +261,9 @@ def current_policy(ifname: str) -> Policy:
 
 def apply_policy(ifname: str, policy: Policy) -> ApplyReport:
     with _interface_lock(ifname), live_maps(ifname) as maps:
-        report = apply_policy_to_maps(maps, policy, named_list_unions(ifname),
-                                      _tables_changed_by(current_policy(ifname), policy))
+        old = current_policy(ifname)
+        with _tcp_state_tables(ifname, old, policy):
+            report = apply_policy_to_maps(maps, policy, named_list_unions(ifname), _tables_changed_by(old, policy))
         save_policy(policy, policy_path_for(ifname))
     return report
 

@@ -1,0 +1,13 @@
+/* For the far ends of the lab's veth pairs (agent/lab.py): a veth receives
+ * frames another XDP program sent with XDP_TX (SYN-cookie answers from the
+ * edge) only while it runs an XDP program itself; this one passes all. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+SEC("xdp")
+int lab_peer_pass(struct xdp_md *ctx)
+{
+    return XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "GPL";
