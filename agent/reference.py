@@ -218,8 +218,11 @@ class TokenBucket:
 
 
 class ReferenceBuckets:
-    """Bucket state per (tenant, kind). apply() mirrors the agent: a tenant
-    whose flood policy changed, or that is new, starts with fresh buckets."""
+    """Bucket state per (tenant, kind). apply() mirrors the datapath's policy
+    generations: a tenant whose flood policy changed, or that is new, starts
+    with fresh buckets. (One case differs: a tenant removed and re-added with
+    the same flood policy gets its old generation back, and the datapath may
+    find its old, refilling buckets; tests do not re-add tenants.)"""
 
     def __init__(self) -> None:
         self.buckets: dict[tuple[int, object], TokenBucket] = {}

@@ -69,12 +69,19 @@ static __always_inline int token_take(__u64 *tokens_p, __u64 *last_ns_p, const s
     return allowed;
 }
 
-/* A tenant-wide bucket, shared by all CPUs: exact, under its lock. */
-static __always_inline int bucket_take(struct ew_bucket *b, const struct ew_rate *limit, __u64 now, __u64 units)
+/* A tenant-wide bucket, shared by all CPUs: exact, under its lock. One
+ * left by another policy generation starts over, full. */
+static __always_inline int bucket_take(struct ew_bucket *b, const struct ew_rate *limit, __u64 now, __u64 units,
+                                       __u32 generation)
 {
     int allowed;
 
     bpf_spin_lock(&b->lock);
+    if (b->generation != generation) {
+        b->generation = generation;
+        b->tokens = 0;
+        b->last_ns = 0;
+    }
     allowed = token_take(&b->tokens, &b->last_ns, limit, now, units);
     bpf_spin_unlock(&b->lock);
     return allowed;
@@ -90,7 +97,7 @@ static __always_inline int limit_allows(__u32 slot, const struct ew_flood_policy
     if (limit->rate == 0 && limit->burst == 0)
         return 1;
     bucket = bpf_map_lookup_elem(&ew_buckets, &key);
-    return !bucket || bucket_take(bucket, limit, now, units);
+    return !bucket || bucket_take(bucket, limit, now, units, policy->generation);
 }
 
 /* Clears the host bits of the first `prefixlen` bits of an address. */
@@ -110,7 +117,7 @@ static __always_inline void mask_prefix(__u8 *addr, __u32 bytes, __u32 prefixlen
 static __always_inline int source_allows(const struct packet_facts *f, __u32 slot,
                                          const struct ew_flood_policy *policy, __u64 now)
 {
-    struct ew_source_key key = { .slot = slot, .family = f->family };
+    struct ew_source_key key = { .slot = slot, .family = f->family, .generation = (__u16)policy->generation };
     struct ew_source_bucket *bucket;
 
     if (policy->per_source.rate == 0 && policy->per_source.burst == 0)

@@ -41,9 +41,9 @@ def harness(tmp_path_factory):
     lib.bpf_object__close(bpf_obj)
 
 
-def take(harness, now, rate, burst, units):
+def take(harness, now, rate, burst, units, generation=1):
     prog_fd, buckets = harness
-    action = test_run(prog_fd, bytes(14) + struct.pack("=4Q", now, rate, burst, units)).retval
+    action = test_run(prog_fd, bytes(14) + struct.pack("=5Q", now, rate, burst, units, generation)).retval
     assert action in (lib.XDP_PASS, lib.XDP_DROP)
     state = ffi.from_buffer("struct ew_bucket *", buckets.lookup(b"\0\0\0\0"))
     return action == lib.XDP_PASS, state.tokens, state.last_ns
@@ -81,6 +81,18 @@ def test_bucket_boundaries(harness):
     assert take(harness, t0 - 5 * 10**9, 1, 3, 1)[0] is False      # clock went back: no refill
     assert take(harness, t0 + 10**9 + 10**30 % U64, 1, 3, 1)[0] is True   # a huge jump fills, no overflow
     assert take(harness, 2**63, 10**10, 10**10, 10**10)[0] is True  # largest allowed rate and burst
+
+
+def test_a_new_policy_generation_finds_its_buckets_full(harness):
+    """The generation travels with the policy, so a packet judged by the new
+    policy never spends tokens the old one left behind (nor the reverse)."""
+    harness[1].update(b"\0\0\0\0", bytes(harness[1].value_size))
+    t0 = 10**12
+    assert [take(harness, t0, 1, 2, 1, generation=7)[0] for _ in range(3)] == [True, True, False]
+    assert [take(harness, t0, 1, 2, 1, generation=8)[0] for _ in range(3)] == [True, True, False]
+    state = ffi.from_buffer("struct ew_bucket *", harness[1].lookup(b"\0\0\0\0"))
+    assert (state.generation, state.last_ns) == (8, t0)
+    assert take(harness, t0, 1, 2, 1, generation=8)[0] is False     # same generation: no reset
 
 
 # --- flood verdicts in the real program -----------------------------------------
@@ -193,6 +205,26 @@ def test_limits_change_at_run_time_without_reload():
         oracle.buckets.apply(unchanged)
         assert oracle.check(frame).reason is VerdictReason.drop_rate_limit
         assert oracle.datapath.program.prog_fd == prog_id_before
+    finally:
+        oracle.datapath.close()
+
+
+def test_per_source_buckets_are_fresh_under_a_new_policy_and_kept_under_the_same():
+    """Per-source buckets carry the policy's generation in their key: a new
+    policy finds none of the old ones, with no write by the agent."""
+    def policy(burst, revision=1):
+        return policy_from_document({"revision": revision, "tenants": [{"id": 1, "name": "shop", "vips": [VIP],
+            "flood": {"source_packets_per_second": 0, "source_packet_burst": burst}}]})
+    oracle = oracle_for(policy(2))
+    try:
+        frame = tcp_ipv4_frame("198.51.100.1", VIP, 1, 80, "A")
+        assert [oracle.check(frame).reason for _ in range(3)][-1] is VerdictReason.drop_source_rate
+        for doc, expected in ((policy(3, 2), [VerdictReason.pass_allowed] * 3 + [VerdictReason.drop_source_rate]),
+                              (policy(3, 3), [VerdictReason.drop_source_rate])):   # same flood: state kept
+            oracle.datapath.apply(doc)
+            oracle.policy = doc
+            oracle.buckets.apply(doc)
+            assert [oracle.check(frame).reason for _ in expected] == expected
     finally:
         oracle.datapath.close()
 

@@ -187,3 +187,68 @@ def test_turning_cookies_off_removes_the_netfilter_half(tmp_path):
             assert doc["interfaces"][client_if]["tenants"][0]["reason_packets"]["answer_syn_cookie"] == 0
         finally:
             lab.detach()
+
+
+TRACK_POLICY = """
+revision = 1
+[[tenants]]
+id = 1
+name = "victim"
+vips = ["203.0.113.10"]
+[tenants.flood]
+syn_ack = "track"
+"""
+
+# Listens on the client's address, accepts one connection, echoes; bounded.
+CLIENT_SIDE_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 9000)); s.listen(8); s.settimeout(15)
+print('ready', flush=True)
+c, _ = s.accept(); c.settimeout(3); c.sendall(c.recv(64)); c.close()
+"""
+# Connects out from the VIP.
+VIP_SIDE_CLIENT = """
+import socket, sys
+s = socket.socket(); s.settimeout(5); s.bind((sys.argv[1], 0)); s.connect((sys.argv[2], 9000))
+s.sendall(b'outbound'); print(s.recv(64).decode())
+"""
+
+
+def test_syn_ack_tracking_passes_answers_to_the_vips_own_connections_and_drops_reflections(tmp_path):
+    policy = tmp_path / "track.toml"
+    policy.write_text(TRACK_POLICY)
+    lab = FloodLab()
+    with lab:
+        lab.attach(str(policy))
+        try:
+            client_if = lab.links["client"][0]
+            edge_if, attacker_if = lab.links["attacker"]
+            assert f"edgewarden_{client_if}" in nft_tables(lab), "tracking needs conntrack on in the namespace"
+            # The server opens a connection from its VIP to the client: the
+            # client's SYN-ACK comes in through XDP and must pass.
+            listener = subprocess.Popen(in_namespace(lab.ns["client"], [sys.executable, "-c", CLIENT_SIDE_SERVER,
+                                                                        lab.client_link[1]]),
+                                        stdout=subprocess.PIPE, text=True)
+            try:
+                assert listener.stdout.readline().strip() == "ready"
+                out = subprocess.run(in_namespace(lab.ns["server"], [sys.executable, "-c", VIP_SIDE_CLIENT, lab.vip,
+                                                                     lab.client_link[1]]),
+                                     capture_output=True, text=True, timeout=30)
+                assert out.stdout.strip() == "outbound", out.stderr
+            finally:
+                listener.kill()
+                listener.wait()
+            doc = json.loads(lab.edgewarden("stats", "--iface", client_if, "--tenant", "1", "--json").stdout)
+            victim = doc["interfaces"][client_if]["tenants"][0]["reason_packets"]
+            assert victim["pass_allowed"] >= 2 and victim["drop_syn_ack"] == 0   # the SYN-ACK and the rest
+            # A SYN-ACK reflection flood at the VIP: no connection, all dropped.
+            mac = lab.mac_of("edge", edge_if)
+            flood = json.loads(lab.cli("attacker", "flood", "synack", "--iface", attacker_if, "--target", lab.vip,
+                                       "--dst-mac", mac, "--packets", "50000", "--seconds", "5", "--json").stdout)
+            doc = json.loads(lab.edgewarden("stats", "--iface", edge_if, "--tenant", "1", "--json").stdout)
+            victim = doc["interfaces"][edge_if]["tenants"][0]
+            assert victim["reason_packets"]["drop_syn_ack"] == victim["packets"] > 0
+            assert victim["packets"] <= flood["packets"]
+        finally:
+            lab.detach()

@@ -1087,17 +1087,31 @@ def expected_flood(flood: FloodPolicy) -> Flood | None:
 
 
 FLOOD_POLICY_LAYOUT = [("flags", 0), ("amplification_allowed", 4), ("limits", 8), ("per_source", 72),
-                       ("source_prefix_v4", 88), ("source_prefix_v6", 89), ("pad", 90), ("reserved", 92)]
+                       ("source_prefix_v4", 88), ("source_prefix_v6", 89), ("pad", 90), ("generation", 92)]
 
 
 def flood_of(value: bytes) -> Flood:
-    """A struct ew_flood_policy decoded; its padding must be zero."""
+    """A struct ew_flood_policy decoded, but for its generation (see
+    generation_of); its padding must be zero."""
     assert len(value) == ffi.sizeof("struct ew_flood_policy") == 96
     assert [(name, field.offset) for name, field in ffi.typeof("struct ew_flood_policy").fields] == FLOOD_POLICY_LAYOUT
     f = ffi.from_buffer("struct ew_flood_policy *", value)
-    assert (f.pad, f.reserved) == (0, 0)
+    assert f.pad == 0
     return Flood(f.flags, f.amplification_allowed, tuple((f.limits[k].rate, f.limits[k].burst) for k in range(4)),
                  (f.per_source.rate, f.per_source.burst), f.source_prefix_v4, f.source_prefix_v6)
+
+
+def generation_of(value: bytes) -> int:
+    return ffi.from_buffer("struct ew_flood_policy *", value).generation
+
+
+def generations_of(maps) -> dict[int, int]:
+    """counter slot -> generation of the live flood policy there."""
+    return {u32(k): generation_of(v) for k, v in maps["ew_flood_policies"].items().items() if any(v)}
+
+
+def without_generation(value: bytes) -> bytes:
+    return value[:92] + bytes(4)
 
 
 def flood_entries(compiled) -> dict[int, Flood]:
@@ -1400,7 +1414,7 @@ def test_flood_policy_values_are_keyed_by_slot():
     assert flood_entries(compiled) == expected
     assert set(compiled.maps["ew_flood_policies"]) == {pack_u32(s) for s in expected}
     for slot, flood in expected.items():
-        assert compiled.maps["ew_flood_policies"][pack_u32(slot)] == raw_flood(flood), slot
+        assert without_generation(compiled.maps["ew_flood_policies"][pack_u32(slot)]) == raw_flood(flood), slot
     for tenant_id, slot in compiled.slots.items():
         has = abi.TENANT_HAS_FLOOD_POLICY if slot in expected else 0
         assert tenant_entry(compiled, tenant_id) == (has, slot)
@@ -1977,23 +1991,6 @@ def fill_buckets(maps, slots=None):
             target.update(key, value)
 
 
-def reset_bucket_slots(maps, slots) -> set[int]:
-    """Of `slots` (filled by fill_buckets), those whose buckets were reset: tenant buckets
-    zeroed and per-source buckets deleted. A slot is reset whole or not at all."""
-    buckets, sources = maps["ew_buckets"], maps["ew_source_buckets"]
-    reset = set()
-    for slot in slots:
-        values = {key: buckets.lookup(key) for key in bucket_keys(slot)}
-        present = [sources.lookup(key) is not None for key in source_keys(slot)]
-        if all(v == bytes(buckets.value_size) for v in values.values()):
-            assert not any(present), f"slot {slot}: tenant buckets reset, per-source buckets kept"
-            reset.add(slot)
-        else:
-            assert all(v == busy_bucket(k) for k, v in values.items()), f"slot {slot}: buckets half reset"
-            assert all(present), f"slot {slot}: per-source buckets deleted, tenant buckets kept"
-    return reset
-
-
 def table_entries(maps, name):
     return SwappableTable(maps[name]).entries()
 
@@ -2063,12 +2060,12 @@ def test_apply_to_empty_maps_writes_everything(make_maps):
     zero = bytes(counters.value_size)
     assert {k for k, v in counters.items().items() if v == zero} == {pack_u32(s) for s in (1, 2, 3)}
     assert sorted(key for op, name, key in log if name == "ew_counters") == [pack_u32(s) for s in (1, 2, 3)]
-    # So were their token buckets (they start full), each once; every other bucket is untouched.
-    assert reset_bucket_slots(maps, range(counters.max_entries)) == {1, 2, 3}
-    assert sorted(key for op, name, key in log if name == "ew_buckets") == sorted(bucket_keys(1, 2, 3))
-    assert sorted(log[i][2] for i in positions(log, name="ew_source_buckets")) == sorted(
-        key for slot in (1, 2, 3) for key in source_keys(slot))
-    assert {op for op, name, _ in log if name == "ew_source_buckets"} == {"delete"}
+    # Token buckets are never written: each flood policy carries its own generation,
+    # and the datapath starts a bucket of another generation over, full.
+    assert not positions(log, name="ew_buckets") and not positions(log, name="ew_source_buckets")
+    generations = generations_of(maps)
+    assert set(generations) == {1, 2, 3} and 0 not in generations.values()
+    assert len(set(generations.values())) == 3
     # Every tenant has the default flood policy, in its slot.
     assert flood_entries(compiled) == {s: Flood(SA | AMP) for s in (1, 2, 3)}
     assert {u32(k) for k in live_entries(maps, "ew_flood_policies")} == {1, 2, 3}
@@ -2082,17 +2079,15 @@ def test_apply_to_empty_maps_writes_everything(make_maps):
     assert {(op, name) for op, name, _ in log if name in BLOCK_TABLES} == {
         ("update", n) for n, e in compiled.tables.items() if e}
 
-    # Tables first, then the counters and buckets, then rules (port blocks, flood
-    # policies) before the tenants and VIPs that reach them, port VIPs before the
-    # any-port entries announcing them; config last.
+    # Tables first, then the counters, then rules (port blocks, flood policies)
+    # before the tenants and VIPs that reach them, port VIPs before the any-port
+    # entries announcing them; config last. No bucket is written.
     tables = positions(log, name="ew_gblock_v4") + positions(log, name="ew_gblock_v6") + positions(
         log, name="ew_tblock_v4")
     first = {n: min(positions(log, name=n)) for n in {n for _, n, _ in log}}
     last = {n: max(positions(log, name=n)) for n in {n for _, n, _ in log}}
     assert max(tables) < first["ew_counters"] and last["ew_counters"] < first["ew_port_blocks"]
-    assert max(tables) < first["ew_buckets"] and last["ew_buckets"] < first["ew_flood_policies"]
-    assert last["ew_buckets"] < first["ew_tenants"]
-    assert max(tables) < first["ew_source_buckets"] and last["ew_source_buckets"] < first["ew_flood_policies"]
+    assert "ew_buckets" not in first and "ew_source_buckets" not in first
     assert last["ew_port_blocks"] < first["ew_tenants"] < first["ew_vip_ports_v4"]
     assert last["ew_flood_policies"] < first["ew_tenants"]
     assert last["ew_tenants"] < first["ew_vip_ports_v4"] and last["ew_vip_ports_v4"] < first["ew_vips_v4"]
@@ -2123,7 +2118,7 @@ def test_apply_diff_writes_only_changes_and_keeps_counters(make_maps):
     counters = maps["ew_counters"]
     busy = {pack_u32(slot): bytes([slot + 1]) * counters.value_size for slot in range(counters.max_entries)}
     counters.data.update(busy)
-    fill_buckets(maps)
+    old_generations = generations_of(maps)
     log.clear()
 
     new = compile_for(maps, NEXT_DOC)
@@ -2142,22 +2137,22 @@ def test_apply_diff_writes_only_changes_and_keeps_counters(make_maps):
     def stale(kind, name):
         return set(contents(old, kind, name)) - set(contents(new, kind, name))
 
-    bucket_maps = ("ew_buckets", "ew_source_buckets")
-    writes = {(name, key) for op, name, key in log if op == "update" and name not in ("ew_counters", *bucket_maps)}
-    deletes = {(name, key) for op, name, key in log if op == "delete" and name not in bucket_maps}
-    bucket_writes = [key for op, name, key in log if name in bucket_maps]
+    writes = {(name, key) for op, name, key in log if op == "update" and name != "ew_counters"}
+    deletes = {(name, key) for op, name, key in log if op == "delete"}
     # An array's stale entry is removed by writing zeroes into it: a write, never a delete.
     assert writes == ({(name, k) for name in POLICY_MAPS for k in changed("maps", name)}
                       | {(name, k) for name in ARRAY_POLICY_MAPS for k in stale("maps", name)}
                       | {(name, k) for name in BLOCK_TABLES for k in changed("tables", name)})
     assert deletes == ({(name, k) for name in POLICY_MAPS if name not in ARRAY_POLICY_MAPS for k in stale("maps", name)}
                        | {(name, k) for name in BLOCK_TABLES for k in stale("tables", name)})
-    # Each once, plus the one counter slot and the token buckets (4 per slot, and the
-    # per-source ones) of the new tenant 4 and of removed tenant 3, whose flood policy
-    # was cleared; tenants 1 and 2 kept theirs, so their buckets are left as they are.
-    assert sorted(bucket_writes) == sorted(bucket_keys(3, 4) | {k for s in (3, 4) for k in source_keys(s)})
-    assert len(writes) + len(deletes) + len(bucket_writes) == len(log) - 1
-    assert reset_bucket_slots(maps, range(counters.max_entries)) == {3, 4}
+    # Each once, plus the one counter slot of the new tenant 4; no bucket is written.
+    assert len(writes) + len(deletes) == len(log) - 1
+    assert not positions(log, name="ew_buckets") and not positions(log, name="ew_source_buckets")
+    # Tenants 1 and 2 kept their flood policies, so their buckets live on; tenant 4's are new.
+    generations = generations_of(maps)
+    assert set(generations) == {1, 2, 4}
+    assert generations[1] == old_generations[1] and generations[2] == old_generations[2]
+    assert generations[4] not in old_generations.values()
     assert stale("maps", "ew_flood_policies") == {pack_u32(3)}
     assert maps["ew_flood_policies"].lookup(pack_u32(3)) == bytes(maps["ew_flood_policies"].value_size)
     assert changed("maps", "ew_flood_policies") == {pack_u32(4)}
@@ -2187,11 +2182,8 @@ def test_apply_diff_writes_only_changes_and_keeps_counters(make_maps):
     assert zeroed < log.index(("update", "ew_tenants", pack_u32(4)))
     assert zeroed < log.index(("update", "ew_vips_v4", ip("203.0.113.40").packed))
     assert all(i < zeroed for name in BLOCK_TABLES for i in positions(log, name=name))
-    # The new tenant's buckets too, before its flood policy, tenant and VIP entries.
-    fresh = max(log.index(("update", "ew_buckets", key)) for key in bucket_keys(4))
-    assert fresh < log.index(("update", "ew_flood_policies", pack_u32(4)))
-    assert fresh < log.index(("update", "ew_tenants", pack_u32(4)))
-    assert fresh < log.index(("update", "ew_vips_v4", ip("203.0.113.40").packed))
+    # The new tenant's flood policy before its tenant and VIP entries.
+    assert log.index(("update", "ew_flood_policies", pack_u32(4))) < log.index(("update", "ew_tenants", pack_u32(4)))
     # Removals in reverse: tenant 3's VIP and tenant entry go before its flood policy is cleared.
     cleared = log.index(("update", "ew_flood_policies", pack_u32(3)))
     assert log.index(("delete", "ew_vips_v4", ip("203.0.113.30").packed)) < cleared
@@ -2205,8 +2197,11 @@ def test_apply_diff_writes_only_changes_and_keeps_counters(make_maps):
     assert_maps_hold(maps, third)
     assert counters.items() == live | {pack_u32(3): bytes(counters.value_size)}
     assert [key for _, name, key in log if name == "ew_counters"] == [pack_u32(3)]
-    assert sorted(key for _, name, key in log if name == "ew_buckets") == sorted(bucket_keys(3))
+    assert not positions(log, name="ew_buckets")
     assert flood_entries(third) == {s: Flood(SA | AMP) for s in (1, 2, 3, 4)}
+    # Slot 3 had removed tenant 3's buckets; newcomer 5 has the same flood policy but
+    # another generation, so it finds them full.
+    assert generations_of(maps)[3] not in old_generations.values()
 
 
 FLOOD_BASE_DOC = {"revision": 1, "tenants": [
@@ -2237,10 +2232,12 @@ FLOOD_NEXT_DOC = {"revision": 2, "tenants": [
 ]}
 
 
-def test_token_buckets_are_reset_when_a_flood_policy_changes(make_maps):
-    """A slot's buckets start full (are zeroed) when its tenant is new or its
-    ew_flood_policies entry is written or removed; a tenant whose entry stays the same
-    keeps its bucket state, whatever else about it changed."""
+def test_token_buckets_are_fresh_when_a_flood_policy_changes(make_maps):
+    """A slot's buckets start full when its tenant is new or its flood policy
+    changed: the policy's generation changes with it, and the datapath starts
+    a bucket of another generation over. A tenant whose entry stays the same
+    keeps its generation, and so its bucket state, whatever else changed. The
+    agent writes no bucket."""
     log = []
     maps = make_maps(log)
     base = compile_for(maps, FLOOD_BASE_DOC)
@@ -2250,8 +2247,7 @@ def test_token_buckets_are_reset_when_a_flood_policy_changes(make_maps):
                                    4: Flood(SA | AMP | LIMITS, 0, ((100, 200), (0, 0), (0, 0), (0, 0))),
                                    5: Flood(SA | AMP), 7: Flood(SA | AMP),
                                    8: Flood(SA | AMP | LIMITS, 0, ((0, 0), (1000, 2000), (0, 0), (0, 0)))}
-    buckets = maps["ew_buckets"]
-    fill_buckets(maps)
+    before = generations_of(maps)
     log.clear()
 
     nxt = compile_for(maps, FLOOD_NEXT_DOC)
@@ -2262,12 +2258,12 @@ def test_token_buckets_are_reset_when_a_flood_policy_changes(make_maps):
                                   4: Flood(SA | AMP | LIMITS, 0, ((100, 300), (0, 0), (0, 0), (0, 0))),
                                   5: Flood(SA | AMP), 8: Flood(SA | AMP | LIMITS, 0, ((0, 0), (1000, 2000), (0, 0), (0, 0))),
                                   9: Flood(SA | AMP)}
-    # Reset: 2 (policy written), 3 (removed), 4 (changed), 7 (tenant and policy removed), 9 and
-    # 10 (new; 10 has no flood policy, but a new slot starts clean all the same).
-    assert reset_bucket_slots(maps, range(buckets.max_entries // 4)) == {2, 3, 4, 7, 9, 10}
-    assert sorted(key for _, name, key in log if name == "ew_buckets") == sorted(bucket_keys(2, 3, 4, 7, 9, 10))
-    assert sorted(key for _, name, key in log if name == "ew_source_buckets") == sorted(
-        key for slot in (2, 3, 4, 7, 9, 10) for key in source_keys(slot))
+    # Fresh: 2 (policy written), 4 (changed), 9 (new); 3 and 7 have none left. Kept: 1, 5, 8.
+    after = generations_of(maps)
+    assert set(after) == {1, 2, 4, 5, 8, 9}
+    assert {slot for slot in after if after[slot] == before.get(slot)} == {1, 5, 8}
+    assert not {after[slot] for slot in (2, 4, 9)} & set(before.values())
+    assert not positions(log, name="ew_buckets") and not positions(log, name="ew_source_buckets")
     # The flood policy map: written for 2, 4 and 9, zeroed for 3 and 7; never a delete.
     flood_log = [(op, u32(key)) for op, name, key in log if name == "ew_flood_policies"]
     assert sorted(flood_log) == [("update", s) for s in (2, 3, 4, 7, 9)]
@@ -2288,19 +2284,15 @@ def test_token_buckets_are_reset_when_a_flood_policy_changes(make_maps):
     cleared = log.index(("update", "ew_flood_policies", pack_u32(3)))
     assert log.index(("update", "ew_vips_v4", ip("203.0.113.3").packed)) < cleared
     assert log.index(("update", "ew_tenants", pack_u32(3))) < cleared
-    # New tenants' buckets are reset before anything can reach their slots.
-    fresh = max([log.index(("update", "ew_buckets", key)) for key in bucket_keys(9, 10)]
-                + [log.index(("delete", "ew_source_buckets", key)) for s in (9, 10) for key in source_keys(s)])
-    assert fresh < log.index(("update", "ew_flood_policies", pack_u32(9)))
-    assert fresh < log.index(("update", "ew_tenants", pack_u32(9))) < log.index(("update", "ew_tenants", pack_u32(10)))
+    # A new tenant's flood policy is in place before its tenant entry.
+    assert log.index(("update", "ew_flood_policies", pack_u32(9))) < log.index(("update", "ew_tenants", pack_u32(9)))
     assert pack_u32(10) not in live_entries(maps, "ew_flood_policies")
 
-    # Applying the same policy again resets nothing.
-    fill_buckets(maps)
+    # Applying the same policy again writes nothing, generations included.
     log.clear()
     report = apply_compiled(maps, compile_for(maps, FLOOD_NEXT_DOC))
     assert log == [] and report.total_writes == 0
-    assert reset_bucket_slots(maps, range(buckets.max_entries // 4)) == set()
+    assert generations_of(maps) == after
 
 
 def test_a_removed_flood_policy_reads_back_as_absent(make_maps):
@@ -2324,7 +2316,7 @@ def test_a_removed_flood_policy_reads_back_as_absent(make_maps):
     assert report.removed["ew_flood_policies"] == 6
     assert live_entries(maps, "ew_flood_policies") == {}
     assert not positions(log, op="delete", name="ew_flood_policies")
-    assert sorted(key for _, name, key in log if name == "ew_buckets") == sorted(bucket_keys(1, 2, 4, 5, 8, 9))
+    assert not positions(log, name="ew_buckets")
 
 
 def test_named_lists_are_applied_and_withdrawn(make_maps):
@@ -2482,17 +2474,14 @@ def test_large_table_change_is_swapped_in_whole(make_maps):
 
 
 def test_apply_to_real_maps():
-    """The whole apply against the kernel's maps, per-CPU counters, the flood policy
-    array and the spin-locked token buckets included."""
-    # Buckets reset by each apply: the new tenants' slots and those whose flood policy
-    # was written or cleared (BASE: 1-3 new; NEXT: 4 new, 3 removed; THIRD: 5 new in
-    # slot 3; BASE again: 3 back in slot 5, 4 and 5 removed from slots 4 and 3).
-    resets = [{1, 2, 3}, {3, 4}, {3}, {3, 4, 5}]
+    """The whole apply against the kernel's maps, per-CPU counters and the flood
+    policy array included; the spin-locked token buckets are left alone (a
+    policy's generation resets them in the datapath)."""
     with LoadedProgram(pin_dir=None) as program:
         maps = program.maps
         assert maps["ew_flood_policies"].max_entries == maps["ew_counters"].max_entries
         assert maps["ew_buckets"].max_entries == 4 * maps["ew_counters"].max_entries
-        for doc, reset in zip((BASE_DOC, NEXT_DOC, THIRD_DOC, BASE_DOC), resets):
+        for doc in (BASE_DOC, NEXT_DOC, THIRD_DOC, BASE_DOC):
             policy = policy_from_document(doc)
             expected = compile_policy(policy, live_slots(maps), maps["ew_counters"].max_entries)
             if doc is NEXT_DOC:
@@ -2500,6 +2489,7 @@ def test_apply_to_real_maps():
                 for slot in (0, 1, 2, 3):
                     maps["ew_counters"].update(pack_u32(slot), bytes([slot + 1]) * maps["ew_counters"].value_size)
             fill_buckets(maps, range(8))
+            buckets_before = maps["ew_buckets"].items(), maps["ew_source_buckets"].items()
             apply_policy_to_maps(maps, policy)
             for name in POLICY_MAPS:
                 assert live_entries(maps, name) == expected.maps[name], (doc["revision"], name)
@@ -2507,7 +2497,7 @@ def test_apply_to_real_maps():
                 assert table_entries(maps, name) == as_dict(expected.tables[name]), (doc["revision"], name)
             assert live_slots(maps) == expected.slots
             assert flood_entries(expected) == expected_flood_entries(policy, expected.slots)
-            assert reset_bucket_slots(maps, range(8)) == reset, doc["revision"]
+            assert (maps["ew_buckets"].items(), maps["ew_source_buckets"].items()) == buckets_before
         counters = maps["ew_counters"]
         assert live_slots(maps) == {1: 1, 2: 2, 3: 5}   # 3 came back after 4 and 5 took slots 4 and 3
         for slot in (0, 1, 2):
@@ -2535,9 +2525,9 @@ STEP_FLOODS = (FloodPolicy(), FloodPolicy(False), FloodPolicy(False, syns=Rate(1
 def test_slots_and_counters_across_applies(shared_program, capacity, steps):
     """A sequence of policies applied with apply_policy_to_maps: tenants keep their slot
     and their counters; a new tenant takes the lowest slot not held before the apply,
-    zeroed; a refused apply (SlotsExhausted) changes nothing. Token buckets are reset
-    for new tenants' slots and for slots whose flood policy entry changed or went, and
-    only for those."""
+    zeroed; a refused apply (SlotsExhausted) changes nothing. A slot's flood policy
+    generation changes when its tenant or its flood policy does, and only then; the
+    agent never writes a token bucket."""
     log = []
     maps = fake_maps(log, ew_counters=capacity)
     counters, buckets, sources = maps["ew_counters"], maps["ew_buckets"], maps["ew_source_buckets"]
@@ -2577,13 +2567,12 @@ def test_slots_and_counters_across_applies(shared_program, capacity, steps):
                 assert after[key] == before["ew_counters"][key], slot
         new_floods = {t.id: t.flood for t in policy.tenants}
         fresh = ({slots[i] for i in new}
-                 | {slots[i] for i in ids if i in held and expected_flood(floods[i]) != expected_flood(new_floods[i])}
-                 | {held[i] for i in held if i not in new_floods and expected_flood(floods[i]) is not None})
-        after_buckets = buckets.items()
-        for key, value in after_buckets.items():
-            slot = u32(key) // 4
-            assert value == (bytes(buckets.value_size) if slot in fresh else before["ew_buckets"][key]), (slot, fresh)
-        assert sources.items() == {k: v for k, v in before["ew_source_buckets"].items() if u32(k[:4]) not in fresh}
+                 | {slots[i] for i in ids if i in held and expected_flood(floods[i]) != expected_flood(new_floods[i])})
+        old_generations = {u32(k): generation_of(v) for k, v in before["ew_flood_policies"].items() if any(v)}
+        for slot, generation in generations_of(maps).items():
+            if slot in old_generations:
+                assert (generation != old_generations[slot]) == (slot in fresh), (slot, fresh)
+        assert buckets.items() == before["ew_buckets"] and sources.items() == before["ew_source_buckets"]
         floods = new_floods
         # traffic: every slot in use counts something new, and spends tokens
         for slot in (0, *slots.values()):

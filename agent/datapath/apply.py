@@ -70,17 +70,14 @@ def apply_compiled(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> ApplyRe
             report.swapped.append(name)
 
     # A counter slot is zeroed when a tenant takes it, before any VIP points at
-    # it; its token buckets start full again when it is new or its flood
-    # policy changed (a bucket with last_ns 0 is refilled on first use).
+    # it. Token buckets need nothing: the datapath starts a bucket over when
+    # its generation is not the flood policy's (compile.with_generation).
     old_slots = {struct.unpack("=I", k)[0]: struct.unpack("=II", v)[1] for k, v in current["ew_tenants"].items()}
     counters = maps["ew_counters"]
     zero = bytes(counters.value_size)
-    fresh_buckets = set(writes["ew_flood_policies"]) | set(stale["ew_flood_policies"])
     for tenant_id, slot in compiled.slots.items():
         if old_slots.get(tenant_id) != slot:
             counters.update(pack_u32(slot), zero)
-            fresh_buckets.add(pack_u32(slot))
-    _reset_buckets(maps["ew_buckets"], maps["ew_source_buckets"], fresh_buckets)
 
     # Adding before removing keeps enforcement gap-free but needs room for old
     # and new at once; a map without that room has its stale entries removed first.
@@ -110,24 +107,6 @@ def _remove(bpf_map: BpfMap, keys: list[bytes]) -> None:
         bpf_map.update_many({k: zero for k in keys})
     else:
         bpf_map.delete_many(keys)
-
-
-def _reset_buckets(buckets: BpfMap, source_buckets: BpfMap, slots: set[bytes]) -> None:
-    """Fresh (full) tenant and per-source buckets for these slots."""
-    if not slots:
-        return
-    zero = bytes(buckets.value_size)
-    bpf_map_entries = {}
-    for packed_slot in slots:
-        slot = struct.unpack("=I", packed_slot)[0]
-        for kind in range(abi.BUCKET_KINDS):
-            bpf_map_entries[pack_u32(slot * abi.BUCKET_KINDS + kind)] = zero
-    buckets.update_many(bpf_map_entries)
-    # One batched read of the LRU map, not a get_next_key walk of up to 262,144
-    # entries; struct ew_source_key starts with the slot.
-    keys, _ = source_buckets.items_packed()
-    size = source_buckets.key_size
-    source_buckets.delete_many([keys[i:i + size] for i in range(0, len(keys), size) if keys[i:i + 4] in slots])
 
 
 def _check_capacity(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> None:

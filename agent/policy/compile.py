@@ -6,6 +6,7 @@ contents of the swappable tables (agent.datapath.blocktables)."""
 from __future__ import annotations
 
 import socket
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -47,7 +48,8 @@ def tenant_flags(tenant: Tenant, with_source_blocks: set[int] | None = None) -> 
 
 
 def flood_policy_value(flood: FloodPolicy) -> bytes | None:
-    """Packed struct ew_flood_policy, or None when the tenant needs no flood check."""
+    """Packed struct ew_flood_policy (generation 0: see with_generation), or
+    None when the tenant needs no flood check."""
     flags = 0
     if flood.drop_amplification:
         flags |= abi.FLOOD_DROP_AMPLIFICATION
@@ -74,6 +76,19 @@ def flood_policy_value(flood: FloodPolicy) -> bytes | None:
         "limits": [{"rate": r.per_second, "burst": r.burst} for r in limits],
         "per_source": {"rate": flood.per_source.per_second, "burst": flood.per_source.burst},
         "source_prefix_v4": flood.source_prefix_v4, "source_prefix_v6": flood.source_prefix_v6})
+
+
+GENERATION_OFFSET = ffi.offsetof("struct ew_flood_policy", "generation")
+
+
+def with_generation(value: bytes, tenant_id: int) -> bytes:
+    """The flood policy value stamped with its generation: a digest of the
+    tenant and the policy, never 0. The datapath starts a bucket over, full,
+    when its generation differs from the policy's, so a changed policy (or
+    another tenant in the slot) gets fresh buckets in the instant it takes
+    effect, and an unchanged one keeps them."""
+    generation = zlib.crc32(pack_u32(tenant_id) + value) or 1
+    return value[:GENERATION_OFFSET] + pack_u32(generation) + value[GENERATION_OFFSET + 4:]
 
 
 def vip_value(tenant_id: int, slot: int, flags: int) -> bytes:
@@ -222,7 +237,7 @@ def compile_policy(policy: Policy, live_slots: dict[int, int] | None = None,
                 maps["ew_port_blocks"][port_key(tenant.id, rule.protocol, port)] = b"\x01"
         flood = flood_policy_value(tenant.flood)
         if flood is not None:
-            maps["ew_flood_policies"][pack_u32(slots[tenant.id])] = flood
+            maps["ew_flood_policies"][pack_u32(slots[tenant.id])] = with_generation(flood, tenant.id)
     built = _block_tables(sets, tables)
     flags = (abi.CONFIG_GLOBAL_V4_BLOCKS if sets[None].count_v4() else 0) | (
         abi.CONFIG_GLOBAL_V6_BLOCKS if sets[None].count_v6() else 0)

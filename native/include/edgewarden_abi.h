@@ -148,7 +148,7 @@ struct ew_flood_policy {
     __u8 source_prefix_v4;          /* sources are grouped by this prefix length */
     __u8 source_prefix_v6;
     __u16 pad;
-    __u32 reserved;
+    __u32 generation;               /* changes with the policy: buckets of another generation start full */
 };
 
 /* Value of ew_source_buckets: like ew_bucket but without a lock, which LRU
@@ -163,15 +163,17 @@ struct ew_source_key {
     __u32 slot;
     __u8 family;                    /* EW_FAMILY_IPV4 / EW_FAMILY_IPV6 */
     __u8 prefixlen;
-    __u16 pad;
+    __u16 generation;               /* low 16 bits of the policy's: a new policy, new buckets */
     __u8 prefix[16];                /* the source, host bits cleared */
 };
 
 /* ew_buckets: token state. Tokens are kept in unit-nanoseconds (units x
- * 1e9) so refills are exact integer arithmetic. */
+ * 1e9) so refills are exact integer arithmetic. A bucket whose generation is
+ * not its tenant's flood policy's starts full, so a policy change resets the
+ * buckets in the same instant the new policy takes effect. */
 struct ew_bucket {
     struct bpf_spin_lock lock;
-    __u32 pad;
+    __u32 generation;
     __u64 tokens;
     __u64 last_ns;
 };

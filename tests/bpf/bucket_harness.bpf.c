@@ -1,6 +1,7 @@
 /* Test harness: runs bucket_take() from bpf/flood.h on bucket 0 of
- * ew_buckets with the clock, limit and cost taken from the frame, so tests
- * can drive the arithmetic through boundaries and clock jumps. */
+ * ew_buckets with the clock, limit, cost and policy generation taken from
+ * the frame, so tests can drive the arithmetic through boundaries, clock
+ * jumps and policy changes. */
 #include "flood.h"
 
 struct harness_input {
@@ -8,6 +9,7 @@ struct harness_input {
     __u64 rate;
     __u64 burst;
     __u64 units;
+    __u64 generation;
 };
 
 SEC("xdp")
@@ -27,7 +29,7 @@ int bucket_harness(struct xdp_md *ctx)
         return XDP_ABORTED;
     limit.rate = in->rate;
     limit.burst = in->burst;
-    return bucket_take(bucket, &limit, in->now, in->units) ? XDP_PASS : XDP_DROP;
+    return bucket_take(bucket, &limit, in->now, in->units, (__u32)in->generation) ? XDP_PASS : XDP_DROP;
 }
 
 char LICENSE[] SEC("license") = "GPL";
