@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.datapath.interfaces import forget_namespace
+
 NETNS_DIR = "/var/run/netns"
 LAB_PEER_OBJECT = str(Path(__file__).resolve().parent / "datapath" / "lab_peer.bpf.o")
 
@@ -27,6 +29,14 @@ def in_namespace(namespace: str, cmd: list[str]) -> list[str]:
     """`cmd` inside a network namespace. nsenter --net, not ip netns exec,
     which remounts /sys and hides bpffs and the pinned maps."""
     return ["nsenter", f"--net={NETNS_DIR}/{namespace}", *cmd]
+
+
+def remove_namespace(namespace: str) -> None:
+    """Delete a network namespace with the edgewarden pins and state kept
+    for it, which would otherwise hold its maps in the kernel forever."""
+    forget_namespace(namespace)
+    if os.path.exists(f"{NETNS_DIR}/{namespace}"):
+        run(["ip", "netns", "del", namespace], check=False)
 
 
 def cli_in(namespace: str, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -98,8 +108,7 @@ class EdgeLab:
 
     def down(self) -> None:
         for ns in (self.peer_ns, self.edge_ns):
-            if os.path.exists(f"{NETNS_DIR}/{ns}"):
-                run(["ip", "netns", "del", ns], check=False)
+            remove_namespace(ns)
         self._up = False
 
     def __enter__(self) -> "EdgeLab":
@@ -233,8 +242,7 @@ class FloodLab:
 
     def down(self) -> None:
         for namespace in self.ns.values():
-            if os.path.exists(f"{NETNS_DIR}/{namespace}"):
-                run(["ip", "netns", "del", namespace], check=False)
+            remove_namespace(namespace)
 
     def __enter__(self) -> "FloodLab":
         return self.up()

@@ -127,4 +127,4 @@ def test_lab_up_and_down_through_the_cli(tmp_path):
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"ew-{tag}-" not in namespaces
     from pathlib import Path
-    assert not Path(f"/sys/fs/bpf/edgewarden/ewa{tag}").exists()
+    assert not list(Path("/sys/fs/bpf/edgewarden").glob(f"**/ewa{tag}")), "lab down leaves no pins"

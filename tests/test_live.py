@@ -36,11 +36,13 @@ def lab(tmp_path_factory):
         out = lab.edgewarden("attach", lab.edge_if, "--mode", "native", "--policy", str(policy_file)).stdout
         assert "native mode" in out
         lab.policy_file = policy_file
+        pin_dir = Path(json.loads(lab.edgewarden("status", "--json").stdout)["interfaces"][0]["pin_dir"])
+        assert pin_dir.is_dir() and "/netns/" in str(pin_dir), "a lab namespace's pins are scoped to it"
         try:
             yield lab
         finally:
             lab.edgewarden("detach", lab.edge_if, check=False)
-    assert not Path(f"/sys/fs/bpf/edgewarden/{lab.edge_if}").exists()
+        assert not pin_dir.exists()
 
 
 def tenant_counters(lab) -> dict[int, dict]:
