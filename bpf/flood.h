@@ -12,6 +12,9 @@
 #include "tcp_state.h"
 
 #define EW_NS_PER_SECOND 1000000000ULL
+/* Below this many ns since the last refill, the refill is a plain multiply
+ * (rates are at most 1e10 < 2^34, see policy validation). */
+#define EW_REFILL_MULTIPLY_NS (1ULL << 30)
 
 /* Bit of an amplification source port in ew_flood_policy.amplification_allowed, or -1. */
 static __always_inline int amplification_port_bit(__u16 sport)
@@ -55,10 +58,17 @@ static __always_inline int token_take(__u64 *tokens_p, __u64 *last_ns_p, const s
     } else if (now > *last_ns_p) {
         elapsed = now - *last_ns_p;
         room = capacity - tokens;
-        if (rate && elapsed >= (room + rate - 1) / rate)
+        if (elapsed < EW_REFILL_MULTIPLY_NS) {
+            /* The usual case under load: elapsed * rate < 2^30 * 2^34 cannot
+             * overflow, and no division is needed. */
+            __u64 refill = elapsed * rate;
+
+            tokens = refill >= room ? capacity : tokens + refill;
+        } else if (rate && elapsed >= (room + rate - 1) / rate) {
             tokens = capacity;
-        else
+        } else {
             tokens += elapsed * rate;
+        }
         *last_ns_p = now;
     }
     if (tokens >= cost) {
@@ -170,10 +180,19 @@ static __always_inline __u32 flood_verdict(struct xdp_md *ctx, const struct pack
     if (f->fragment == EW_NONFIRST_FRAGMENT && (policy->flags & EW_FLOOD_DROP_FRAGMENTS))
         return EW_REASON_DROP_FRAGMENT;
     if ((policy->flags & EW_FLOOD_TCP_STATE) && f->l4_parsed && f->l4_proto == IPPROTO_TCP) {
-        __u32 reason = tcp_state_verdict(ctx, f, policy->flags);
+        /* Inline what needs no state; only cookie mode and SYN-ACK tracking
+         * pay for the call (conntrack, cookie check). */
+        int syn_ack = is_syn_ack(f->tcp_flags);
 
-        if (reason != EW_REASON_PASS_ALLOWED)
-            return reason;
+        if (syn_ack && (policy->flags & EW_FLOOD_SYN_ACK_DROP))
+            return EW_REASON_DROP_SYN_ACK;
+        if ((syn_ack && (policy->flags & EW_FLOOD_SYN_ACK_TRACK)) ||
+            (!syn_ack && (policy->flags & EW_FLOOD_SYN_COOKIES))) {
+            __u32 reason = tcp_state_verdict(ctx, f, policy->flags);
+
+            if (reason != EW_REASON_PASS_ALLOWED)
+                return reason;
+        }
     }
     if (!(policy->flags & EW_FLOOD_HAS_LIMITS))     /* the clock is not free: only read it when needed */
         return wants_syn_cookie(f, policy->flags) ? EW_REASON_ANSWER_SYN_COOKIE : EW_REASON_PASS_ALLOWED;
