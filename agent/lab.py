@@ -226,8 +226,10 @@ class FloodLab:
                 f("ip", "route", "add", "default", "via", edge_addr)
                 if role != "server":
                     # XDP_TX from the edge (SYN-cookie answers) reaches a veth
-                    # only while it runs an XDP program (GRO did not suffice on 6.18).
-                    f("ip", "link", "set", "dev", far_if, "xdpdrv", "obj", LAB_PEER_OBJECT, "sec", "xdp")
+                    # only while it runs an XDP program (GRO did not suffice on
+                    # 6.18); the attacker's drops them, the client's passes them.
+                    f("ip", "link", "set", "dev", far_if, "xdpdrv", "obj", LAB_PEER_OBJECT,
+                      "program", "lab_peer_drop" if role == "attacker" else "lab_peer_pass")
             EdgeLab.ns(self.ns["server"], ["ip", "addr", "add", f"{self.vip}/32", "dev", "lo"])
             e("ip", "route", "add", f"{self.vip}/32", "via", self.server_link[1])
             for setting in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
