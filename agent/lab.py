@@ -13,9 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.datapath.interfaces import forget_namespace
+from agent.policy import policy_from_document, policy_to_toml
 
 NETNS_DIR = "/var/run/netns"
 LAB_PEER_OBJECT = str(Path(__file__).resolve().parent / "datapath" / "lab_peer.bpf.o")
+VICTIM_VIP = "203.0.113.10"
+
+
+def victim_policy(revision: int = 1, **flood) -> str:
+    """A policy document (TOML) with one tenant, "victim", on the flood lab's
+    VIP and the given [tenants.flood] settings."""
+    return policy_to_toml(policy_from_document({"revision": revision, "tenants": [
+        {"id": 1, "name": "victim", "vips": [VICTIM_VIP], "flood": flood}]}, "lab victim policy"))
 
 
 def run(cmd: list[str], *, check: bool = True, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
@@ -191,7 +200,7 @@ class FloodLab:
     All addresses are documentation ranges; every name carries `tag`."""
 
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
-    vip: str = "203.0.113.10"
+    vip: str = VICTIM_VIP
     attacker_link: tuple[str, str] = ("198.51.100.129", "198.51.100.130")   # edge, attacker (/25)
     client_link: tuple[str, str] = ("198.51.100.1", "198.51.100.2")         # edge, client (/25)
     server_link: tuple[str, str] = ("192.0.2.1", "192.0.2.10")              # edge, server (/24)

@@ -36,37 +36,19 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from results_file import machine_facts, publish  # noqa: E402
 
 from agent.flood import FLOOD_TYPES  # noqa: E402
-from agent.lab import EdgeLab, FloodLab, in_namespace, run  # noqa: E402
+from agent.lab import EdgeLab, FloodLab, in_namespace, run, victim_policy  # noqa: E402
 
 SECTION_TITLE = "## Load tests"
 RESULTS_DIR = REPO / "benchmarks" / "results"
 CAPTURES = REPO.parent / "shared" / "captures"
 SERVICE_PORT = 8080
-POLICY = """revision = 1
-[[tenants]]
-id = 1
-name = "victim"
-vips = ["203.0.113.10"]
-[tenants.flood]
-fragments = "drop"
-syns_per_second = 2000
-syn_burst = 4000
-source_packets_per_second = 200
-source_packet_burst = 400
-"""
+POLICY = victim_policy(fragments="drop", syns_per_second=2000, syn_burst=4000,
+                        source_packets_per_second=200, source_packet_burst=400)
 # The SYN flood again with the victim in SYN-cookie mode instead of rate
 # limits, on both ingress interfaces, so the legitimate client's connections
 # go through the cookie handshake and synproxy too.
 COOKIE_SCENARIO = "syn-cookies"
-COOKIE_POLICY = """revision = 1
-[[tenants]]
-id = 1
-name = "victim"
-vips = ["203.0.113.10"]
-[tenants.flood]
-fragments = "drop"
-syn_cookies = true
-"""
+COOKIE_POLICY = victim_policy(fragments="drop", syn_cookies=True)
 # What xdp-filter can do against each attack without dropping the legitimate
 # clients too: it matches exact addresses and ports, not prefixes or TCP flags.
 XDP_FILTER_RULES = {

@@ -15,7 +15,7 @@ import pytest
 from agent._libbpf import lib
 from agent.datapath.syscalls import test_run
 from agent.flood import FLOOD_TYPES, FloodGenerator, template_frame
-from agent.lab import EdgeLab, FloodLab
+from agent.lab import EdgeLab, FloodLab, victim_policy
 from frames import checksum
 
 SOURCE = ipaddress.IPv4Network("203.0.113.128/25")
@@ -55,15 +55,7 @@ def test_generated_frames_are_well_formed(name):
             assert len(sports) > 32, "source ports are not varied"
 
 
-POLICY = """revision = 1
-[[tenants]]
-id = 1
-name = "victim"
-vips = ["203.0.113.10"]
-[tenants.flood]
-syns_per_second = 1000
-syn_burst = 1000
-"""
+POLICY = victim_policy(syns_per_second=1000, syn_burst=1000)
 
 
 @pytest.mark.live

@@ -11,24 +11,15 @@ import time
 
 import pytest
 
-from agent.lab import EdgeLab, FloodLab, in_namespace
+from agent.lab import EdgeLab, FloodLab, in_namespace, victim_policy
 
 pytestmark = pytest.mark.live
 
 PORT = 80
 FLOOD_PACKETS = 20_000_000     # an upper bound: the flood stops after FLOOD_SECONDS
 FLOOD_SECONDS = 5
-COOKIE_POLICY = """
-revision = 1
-[[tenants]]
-id = 1
-name = "victim"
-vips = ["203.0.113.10"]
-[tenants.flood]
-syn_cookies = true
-"""
-PLAIN_POLICY = COOKIE_POLICY.replace("revision = 1", "revision = 2").replace("syn_cookies = true",
-                                                                            "syn_cookies = false")
+COOKIE_POLICY = victim_policy(syn_cookies=True)
+PLAIN_POLICY = victim_policy(revision=2, syn_cookies=False)
 
 # Echo server: serves until killed or 60 s pass; prints each peer it accepted.
 SERVER = f"""
@@ -189,15 +180,7 @@ def test_turning_cookies_off_removes_the_netfilter_half(tmp_path):
             lab.detach()
 
 
-TRACK_POLICY = """
-revision = 1
-[[tenants]]
-id = 1
-name = "victim"
-vips = ["203.0.113.10"]
-[tenants.flood]
-syn_ack = "track"
-"""
+TRACK_POLICY = victim_policy(syn_ack="track")
 
 # Listens on the client's address, accepts one connection, echoes; bounded.
 CLIENT_SIDE_SERVER = """
