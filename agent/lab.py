@@ -18,13 +18,14 @@ from agent.policy import policy_from_document, policy_to_toml
 NETNS_DIR = "/var/run/netns"
 LAB_PEER_OBJECT = str(Path(__file__).resolve().parent / "datapath" / "lab_peer.bpf.o")
 VICTIM_VIP = "203.0.113.10"
+VICTIM_VIP_V6 = "2001:db8:10::10"
 
 
 def victim_policy(revision: int = 1, **flood) -> str:
     """A policy document (TOML) with one tenant, "victim", on the flood lab's
-    VIP and the given [tenants.flood] settings."""
+    VIPs (IPv4 and IPv6) and the given [tenants.flood] settings."""
     return policy_to_toml(policy_from_document({"revision": revision, "tenants": [
-        {"id": 1, "name": "victim", "vips": [VICTIM_VIP], "flood": flood}]}, "lab victim policy"))
+        {"id": 1, "name": "victim", "vips": [VICTIM_VIP, VICTIM_VIP_V6], "flood": flood}]}, "lab victim policy"))
 
 
 def run(cmd: list[str], *, check: bool = True, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
@@ -197,13 +198,18 @@ class FloodLab:
     The edge routes between them with edgewarden attached (native) on its
     attacker- and client-facing interfaces; the victim VIP lives on the
     server, behind the edge. Spoofed sources are forwarded (rp_filter off).
-    All addresses are documentation ranges; every name carries `tag`."""
+    IPv4 and IPv6 throughout. All addresses are documentation ranges; every
+    name carries `tag`."""
 
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
     vip: str = VICTIM_VIP
+    vip_v6: str = VICTIM_VIP_V6
     attacker_link: tuple[str, str] = ("198.51.100.129", "198.51.100.130")   # edge, attacker (/25)
     client_link: tuple[str, str] = ("198.51.100.1", "198.51.100.2")         # edge, client (/25)
     server_link: tuple[str, str] = ("192.0.2.1", "192.0.2.10")              # edge, server (/24)
+    links_v6: dict = field(default_factory=lambda: {                        # edge, far end (/64)
+        "attacker": ("2001:db8:a::1", "2001:db8:a::2"), "client": ("2001:db8:c::1", "2001:db8:c::2"),
+        "server": ("2001:db8:5::1", "2001:db8:5::10")})
 
     def __post_init__(self) -> None:
         self.ns = {role: f"ew-{self.tag}-{role}" for role in ("attacker", "client", "edge", "server")}
@@ -231,8 +237,13 @@ class FloodLab:
                 e("ip", "link", "set", edge_if, "up")
                 f = lambda *cmd, role=role: EdgeLab.ns(self.ns[role], list(cmd))
                 f("ip", "addr", "add", f"{far_addr}/{plen}", "dev", far_if)
+                edge_v6, far_v6 = self.links_v6[role]
+                for side, address, dev in ((e, edge_v6, edge_if), (f, far_v6, far_if)):
+                    side("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0")
+                    side("ip", "-6", "addr", "add", f"{address}/64", "dev", dev, "nodad")
                 f("ip", "link", "set", far_if, "up")
                 f("ip", "route", "add", "default", "via", edge_addr)
+                f("ip", "-6", "route", "add", "default", "via", edge_v6)
                 if role != "server":
                     # XDP_TX from the edge (SYN-cookie answers) reaches a veth
                     # only while it runs an XDP program (GRO did not suffice on
@@ -240,8 +251,10 @@ class FloodLab:
                     f("ip", "link", "set", "dev", far_if, "xdpdrv", "obj", LAB_PEER_OBJECT,
                       "program", "lab_peer_drop" if role == "attacker" else "lab_peer_pass")
             EdgeLab.ns(self.ns["server"], ["ip", "addr", "add", f"{self.vip}/32", "dev", "lo"])
+            EdgeLab.ns(self.ns["server"], ["ip", "-6", "addr", "add", f"{self.vip_v6}/128", "dev", "lo", "nodad"])
             e("ip", "route", "add", f"{self.vip}/32", "via", self.server_link[1])
-            for setting in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
+            e("ip", "-6", "route", "add", f"{self.vip_v6}/128", "via", self.links_v6["server"][1])
+            for setting in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.all.rp_filter=0",
                             "net.ipv4.conf.default.rp_filter=0"):
                 e("sysctl", "-qw", setting)
             for edge_if, _ in self.links.values():

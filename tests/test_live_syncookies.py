@@ -24,7 +24,8 @@ PLAIN_POLICY = victim_policy(revision=2, syn_cookies=False)
 # Echo server: serves until killed or 60 s pass; prints each peer it accepted.
 SERVER = f"""
 import socket, sys, time
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], {PORT})); s.listen(128); s.settimeout(1)
 print('ready', flush=True)
 end = time.time() + 60
@@ -70,8 +71,8 @@ def snmp(lab: FloodLab, role: str, group: str) -> dict[str, int]:
     return dict(zip(names, map(int, values)))
 
 
-def client_run(lab: FloodLab, n: int, seconds: float) -> dict:
-    out = subprocess.run(in_namespace(lab.ns["client"], [sys.executable, "-c", CLIENT, lab.vip, str(n),
+def client_run(lab: FloodLab, n: int, seconds: float, host: str | None = None) -> dict:
+    out = subprocess.run(in_namespace(lab.ns["client"], [sys.executable, "-c", CLIENT, host or lab.vip, str(n),
                                                          str(seconds)]),
                          capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
     return json.loads(out)
@@ -234,4 +235,31 @@ def test_syn_ack_tracking_passes_answers_to_the_vips_own_connections_and_drops_r
             assert victim["reason_packets"]["drop_syn_ack"] == victim["packets"] > 0
             assert victim["packets"] <= flood["packets"]
         finally:
+            lab.detach()
+
+
+def test_ipv6_clients_connect_through_cookies(tmp_path):
+    """The IPv6 half: cookie SYN-ACK (checksum over the v6 pseudo header),
+    bpf_tcp_raw_check_syncookie_ipv6 on the ACK, synproxy's ip6 rule, and
+    the conntrack lookup for the rest of the connection."""
+    policy = tmp_path / "cookies.toml"
+    policy.write_text(COOKIE_POLICY)
+    lab = FloodLab()
+    with lab:
+        lab.attach(str(policy))
+        server = None
+        try:
+            client_if = lab.links["client"][0]
+            server = subprocess.Popen(in_namespace(lab.ns["server"], [sys.executable, "-c", SERVER, lab.vip_v6]),
+                                      stdout=subprocess.PIPE, text=True)
+            assert server.stdout.readline().strip() == "ready"
+            assert client_run(lab, 5, 20, host=lab.vip_v6) == {"ok": 5, "failed": 0, "errors": {}}
+            doc = json.loads(lab.edgewarden("stats", "--iface", client_if, "--tenant", "1", "--json").stdout)
+            victim = doc["interfaces"][client_if]["tenants"][0]["reason_packets"]
+            assert victim["answer_syn_cookie"] == 5 and victim["drop_bad_cookie"] == 0
+            assert victim["pass_allowed"] >= 5 * 3     # the cookie ACK, the data, the close, at least
+        finally:
+            if server is not None:
+                server.kill()
+                server.wait()
             lab.detach()
