@@ -112,6 +112,8 @@ class EdgeLab:
         for src in self.peer_sources_v6:
             p("ip", "-6", "addr", "add", f"{src}/64", "dev", self.peer_if, "nodad")
         p("ip", "link", "set", self.peer_if, "up")
+        # so that the edge's XDP_TX answers (SYN cookies) reach the peer; see FloodLab
+        p("ip", "link", "set", "dev", self.peer_if, "xdpdrv", "obj", LAB_PEER_OBJECT, "program", "lab_peer_pass")
         p("ip", "route", "add", "203.0.113.0/24", "via", self.edge_link_v4)
         if self.vips_v6:
             p("ip", "-6", "route", "add", "2001:db8:10::/48", "via", self.edge_link_v6)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.lab import EdgeLab
-from agent.policy import policy_to_toml, policy_from_document
+from agent.policy import policy_from_document, policy_to_document, policy_to_toml
 
 ALLOWED, TENANT_BLOCKED, GLOBAL_BLOCKED = "198.51.100.1", "198.51.100.70", "198.51.100.200"
 SHOP, SUSPENDED, SHOP_V6 = "203.0.113.10", "203.0.113.30", "2001:db8:10::10"
@@ -191,3 +191,25 @@ def test_generic_mode_when_asked():
         assert lab.ping("198.51.100.1", "203.0.113.10", count=1)
         lab.edgewarden("detach", lab.edge_if)
         assert "prog/xdp" not in EdgeLab.ns(lab.edge_ns, ["ip", "link", "show", lab.edge_if]).stdout
+
+
+def test_syn_cookies_for_a_service_on_the_edge_itself(lab, tmp_path):
+    """The edge as the server (a CDN edge serving its VIPs itself): the
+    cookie ACK goes up to the local stack, where the agent's synproxy rule
+    in the input hook opens the connection to the local socket."""
+    doc = policy_to_document(POLICY)
+    doc["revision"] = 100
+    doc["tenants"][0]["flood"] = {"syn_cookies": True}
+    cookies = tmp_path / "cookies.toml"
+    cookies.write_text(policy_to_toml(policy_from_document(doc)))
+    before = tenant_counters(lab)[1]["reason_packets"]
+    lab.edgewarden("policy", "apply", str(cookies), "--iface", lab.edge_if)
+    try:
+        assert lab.tcp_exchange(ALLOWED, SHOP, 8443)
+        assert lab.tcp_exchange("2001:db8:1::1", SHOP_V6, 8443)
+        after = tenant_counters(lab)[1]["reason_packets"]
+        assert after["answer_syn_cookie"] - before["answer_syn_cookie"] == 2
+        assert after["drop_bad_cookie"] == before["drop_bad_cookie"]
+    finally:
+        lab.edgewarden("policy", "apply", str(lab.policy_file), "--iface", lab.edge_if)
+    assert "edgewarden_" not in lab.ns(lab.edge_ns, ["nft", "list", "tables"]).stdout
