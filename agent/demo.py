@@ -1,14 +1,19 @@
 """`make demo`: the main job end to end on this machine. Builds a throwaway
 pair of namespaces, attaches the XDP program with the example policy, sends
 traffic from allowed and blocked sources and to a suspended tenant, prints
-the per-tenant table, and removes everything it created."""
+the per-tenant table, turns SYN cookies on for a tenant and connects
+through them, and removes everything it created."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
+import tempfile
 from pathlib import Path
 
 from agent.lab import EdgeLab
+from agent.policy import load_policy, policy_to_toml
 
 POLICY = Path(__file__).resolve().parent.parent / "configs" / "policy.example.toml"
 
@@ -42,6 +47,7 @@ def main() -> int:
             print(f"  {'ok ' if ok else 'BAD'}  {what}: {'passed' if got_through else 'dropped'}")
         print("\n== live counters (edgewarden stats)")
         print(lab.edgewarden("stats").stdout.rstrip())
+        failures += not syn_cookie_step(lab)
         print("\n== resume the suspended tenant, then ping it again")
         print(lab.edgewarden("resume", "3").stdout.rstrip())
         resumed = lab.ping(ALLOWED, SUSPENDED_VIP)
@@ -55,6 +61,32 @@ def main() -> int:
         print(f"demo: {failures} step(s) did not behave as the policy says", file=sys.stderr)
         return 1
     return 0
+
+
+def syn_cookie_step(lab: EdgeLab) -> bool:
+    """SYN cookies on for shop: its SYNs are answered from XDP, and the
+    returning ACK is turned into the connection by the kernel's synproxy."""
+    print("\n== SYN cookies on for shop (policy apply), then a TCP request/response to shop:80")
+    policy = load_policy(POLICY)
+    shop = policy.tenant(1)
+    policy = dataclasses.replace(policy.replace_tenant(dataclasses.replace(
+        shop, flood=dataclasses.replace(shop.flood, syn_cookies=True))), revision=policy.revision + 10)
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as document:
+        document.write(policy_to_toml(policy))
+        document.flush()
+        print(lab.edgewarden("policy", "apply", document.name, "--iface", lab.edge_if).stdout.rstrip())
+
+    def answered() -> int:
+        stats = json.loads(lab.edgewarden("stats", "--iface", lab.edge_if, "--tenant", "1", "--json").stdout)
+        return stats["interfaces"][lab.edge_if]["tenants"][0]["reason_packets"]["answer_syn_cookie"]
+
+    before = answered()
+    connected = lab.tcp_exchange(ALLOWED, SHOP_VIP, 80)
+    cookies = answered() - before
+    ok = connected and cookies == 1
+    print(f"  {'ok ' if ok else 'BAD'}  TCP to shop:80 with SYN cookies: {'completed' if connected else 'failed'}, "
+          f"{cookies} SYN answered from XDP with a cookie")
+    return ok
 
 
 if __name__ == "__main__":
