@@ -418,8 +418,11 @@ def cmd_flood(args) -> int:
 
     if args.packets <= 0 or not 0 < args.seconds <= 600:
         raise UsageError("--packets must be positive and --seconds in (0, 600]: floods are always bounded")
-    result = flood(args.type, args.iface, args.target, args.dst_mac, dport=args.dport, source=args.source,
-                   packets=args.packets, seconds=args.seconds, threads=args.threads)
+    try:
+        result = flood(args.type, args.iface, args.target, args.dst_mac, dport=args.dport, source=args.source,
+                       packets=args.packets, seconds=args.seconds, threads=args.threads)
+    except ValueError as err:      # a bad address or prefix, mixed families, an IPv6 fragment flood
+        raise UsageError(str(err)) from None
     doc = {"type": result.kind, "packets": result.packets, "seconds": round(result.seconds, 3),
            "offered_pps": round(result.pps), "threads": result.threads}
     if args.json:
@@ -571,7 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="victim IPv4 address")
     p.add_argument("--dst-mac", required=True, help="MAC of the next hop (the edge's interface)")
     p.add_argument("--dport", type=int, default=80)
-    p.add_argument("--source", default="203.0.113.128/25", help="prefix of the spoofed sources")
+    p.add_argument("--source", default=None,
+                   help="prefix of the spoofed sources (default 203.0.113.128/25, or 2001:db8:f00d::/48 for an IPv6 target)")
     p.add_argument("--packets", type=int, default=1_000_000)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--threads", type=int, default=2)

@@ -24,7 +24,7 @@ IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
 TCP_SYN, TCP_ACK = 0x02, 0x10
 RUN_CHUNK = 65536          # repetitions per BPF_PROG_RUN call: bounds each call's duration
 GEN_HEADER_MAX = 64        # struct gen_config.header in bpf/flood_gen.bpf.c
-GEN_CONFIG_FORMAT = f"=IIHHHHII{GEN_HEADER_MAX}s"
+GEN_CONFIG_FORMAT = f"=IIHHHHII{GEN_HEADER_MAX}s16s16s"   # ... header, src6_base, src6_mask
 GEN_CONFIG_SIZE = struct.calcsize(GEN_CONFIG_FORMAT)
 
 
@@ -52,13 +52,19 @@ FLOOD_TYPES: dict[str, FloodType] = {
     "icmp": FloodType("ICMP echo flood", IPPROTO_ICMP, payload_size=56),
     "fragment": FloodType("IPv4 non-first fragments", IPPROTO_UDP, payload_size=1200, fragment=True),
 }
+IPPROTO_ICMPV6 = 58
+DEFAULT_SOURCES = {4: "203.0.113.128/25", 6: "2001:db8:f00d::/48"}
 
 
 
 
 def template_frame(kind: FloodType, src_mac: bytes, dst_mac: bytes, target: str, dport: int) -> tuple[bytes, int]:
-    """(frame, L4 bytes the generator checksums: 0 for ICMP and fragments, whose
-    checksums do not cover the fields it changes)."""
+    """(frame, L4 bytes the generator checksums: 0 for IPv4 ICMP and fragments,
+    whose checksums do not cover the fields it changes). An IPv6 `target`
+    makes an IPv6 frame (ICMP becomes ICMPv6 echo; no fragment floods)."""
+    v6 = ipaddress.ip_address(target).version == 6
+    if v6 and kind.fragment:
+        raise ValueError("fragment floods are IPv4 only")
     payload = bytes((i * 7) & 0xFF for i in range(kind.payload_size))
     if kind.proto == IPPROTO_TCP:
         mss = b"\x02\x04\x05\xb4" if kind.tcp_flags & TCP_SYN else b""
@@ -68,19 +74,22 @@ def template_frame(kind: FloodType, src_mac: bytes, dst_mac: bytes, target: str,
     elif kind.proto == IPPROTO_UDP:
         l4 = struct.pack("!HHHH", kind.sport or 40000, dport, 8 + len(payload), 0) + payload
     else:
-        body = struct.pack("!BBHHH", 8, 0, 0, 0x4557, 1) + payload
-        l4 = body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]
+        body = struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, 0x4557, 1) + payload
+        l4 = body if v6 else body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]
+    checksummed = 0 if (kind.proto == IPPROTO_ICMP and not v6) or kind.fragment else len(l4)
+    if checksummed % 4:            # the generator sums whole words: pad the segment
+        l4 += bytes(4 - checksummed % 4)
+        checksummed = len(l4)
+        if kind.proto == IPPROTO_UDP:
+            l4 = l4[:4] + struct.pack("!H", len(l4)) + l4[6:]
+    if v6:
+        next_header = IPPROTO_ICMPV6 if kind.proto == IPPROTO_ICMP else kind.proto
+        ip = struct.pack("!IHBB16s16s", 6 << 28, len(l4), next_header, 64, bytes(16),
+                         ipaddress.IPv6Address(target).packed)
+        return dst_mac + src_mac + b"\x86\xdd" + ip + l4, checksummed
     frag_field = 185 if kind.fragment else 0x4000         # a non-first fragment, or DF
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, frag_field, 64, kind.proto, 0,
                      ipaddress.IPv4Address("0.0.0.0").packed, ipaddress.IPv4Address(target).packed)
-    checksummed = 0 if kind.proto == IPPROTO_ICMP or kind.fragment else len(l4)
-    if checksummed % 4:            # the generator sums whole words: pad the segment
-        pad = 4 - checksummed % 4
-        l4 += bytes(pad)
-        checksummed += pad
-        ip = ip[:2] + struct.pack("!H", 20 + len(l4)) + ip[4:]
-        if kind.proto == IPPROTO_UDP:
-            l4 = l4[:4] + struct.pack("!H", len(l4)) + l4[6:]
     return dst_mac + src_mac + b"\x08\x00" + ip + l4, checksummed
 
 
@@ -122,15 +131,17 @@ class FloodGenerator:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def configure(self, source: ipaddress.IPv4Network, kind: FloodType, l4_length: int,
+    def configure(self, source: ipaddress.IPv4Network | ipaddress.IPv6Network, kind: FloodType, l4_length: int,
                   dport_span: tuple[int, int] | None, template: bytes) -> None:
         sport = (1024, 64511) if kind.sport is None and kind.proto != IPPROTO_ICMP and not kind.fragment else (0, 0)
         dport = dport_span or (0, 0)
         header = template[:GEN_HEADER_MAX]
         header_len = len(header) & ~1       # written in 16-bit words; an odd last byte is never changed
-        self.config.update(b"\0\0\0\0", struct.pack(GEN_CONFIG_FORMAT, int(source.network_address),
-                                                    int(source.hostmask), sport[0], sport[1], dport[0], dport[1],
-                                                    l4_length, header_len, header))
+        v4 = source.version == 4
+        self.config.update(b"\0\0\0\0", struct.pack(
+            GEN_CONFIG_FORMAT, int(source.network_address) if v4 else 0, int(source.hostmask) if v4 else 0,
+            sport[0], sport[1], dport[0], dport[1], l4_length, header_len, header,
+            b"" if v4 else source.network_address.packed, b"" if v4 else source.hostmask.packed))
 
     def sent_total(self) -> int:
         raw = self.sent.lookup(b"\0\0\0\0")
@@ -180,15 +191,19 @@ def interface_mac(interface: str) -> bytes:
 
 
 def flood(kind_name: str, interface: str, target: str, dst_mac: str, *, dport: int = 80,
-          dport_range: tuple[int, int] | None = None, source: str = "203.0.113.128/25",
+          dport_range: tuple[int, int] | None = None, source: str | None = None,
           packets: int = 1_000_000, seconds: float = 5.0, threads: int = 2) -> FloodResult:
     kind = FLOOD_TYPES[kind_name]
+    family = ipaddress.ip_address(target).version
+    network = ipaddress.ip_network(source or DEFAULT_SOURCES[family], strict=False)
+    if network.version != family:
+        raise ValueError(f"--source {network} and --target {target} are of different address families")
     ifindex = socket.if_nametoindex(interface)
     src_mac = interface_mac(interface)
     frame, l4_length = template_frame(kind, src_mac, bytes.fromhex(dst_mac.replace(":", "")), target, dport)
     if dport_range is None and kind.sport is not None:
         dport_range = (1024, 64511)     # reflected responses land on random client ports
     with FloodGenerator() as generator:
-        generator.configure(ipaddress.IPv4Network(source), kind, l4_length, dport_range, frame)
+        generator.configure(network, kind, l4_length, dport_range, frame)
         sent, elapsed = generator.run(frame, ifindex, packets, seconds, threads)
     return FloodResult(kind_name, sent, elapsed, threads)

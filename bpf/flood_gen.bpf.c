@@ -5,11 +5,12 @@
  * checksums recomputed from scratch. The kernel recycles frame pages
  * without restoring their contents, and a page may come back changed (the
  * edge turns SYNs into cookie SYN-ACKs in place), so the headers are
- * rewritten from the template on every run. IPv4 templates. */
+ * rewritten from the template on every run. IPv4 and IPv6 templates. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
@@ -25,6 +26,8 @@ struct gen_config {
     __u32 l4_length;      /* TCP/UDP header + payload bytes to checksum; 0 = leave L4 alone */
     __u32 header_len;     /* bytes of `header` to write over the frame's start, even, <= GEN_HEADER_MAX */
     __u8 header[64];      /* GEN_HEADER_MAX: the template's first bytes */
+    __u32 src6_base[4];   /* IPv6 templates: network order; random bits are ORed in under src6_mask */
+    __u32 src6_mask[4];
 };
 
 #define GEN_HEADER_MAX 64
@@ -59,6 +62,74 @@ static __always_inline __u16 random_port(__u16 min, __u16 span, __u16 current)
     return span ? bpf_htons(min + bpf_get_prandom_u32() % span) : current;
 }
 
+/* Sums `len` bytes of L4 (a multiple of 4) into `sum`, word by word: the
+ * verifier bounds each read, not a variable span. */
+static __always_inline __u64 sum_l4(void *l4, void *data_end, __u32 len, __u64 sum)
+{
+    for (int i = 0; i < MAX_L4_WORDS; i++) {
+        __u32 *word = l4 + i * 4;
+
+        if (i * 4 >= len || (void *)(word + 1) > data_end)
+            break;
+        sum += *word;
+    }
+    return sum;
+}
+
+static __always_inline int flood_gen_ipv6(void *data, void *data_end, struct gen_config *cfg)
+{
+    struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+    __u32 len = cfg->l4_length;
+    __u32 *src;
+    void *l4;
+    __u64 sum;
+
+    if ((void *)(ip6 + 1) > data_end)
+        return -1;
+    src = (__u32 *)&ip6->saddr;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        src[i] = cfg->src6_base[i] | (bpf_get_prandom_u32() & cfg->src6_mask[i]);
+    if (!len || len > MAX_L4_LENGTH || (len & 3))
+        return 0;
+    l4 = ip6 + 1;
+    if (l4 + len > data_end || l4 + sizeof(struct tcphdr) > data_end)
+        return -1;
+    if (ip6->nexthdr == IPPROTO_TCP) {
+        struct tcphdr *tcp = l4;
+
+        tcp->source = random_port(cfg->sport_min, cfg->sport_span, tcp->source);
+        tcp->dest = random_port(cfg->dport_min, cfg->dport_span, tcp->dest);
+        tcp->seq = bpf_get_prandom_u32();
+        tcp->check = 0;
+    } else if (ip6->nexthdr == IPPROTO_UDP) {
+        struct udphdr *udp = l4;
+
+        udp->source = random_port(cfg->sport_min, cfg->sport_span, udp->source);
+        udp->dest = random_port(cfg->dport_min, cfg->dport_span, udp->dest);
+        udp->check = 0;
+    } else {
+        ((__u16 *)l4)[1] = 0;       /* ICMPv6: the checksum covers the pseudo header */
+    }
+    sum = bpf_htonl(len) + bpf_htonl(ip6->nexthdr);
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        sum += (__u64)((__u32 *)&ip6->saddr)[i] + ((__u32 *)&ip6->daddr)[i];
+    sum = sum_l4(l4, data_end, len, sum);
+    if (l4 + sizeof(struct tcphdr) > data_end)
+        return -1;
+    if (ip6->nexthdr == IPPROTO_TCP) {
+        ((struct tcphdr *)l4)->check = fold(sum);
+    } else if (ip6->nexthdr == IPPROTO_UDP) {
+        __u16 check = fold(sum);
+
+        ((struct udphdr *)l4)->check = check ? check : 0xffff;
+    } else {
+        ((__u16 *)l4)[1] = fold(sum);
+    }
+    return 0;
+}
+
 SEC("xdp")
 int flood_gen(struct xdp_md *ctx)
 {
@@ -81,6 +152,14 @@ int flood_gen(struct xdp_md *ctx)
         if ((void *)(word + 1) > data_end)
             return XDP_ABORTED;
         *word = *(__u16 *)&cfg->header[i * 2];
+    }
+    if ((void *)(eth + 1) > data_end)
+        return XDP_ABORTED;
+    if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+        if (flood_gen_ipv6(data, data_end, cfg) < 0)
+            return XDP_ABORTED;
+        *sent += 1;
+        return XDP_TX;
     }
     if ((void *)(ip + 1) > data_end || ip->ihl != 5)
         return XDP_ABORTED;
@@ -111,16 +190,8 @@ int flood_gen(struct xdp_md *ctx)
             udp->dest = random_port(cfg->dport_min, cfg->dport_span, udp->dest);
             udp->check = 0;
         }
-        /* pseudo header (addresses, protocol, L4 length), then the segment
-         * word by word: the verifier bounds each read, not a variable span */
-        sum = (__u64)ip->saddr + ip->daddr + bpf_htonl((ip->protocol << 16) | len);
-        for (int i = 0; i < MAX_L4_WORDS; i++) {
-            __u32 *word = l4 + i * 4;
-
-            if (i * 4 >= len || (void *)(word + 1) > data_end)
-                break;
-            sum += *word;
-        }
+        /* pseudo header (addresses, protocol, L4 length), then the segment */
+        sum = sum_l4(l4, data_end, len, (__u64)ip->saddr + ip->daddr + bpf_htonl((ip->protocol << 16) | len));
         /* bounds again: the loop's checks do not carry over for the verifier */
         if (ip->protocol == IPPROTO_TCP) {
             struct tcphdr *tcp = l4;

@@ -55,6 +55,43 @@ def test_generated_frames_are_well_formed(name):
             assert len(sports) > 32, "source ports are not varied"
 
 
+SOURCE_V6 = ipaddress.IPv6Network("2001:db8:f00d::/48")
+
+
+@pytest.mark.parametrize("name", sorted(n for n, k in FLOOD_TYPES.items() if not k.fragment))
+def test_generated_ipv6_frames_are_well_formed(name):
+    kind = FLOOD_TYPES[name]
+    frame, l4_length = template_frame(kind, bytes(6), b"\x02" * 6, "2001:db8:10::10", 443)
+    assert l4_length > 0, "every IPv6 L4 checksum covers the varied source"
+    with FloodGenerator() as generator:
+        generator.configure(SOURCE_V6, kind, l4_length, (2000, 100) if kind.sport is not None else None, frame)
+        sources = set()
+        for _ in range(64):
+            result = test_run(generator.prog_fd, frame, want_data=True)
+            assert result.retval == lib.XDP_TX
+            out = result.data_out
+            ip, l4 = out[14:54], out[54:]
+            assert out[12:14] == b"\x86\xdd" and ip[0] >> 4 == 6
+            assert struct.unpack("!H", ip[4:6])[0] == len(l4) == l4_length
+            src = ipaddress.IPv6Address(ip[8:24])
+            assert src in SOURCE_V6
+            sources.add(src)
+            pseudo = ip[8:40] + struct.pack("!IxxxB", len(l4), ip[6])
+            assert checksum(pseudo + l4) == 0, f"{name}: L4 checksum"
+            if kind.sport is not None:
+                sport, dport = struct.unpack("!HH", l4[:4])
+                assert sport == kind.sport and 2000 <= dport < 2100
+        assert len(sources) == 64, "sources are not varied"
+
+
+def test_an_ipv6_fragment_flood_or_mixed_families_are_refused():
+    with pytest.raises(ValueError, match="IPv4 only"):
+        template_frame(FLOOD_TYPES["fragment"], bytes(6), bytes(6), "2001:db8::1", 80)
+    from agent.flood import flood
+    with pytest.raises(ValueError, match="different address families"):
+        flood("udp", "lo", "2001:db8::1", "02:00:00:00:00:01", source="203.0.113.0/24", packets=1, seconds=1)
+
+
 POLICY = victim_policy(syns_per_second=1000, syn_burst=1000)
 
 

@@ -258,6 +258,18 @@ def test_ipv6_clients_connect_through_cookies(tmp_path):
             victim = doc["interfaces"][client_if]["tenants"][0]["reason_packets"]
             assert victim["answer_syn_cookie"] == 5 and victim["drop_bad_cookie"] == 0
             assert victim["pass_allowed"] >= 5 * 3     # the cookie ACK, the data, the close, at least
+            # An IPv6 SYN flood from spoofed /48 sources, and an ACK flood: answered, dropped.
+            edge_if, attacker_if = lab.links["attacker"]
+            mac = lab.mac_of("edge", edge_if)
+            for kind in ("syn", "ack"):
+                flood = json.loads(lab.cli("attacker", "flood", kind, "--iface", attacker_if, "--target", lab.vip_v6,
+                                           "--dst-mac", mac, "--packets", "20000", "--seconds", "5",
+                                           "--json").stdout)
+                assert flood["packets"] == 20000
+            doc = json.loads(lab.edgewarden("stats", "--iface", edge_if, "--tenant", "1", "--json").stdout)
+            reasons = doc["interfaces"][edge_if]["tenants"][0]["reason_packets"]
+            assert reasons["answer_syn_cookie"] > 0 and reasons["drop_bad_cookie"] > 0
+            assert reasons["pass_allowed"] == 0
         finally:
             if server is not None:
                 server.kill()
