@@ -76,6 +76,59 @@ static __always_inline __u64 sum_l4(void *l4, void *data_end, __u32 len, __u64 s
     return sum;
 }
 
+#define GEN_IPPROTO_ICMPV6 58
+
+/* New ports (and sequence number) where the template asks for them, and the
+ * checksum field cleared for summing. */
+static __always_inline int vary_l4(void *l4, void *data_end, __u8 proto, struct gen_config *cfg)
+{
+    if (proto == IPPROTO_TCP) {
+        struct tcphdr *tcp = l4;
+
+        if ((void *)(tcp + 1) > data_end)
+            return -1;
+        tcp->source = random_port(cfg->sport_min, cfg->sport_span, tcp->source);
+        tcp->dest = random_port(cfg->dport_min, cfg->dport_span, tcp->dest);
+        tcp->seq = bpf_get_prandom_u32();
+        tcp->check = 0;
+    } else if (proto == IPPROTO_UDP) {
+        struct udphdr *udp = l4;
+
+        if ((void *)(udp + 1) > data_end)
+            return -1;
+        udp->source = random_port(cfg->sport_min, cfg->sport_span, udp->source);
+        udp->dest = random_port(cfg->dport_min, cfg->dport_span, udp->dest);
+        udp->check = 0;
+    } else if (proto == GEN_IPPROTO_ICMPV6) {
+        if (l4 + 4 > data_end)
+            return -1;
+        ((__u16 *)l4)[1] = 0;
+    }
+    return 0;
+}
+
+/* Stores the folded sum in the L4 checksum field (bounds again: checks made
+ * before the summing loop do not carry over for the verifier). */
+static __always_inline int set_l4_checksum(void *l4, void *data_end, __u8 proto, __u64 sum)
+{
+    __u16 check = fold(sum);
+
+    if (proto == IPPROTO_TCP) {
+        if (l4 + sizeof(struct tcphdr) > data_end)
+            return -1;
+        ((struct tcphdr *)l4)->check = check;
+    } else if (proto == IPPROTO_UDP) {
+        if (l4 + sizeof(struct udphdr) > data_end)
+            return -1;
+        ((struct udphdr *)l4)->check = check ? check : 0xffff;
+    } else if (proto == GEN_IPPROTO_ICMPV6) {
+        if (l4 + 4 > data_end)
+            return -1;
+        ((__u16 *)l4)[1] = check;
+    }
+    return 0;
+}
+
 static __always_inline int flood_gen_ipv6(void *data, void *data_end, struct gen_config *cfg)
 {
     struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
@@ -93,41 +146,14 @@ static __always_inline int flood_gen_ipv6(void *data, void *data_end, struct gen
     if (!len || len > MAX_L4_LENGTH || (len & 3))
         return 0;
     l4 = ip6 + 1;
-    if (l4 + len > data_end || l4 + sizeof(struct tcphdr) > data_end)
+    if (l4 + len > data_end || vary_l4(l4, data_end, ip6->nexthdr, cfg) < 0)
         return -1;
-    if (ip6->nexthdr == IPPROTO_TCP) {
-        struct tcphdr *tcp = l4;
-
-        tcp->source = random_port(cfg->sport_min, cfg->sport_span, tcp->source);
-        tcp->dest = random_port(cfg->dport_min, cfg->dport_span, tcp->dest);
-        tcp->seq = bpf_get_prandom_u32();
-        tcp->check = 0;
-    } else if (ip6->nexthdr == IPPROTO_UDP) {
-        struct udphdr *udp = l4;
-
-        udp->source = random_port(cfg->sport_min, cfg->sport_span, udp->source);
-        udp->dest = random_port(cfg->dport_min, cfg->dport_span, udp->dest);
-        udp->check = 0;
-    } else {
-        ((__u16 *)l4)[1] = 0;       /* ICMPv6: the checksum covers the pseudo header */
-    }
+    /* pseudo header (addresses, L4 length, next header), then the segment */
     sum = bpf_htonl(len) + bpf_htonl(ip6->nexthdr);
 #pragma unroll
     for (int i = 0; i < 4; i++)
         sum += (__u64)((__u32 *)&ip6->saddr)[i] + ((__u32 *)&ip6->daddr)[i];
-    sum = sum_l4(l4, data_end, len, sum);
-    if (l4 + sizeof(struct tcphdr) > data_end)
-        return -1;
-    if (ip6->nexthdr == IPPROTO_TCP) {
-        ((struct tcphdr *)l4)->check = fold(sum);
-    } else if (ip6->nexthdr == IPPROTO_UDP) {
-        __u16 check = fold(sum);
-
-        ((struct udphdr *)l4)->check = check ? check : 0xffff;
-    } else {
-        ((__u16 *)l4)[1] = fold(sum);
-    }
-    return 0;
+    return set_l4_checksum(l4, data_end, ip6->nexthdr, sum_l4(l4, data_end, len, sum));
 }
 
 SEC("xdp")
@@ -172,39 +198,12 @@ int flood_gen(struct xdp_md *ctx)
         __u32 len = cfg->l4_length;
         void *l4 = ip + 1;
 
-        if (l4 + len > data_end || l4 + sizeof(struct udphdr) > data_end)
+        if (l4 + len > data_end || vary_l4(l4, data_end, ip->protocol, cfg) < 0)
             return XDP_ABORTED;
-        if (ip->protocol == IPPROTO_TCP) {
-            struct tcphdr *tcp = l4;
-
-            if ((void *)(tcp + 1) > data_end)
-                return XDP_ABORTED;
-            tcp->source = random_port(cfg->sport_min, cfg->sport_span, tcp->source);
-            tcp->dest = random_port(cfg->dport_min, cfg->dport_span, tcp->dest);
-            tcp->seq = bpf_get_prandom_u32();
-            tcp->check = 0;
-        } else if (ip->protocol == IPPROTO_UDP) {
-            struct udphdr *udp = l4;
-
-            udp->source = random_port(cfg->sport_min, cfg->sport_span, udp->source);
-            udp->dest = random_port(cfg->dport_min, cfg->dport_span, udp->dest);
-            udp->check = 0;
-        }
         /* pseudo header (addresses, protocol, L4 length), then the segment */
         sum = sum_l4(l4, data_end, len, (__u64)ip->saddr + ip->daddr + bpf_htonl((ip->protocol << 16) | len));
-        /* bounds again: the loop's checks do not carry over for the verifier */
-        if (ip->protocol == IPPROTO_TCP) {
-            struct tcphdr *tcp = l4;
-
-            if ((void *)(tcp + 1) <= data_end)
-                tcp->check = fold(sum);
-        } else if (ip->protocol == IPPROTO_UDP) {
-            struct udphdr *udp = l4;
-            __u16 check = fold(sum);
-
-            if ((void *)(udp + 1) <= data_end)
-                udp->check = check ? check : 0xffff;
-        }
+        if (set_l4_checksum(l4, data_end, ip->protocol, sum) < 0)
+            return XDP_ABORTED;
     }
     *sent += 1;
     return XDP_TX;
