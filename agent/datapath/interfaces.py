@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import fcntl
+import functools
 import os
 import shutil
 import socket
@@ -35,12 +36,14 @@ NETNS_SCOPE_DIR = "netns"
 NAMED_NETNS_DIR = Path("/var/run/netns")
 
 
+@functools.cache
 def namespace_scope() -> Path:
     """Where this network namespace's interfaces live under the roots:
     netns/<name> in a namespace made with `ip netns add`, the roots
     themselves anywhere else (the host). bpffs and /run are shared by every
     namespace, and interface names are not: two namespaces may each have an
-    eth0, or a namespace may be gone while its pins stay."""
+    eth0, or a namespace may be gone while its pins stay. (Cached: a process
+    does not change namespace.)"""
     own = os.stat("/proc/self/ns/net").st_ino
     if NAMED_NETNS_DIR.is_dir():
         for entry in NAMED_NETNS_DIR.iterdir():

@@ -129,7 +129,11 @@ def _nft(script: str) -> None:
 
 
 def table_exists(ifname: str) -> bool:
-    result = subprocess.run(["nft", "list", "table", "inet", table_name(ifname)], capture_output=True, text=True)
+    try:
+        result = subprocess.run(["nft", "list", "table", "inet", table_name(ifname)], capture_output=True,
+                                text=True, timeout=30)
+    except FileNotFoundError:
+        return False        # without nft there is no table: policies that need none still apply
     return result.returncode == 0
 
 
