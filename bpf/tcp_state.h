@@ -130,9 +130,9 @@ static __always_inline int wants_syn_cookie(const struct packet_facts *f, __u32 
            (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 }
 
-/* The drops of the TCP state policies for a parsed TCP segment, or
- * PASS_ALLOWED. A SYN in cookie mode passes here; it is answered after the
- * rate limits. */
+/* The drops of the TCP state policies that need kernel state (conntrack,
+ * the cookie secret) for a parsed TCP segment, or PASS_ALLOWED. A SYN in
+ * cookie mode passes here; it is answered after the rate limits. */
 __noinline __u32 ew_tcp_state_verdict(struct xdp_md *ctx, __u32 l3_offset, __u32 l4_offset, __u32 family,
                                       __u32 policy_flags)
 {
@@ -142,13 +142,9 @@ __noinline __u32 ew_tcp_state_verdict(struct xdp_md *ctx, __u32 l3_offset, __u32
     if (!ctx || copy_segment(ctx, l3_offset, l4_offset, family, &seg) < 0)
         return EW_REASON_DROP_MALFORMED;    /* the caller parsed it: cannot happen */
     flags = ((__u8 *)&seg.tcp)[13];
-    if (is_syn_ack(flags)) {
-        if (policy_flags & EW_FLOOD_SYN_ACK_DROP)
-            return EW_REASON_DROP_SYN_ACK;
-        if ((policy_flags & EW_FLOOD_SYN_ACK_TRACK) && !tcp_connection_known(ctx, &seg, family))
-            return EW_REASON_DROP_SYN_ACK;
-        return EW_REASON_PASS_ALLOWED;
-    }
+    if (is_syn_ack(flags))      /* syn_ack = "drop" is decided inline, in flood_verdict */
+        return (policy_flags & EW_FLOOD_SYN_ACK_TRACK) && !tcp_connection_known(ctx, &seg, family) ?
+               EW_REASON_DROP_SYN_ACK : EW_REASON_PASS_ALLOWED;
     if (!(policy_flags & EW_FLOOD_SYN_COOKIES))
         return EW_REASON_PASS_ALLOWED;
     if (flags & TCP_FLAG_SYN)       /* a SYN with RST or FIN cannot be answered */
