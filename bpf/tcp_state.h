@@ -6,10 +6,12 @@
  *    known connection or be an ACK carrying a valid cookie; the latter is
  *    passed to the kernel, where the nftables synproxy rule the agent
  *    installs (agent/datapath/netfilter.py) checks the same cookie and opens
- *    the connection to the server. The cookie SYN-ACK carries window 0 and
- *    the MSS only, as synproxy's own does: the client waits for synproxy's
- *    window update, and the connection runs without window scaling, SACK
- *    or timestamps.
+ *    the connection to the server. The cookie SYN-ACK carries window 0, as
+ *    synproxy's own does (the client waits for synproxy's window update),
+ *    and the options synproxy's would: the MSS from the cookie and, for a
+ *    client that sent timestamps, window scaling and SACK encoded in the
+ *    timestamp (see synack_options). Without timestamps there is nowhere to
+ *    keep them, and the connection runs without.
  *  - SYN-ACKs with no connection (EW_FLOOD_SYN_ACK_DROP / _TRACK): dropped
  *    always, or unless conntrack knows the connection they answer.
  *
@@ -175,8 +177,91 @@ struct ew_synack_tcp {
     __be16 window;
     __be16 check;
     __be16 urg_ptr;
-    __be32 mss_option;
+    __be32 options[5];      /* MSS; with timestamps: SACK-perm/NOPs + TS kind, TS value, TS echo, WS/NOPs */
 };
+
+/* What the SYN's options ask for, as far as a cookie can remember it. */
+struct syn_options {
+    __u8 timestamps;
+    __u8 sack;
+    __u8 window_scaling;
+    __u8 wscale;
+    __be32 tsval;
+};
+
+#define EW_TCP_HEADER_COPY_WORDS 16     /* 15 words of header and options, and a spare one */
+#define EW_TCP_HEADER_BYTES_MASK 63     /* so that masked option indexes stay inside the copy */
+
+/* The SYN's header, copied out of the packet, and a walk over its options,
+ * one option per bpf_loop step (a plain loop's paths explode the verifier). */
+struct option_walk {
+    __u32 words[EW_TCP_HEADER_COPY_WORDS];
+    __u32 length;           /* header bytes, options included */
+    __u32 at;               /* offset of the next option */
+    struct syn_options found;
+};
+
+static long walk_one_option(__u32 index, void *context)
+{
+    struct option_walk *w = context;
+    const __u8 *header = (const __u8 *)w->words;
+    __u32 i = w->at;
+    __u8 kind, size;
+
+    if (i >= w->length || i >= 60)
+        return 1;
+    kind = header[i & EW_TCP_HEADER_BYTES_MASK];
+    if (kind == 0)                          /* end of options */
+        return 1;
+    if (kind == 1) {                        /* NOP */
+        w->at = i + 1;
+        return 0;
+    }
+    if (i + 1 >= w->length)
+        return 1;
+    size = header[(i + 1) & EW_TCP_HEADER_BYTES_MASK];
+    if (size < 2 || i + size > w->length)
+        return 1;
+    if (kind == 3 && size == 3) {
+        __u8 wscale = header[(i + 2) & EW_TCP_HEADER_BYTES_MASK];
+
+        w->found.window_scaling = 1;
+        w->found.wscale = wscale < 14 ? wscale : 14;
+    } else if (kind == 4 && size == 2) {
+        w->found.sack = 1;
+    } else if (kind == 8 && size == 10) {
+        w->found.timestamps = 1;
+        w->found.tsval = (__u32)header[(i + 2) & EW_TCP_HEADER_BYTES_MASK] |
+                         (__u32)header[(i + 3) & EW_TCP_HEADER_BYTES_MASK] << 8 |
+                         (__u32)header[(i + 4) & EW_TCP_HEADER_BYTES_MASK] << 16 |
+                         (__u32)header[(i + 5) & EW_TCP_HEADER_BYTES_MASK] << 24;   /* bytes as they came */
+    }
+    w->at = i + size;
+    return 0;
+}
+
+/* The SYN-ACK's options after the MSS; returns the TCP header length. The
+ * timestamp value carries what the cookie cannot (kernel and synproxy
+ * format): low 4 bits the client's window scale or 0xf for none, bit 4
+ * SACK; the rest is the millisecond clock. */
+static __always_inline __u32 synack_options(struct ew_synack_tcp *tcp, const struct syn_options *o)
+{
+    __u32 tsval;
+
+    if (!o->timestamps)
+        return EW_SYNACK_TCP_LEN;
+    tsval = (__u32)(bpf_ktime_get_ns() / 1000000) & ~0x3fU;
+    tsval |= o->window_scaling ? o->wscale : 0xf;
+    if (o->sack)
+        tsval |= 1 << 4;
+    tcp->options[1] = bpf_htonl(o->sack ? (4 << 24) | (2 << 16) | (8 << 8) | 10
+                                        : (1 << 24) | (1 << 16) | (8 << 8) | 10);
+    tcp->options[2] = bpf_htonl(tsval);
+    tcp->options[3] = o->tsval;             /* echo the client's, as it came */
+    tcp->options[4] = o->window_scaling ? bpf_htonl((1 << 24) | (3 << 16) | (3 << 8) | EW_SYNPROXY_WSCALE)
+                                        : bpf_htonl(0x01010101);
+    return EW_SYNACK_TCP_LEN_TS;
+}
 
 struct ew_pseudo_v4 {
     __be32 saddr;
@@ -212,12 +297,13 @@ static __always_inline __u16 fold_checksum(__s64 sum)
  * refused by the cookie helper). */
 __noinline __u32 ew_answer_syn_cookie(struct xdp_md *ctx, __u32 l3_offset, __u32 l4_offset, __u32 family)
 {
-    __u32 words[EW_TCP_MAX_HEADER_WORDS] = {};
-    const struct tcphdr *syn = (const struct tcphdr *)words;
+    struct option_walk walk = {};
+    __u32 *words = walk.words;
+    const struct tcphdr *syn = (const struct tcphdr *)walk.words;
     struct ew_synack_tcp tcp = {};
     struct tcp_segment seg;
     const __u32 *options;
-    __u32 tcp_len, ip_len, doff, new_len;
+    __u32 tcp_len, ip_len, doff, new_len, reply_len;
     __u8 mac[2][ETH_ALEN];
     void *data, *data_end;
     __s64 value, sum;
@@ -255,9 +341,13 @@ __noinline __u32 ew_answer_syn_cookie(struct xdp_md *ctx, __u32 l3_offset, __u32
     tcp.dest = syn->source;
     tcp.seq = bpf_htonl((__u32)value);
     tcp.ack_seq = bpf_htonl(bpf_ntohl(syn->seq) + 1);
-    tcp.doff_reserved = (EW_SYNACK_TCP_LEN / 4) << 4;
     tcp.flags = TCP_FLAG_SYN | TCP_FLAG_ACK;
-    tcp.mss_option = bpf_htonl((2 << 24) | (4 << 16) | (__u16)(value >> 32));   /* kind 2, length 4, MSS */
+    tcp.options[0] = bpf_htonl((2 << 24) | (4 << 16) | (__u16)(value >> 32));   /* kind 2, length 4, MSS */
+    walk.length = tcp_len;
+    walk.at = sizeof(struct tcphdr);
+    bpf_loop(40, walk_one_option, &walk, 0);
+    reply_len = synack_options(&tcp, &walk.found);
+    tcp.doff_reserved = (reply_len / 4) << 4;
 
     /* The reply's IP header, in place in seg, and the TCP checksum over the
      * pseudo header (for IPv6 its 40 bytes are the reply's addresses, the
@@ -265,7 +355,7 @@ __noinline __u32 ew_answer_syn_cookie(struct xdp_md *ctx, __u32 l3_offset, __u32
     if (family == EW_FAMILY_IPV4) {
         struct ew_pseudo_v4 pseudo = {
             .saddr = seg.ip.daddr, .daddr = seg.ip.saddr, .protocol = IPPROTO_TCP,
-            .length = bpf_htons(EW_SYNACK_TCP_LEN),
+            .length = bpf_htons(reply_len),
         };
         __be32 client = seg.ip.saddr;
 
@@ -273,7 +363,7 @@ __noinline __u32 ew_answer_syn_cookie(struct xdp_md *ctx, __u32 l3_offset, __u32
         *(__be32 *)&seg.ip = 0;
         seg.ip.version = 4;
         seg.ip.ihl = 5;
-        seg.ip.tot_len = bpf_htons(sizeof(struct iphdr) + EW_SYNACK_TCP_LEN);
+        seg.ip.tot_len = bpf_htons(sizeof(struct iphdr) + reply_len);
         seg.ip.id = 0;
         seg.ip.frag_off = bpf_htons(0x4000);                /* DF */
         seg.ip.ttl = EW_SYNACK_TTL;
@@ -287,17 +377,20 @@ __noinline __u32 ew_answer_syn_cookie(struct xdp_md *ctx, __u32 l3_offset, __u32
 
         pseudo->saddr = seg.ip6.daddr;
         pseudo->daddr = seg.ip6.saddr;
-        pseudo->length = bpf_htonl(EW_SYNACK_TCP_LEN);
+        pseudo->length = bpf_htonl(reply_len);
         pseudo->zero[0] = pseudo->zero[1] = pseudo->zero[2] = 0;
         pseudo->next_header = IPPROTO_TCP;
         sum = bpf_csum_diff(NULL, 0, (__be32 *)pseudo, sizeof(*pseudo), 0);
         *(__be32 *)&seg.ip6 = bpf_htonl(0x60000000);      /* version 6, no traffic class or flow label */
-        seg.ip6.payload_len = bpf_htons(EW_SYNACK_TCP_LEN);
+        seg.ip6.payload_len = bpf_htons(reply_len);
         seg.ip6.hop_limit = EW_SYNACK_TTL;
         seg.ip6.saddr = pseudo->saddr;
         seg.ip6.daddr = pseudo->daddr;
     }
-    sum = bpf_csum_diff(NULL, 0, (__be32 *)&tcp, sizeof(tcp), (__u32)sum);
+    if (reply_len == EW_SYNACK_TCP_LEN_TS)
+        sum = bpf_csum_diff(NULL, 0, (__be32 *)&tcp, EW_SYNACK_TCP_LEN_TS, (__u32)sum);
+    else
+        sum = bpf_csum_diff(NULL, 0, (__be32 *)&tcp, EW_SYNACK_TCP_LEN, (__u32)sum);
     tcp.check = fold_checksum(sum);
 
     if (data + sizeof(struct ethhdr) > data_end)
@@ -305,7 +398,7 @@ __noinline __u32 ew_answer_syn_cookie(struct xdp_md *ctx, __u32 l3_offset, __u32
     __builtin_memcpy(mac[0], ((struct ethhdr *)data)->h_source, ETH_ALEN);
     __builtin_memcpy(mac[1], ((struct ethhdr *)data)->h_dest, ETH_ALEN);
     /* Resize to exactly the reply; every packet pointer is stale after this. */
-    new_len = (l3_offset & EW_L3_OFFSET_MASK) + ip_len + EW_SYNACK_TCP_LEN;
+    new_len = (l3_offset & EW_L3_OFFSET_MASK) + ip_len + reply_len;
     if (bpf_xdp_adjust_tail(ctx, (int)new_len - (int)bpf_xdp_get_buff_len(ctx)))
         return EW_REASON_DROP_BAD_COOKIE;
     data = (void *)(long)ctx->data;
@@ -318,15 +411,22 @@ __noinline __u32 ew_answer_syn_cookie(struct xdp_md *ctx, __u32 l3_offset, __u32
     __builtin_memcpy(eth->h_dest, mac[0], ETH_ALEN);
     __builtin_memcpy(eth->h_source, mac[1], ETH_ALEN);
     if (family == EW_FAMILY_IPV4) {
-        if (l3 + sizeof(struct iphdr) + sizeof(tcp) > data_end)
+        if (l3 + sizeof(struct iphdr) + EW_SYNACK_TCP_LEN > data_end)
             return EW_REASON_DROP_BAD_COOKIE;
         __builtin_memcpy(l3, &seg.ip, sizeof(struct iphdr));
-        __builtin_memcpy(l3 + sizeof(struct iphdr), &tcp, sizeof(tcp));
+        l3 += sizeof(struct iphdr);
     } else {
-        if (l3 + sizeof(struct ipv6hdr) + sizeof(tcp) > data_end)
+        if (l3 + sizeof(struct ipv6hdr) + EW_SYNACK_TCP_LEN > data_end)
             return EW_REASON_DROP_BAD_COOKIE;
         __builtin_memcpy(l3, &seg.ip6, sizeof(struct ipv6hdr));
-        __builtin_memcpy(l3 + sizeof(struct ipv6hdr), &tcp, sizeof(tcp));
+        l3 += sizeof(struct ipv6hdr);
+    }
+    if (reply_len == EW_SYNACK_TCP_LEN_TS) {
+        if (l3 + EW_SYNACK_TCP_LEN_TS > data_end)
+            return EW_REASON_DROP_BAD_COOKIE;
+        __builtin_memcpy(l3, &tcp, EW_SYNACK_TCP_LEN_TS);
+    } else {
+        __builtin_memcpy(l3, &tcp, EW_SYNACK_TCP_LEN);
     }
     return EW_REASON_ANSWER_SYN_COOKIE;
 }

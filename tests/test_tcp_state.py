@@ -11,7 +11,7 @@ import pytest
 
 from agent._libbpf import lib
 from agent.checksum import internet_checksum
-from agent.datapath.abi import SYNACK_TCP_LEN, SYNACK_TTL, VerdictReason
+from agent.datapath.abi import SYNACK_TCP_LEN, SYNACK_TCP_LEN_TS, SYNACK_TTL, SYNPROXY_WSCALE, VerdictReason
 from agent.datapath.private import PrivateDatapath
 from agent.policy import policy_from_document
 from agent.reference import ReferenceBuckets, TcpState, parse_frame
@@ -23,7 +23,9 @@ from oracle import Oracle
 VIP, VIP6 = "203.0.113.10", "2001:db8:10::10"
 CLIENT, CLIENT6 = "198.51.100.9", "2001:db8:1::9"
 MSS_1460 = bytes([2, 4, 0x05, 0xB4])
-SYN_OPTIONS = MSS_1460 + bytes([4, 2, 8, 10]) + bytes(8) + bytes([1, 3, 3, 7])   # MSS, SACK-perm, TS, NOP, WS
+CLIENT_TSVAL = bytes.fromhex("0badcafe")
+# Linux's SYN: MSS, SACK-permitted, timestamps, NOP, window scale 10
+SYN_OPTIONS = MSS_1460 + bytes([4, 2, 8, 10]) + CLIENT_TSVAL + bytes(4) + bytes([1, 3, 3, 10])
 
 
 def policy(**flood):
@@ -65,7 +67,7 @@ def decode_answer(frame: bytes, l3_offset: int = 14) -> SynAck:
         ip = frame[l3_offset:l3_offset + 20]
         assert ip[0] == 0x45 and internet_checksum(ip) == 0
         total_length, frag, ttl, proto = struct.unpack("!H2xHBB", ip[2:10])
-        assert (total_length, frag, proto) == (20 + SYNACK_TCP_LEN, 0x4000, 6)
+        assert (total_length, frag, proto) == (len(frame) - l3_offset, 0x4000, 6)
         src, dst = (str(ipaddress.ip_address(ip[12:16])), str(ipaddress.ip_address(ip[16:20])))
         segment = frame[l3_offset + 20:]
         pseudo = ip[12:20] + struct.pack("!BBH", 0, 6, len(segment))
@@ -73,14 +75,14 @@ def decode_answer(frame: bytes, l3_offset: int = 14) -> SynAck:
         ip = frame[l3_offset:l3_offset + 40]
         assert struct.unpack("!I", ip[:4])[0] == 0x60000000
         payload_length, next_header, ttl = struct.unpack("!HBB", ip[4:8])
-        assert (payload_length, next_header) == (SYNACK_TCP_LEN, 6)
+        assert (payload_length, next_header) == (len(frame) - l3_offset - 40, 6)
         src, dst = (str(ipaddress.ip_address(ip[8:24])), str(ipaddress.ip_address(ip[24:40])))
         segment = frame[l3_offset + 40:]
         pseudo = ip[8:40] + struct.pack("!IxxxB", len(segment), 6)
-    assert len(segment) == SYNACK_TCP_LEN, "the answer ends with the TCP header"
+    assert len(segment) in (SYNACK_TCP_LEN, SYNACK_TCP_LEN_TS)
     assert internet_checksum(pseudo + segment) == 0, "TCP checksum"
     sport, dport, seq, ack, offset, flags, window, _, urgent = struct.unpack("!HHIIBBHHH", segment[:20])
-    assert offset >> 4 == SYNACK_TCP_LEN // 4 and urgent == 0
+    assert offset >> 4 == len(segment) // 4 and urgent == 0, "the answer ends with the TCP header"
     return SynAck(src, dst, sport, dport, seq, ack, flags, window, segment[20:], ttl)
 
 
@@ -115,7 +117,7 @@ def test_a_syn_is_answered_with_a_cookie_the_ack_then_returns(cookies, family, o
     assert reply.flags == 0x12 and reply.ack == 0 and reply.window == 0 and reply.ttl == SYNACK_TTL
     # The MSS is the one the cookie encodes: the kernel's table entry at or below the
     # client's (536 without an option), or the table's smallest.
-    kind, length, encoded = struct.unpack("!BBH", reply.options)
+    kind, length, encoded = struct.unpack("!BBH", reply.options[:4])
     table = MSS_TABLE[family]
     assert (kind, length) == (2, 4) and encoded == max([m for m in table if m <= mss] or [table[0]])
     # The returning ACK carries the cookie: it passes (to synproxy in the kernel).
@@ -127,6 +129,38 @@ def test_a_syn_is_answered_with_a_cookie_the_ack_then_returns(cookies, family, o
     assert cookies.check(the_ack(reply, flags="RA")).reason is VerdictReason.drop_bad_cookie
     assert cookies.check(the_ack(reply, flags="PA", ack_delta=77, payload=b"GET /")).reason \
         is VerdictReason.drop_bad_cookie
+
+
+@pytest.mark.parametrize("offered,sack,wscale", [
+    (MSS_1460 + bytes([4, 2, 8, 10]) + CLIENT_TSVAL + bytes(4) + bytes([1, 3, 3, 10]), True, 10),
+    (bytes([1, 1, 8, 10]) + CLIENT_TSVAL + bytes(4) + bytes([1, 3, 3, 14]), False, 14),
+    (bytes([1, 3, 3, 15]) + bytes([8, 10]) + CLIENT_TSVAL + bytes(4) + bytes([4, 2, 0, 0]), True, 14),  # capped
+    (MSS_1460 + bytes([1, 1, 8, 10]) + CLIENT_TSVAL + bytes(4), False, None),
+])
+@pytest.mark.parametrize("family", [4, 6])
+def test_timestamps_carry_what_the_cookie_cannot(cookies, family, offered, sack, wscale):
+    """As synproxy's own SYN-ACK: with client timestamps, the answer offers
+    SACK (if asked) and synproxy's window scale (if the client scales), and
+    keeps the client's window scale and SACK choice in the low 6 bits of its
+    timestamp, which the ACK echoes back to synproxy."""
+    client, vip = (CLIENT, VIP) if family == 4 else (CLIENT6, VIP6)
+    make = tcp_ipv4_frame if family == 4 else tcp_ipv6_frame
+    action, out = answer(cookies, make(client, vip, 40000, 443, "S", seq=7, tcp_options=offered))
+    assert action == lib.XDP_TX
+    options = decode_answer(out).options
+    assert len(options) == SYNACK_TCP_LEN_TS - 20
+    assert options[4:8] == (bytes([4, 2, 8, 10]) if sack else bytes([1, 1, 8, 10]))
+    tsval, tsecr = struct.unpack("!II", options[8:16])
+    assert options[12:16] == CLIENT_TSVAL, "the client's timestamp is echoed"
+    assert tsval & 0xF == (wscale if wscale is not None else 0xF)
+    assert bool(tsval & 0x10) == sack and not tsval & 0x20
+    assert options[16:20] == (bytes([1, 3, 3, SYNPROXY_WSCALE]) if wscale is not None else bytes([1] * 4))
+
+
+def test_without_client_timestamps_the_answer_offers_the_mss_only(cookies):
+    options = decode_answer(answer(cookies, tcp_ipv4_frame(CLIENT, VIP, 40000, 443, "S",
+                                                           tcp_options=MSS_1460 + bytes([1, 3, 3, 7])))[1]).options
+    assert len(options) == 4 and options[:2] == bytes([2, 4])
 
 
 def test_answers_are_counted_neither_passed_nor_dropped(cookies):

@@ -68,7 +68,9 @@ FLOOD_SYN_COOKIES = lib.EW_FLOOD_SYN_COOKIES
 FLOOD_SYN_ACK_DROP = lib.EW_FLOOD_SYN_ACK_DROP
 FLOOD_SYN_ACK_TRACK = lib.EW_FLOOD_SYN_ACK_TRACK
 SYNACK_TCP_LEN = lib.EW_SYNACK_TCP_LEN
+SYNACK_TCP_LEN_TS = lib.EW_SYNACK_TCP_LEN_TS
 SYNACK_TTL = lib.EW_SYNACK_TTL
+SYNPROXY_WSCALE = lib.EW_SYNPROXY_WSCALE
 BucketKind = _enum_from_c("BucketKind", "enum ew_bucket_kind", "EW_BUCKET_", skip=("EW_BUCKET_KINDS",))
 BUCKET_KINDS = lib.EW_BUCKET_KINDS
 # Amplification source port -> its bit in ew_flood_policy.amplification_allowed.

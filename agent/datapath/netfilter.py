@@ -26,12 +26,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.datapath import abi
 from agent.policy.model import Policy, SynAckPolicy
 
 TCP_LOOSE_SYSCTL = Path("/proc/sys/net/netfilter/nf_conntrack_tcp_loose")
-# What synproxy offers a client whose SYN reached it rather than XDP; for
-# XDP-answered connections it forwards the MSS the cookie carries.
-SYNPROXY_OPTIONS = "mss 1460 wscale 7 timestamp sack-perm"
+# What synproxy offers a client whose SYN reached it rather than XDP. Its
+# window scale is also the one XDP's cookie SYN-ACKs announce (one constant):
+# synproxy scales the window it later tells the client by it.
+SYNPROXY_OPTIONS = f"mss 1460 wscale {abi.SYNPROXY_WSCALE} timestamp sack-perm"
 
 
 class NetfilterError(RuntimeError):

@@ -119,9 +119,15 @@ enum ew_amplification_port {
 #define EW_FLOOD_SYN_ACK_TRACK 64       /* drop SYN-ACKs that match no conntrack connection */
 
 /* The SYN-ACK a SYN cookie is sent in: IPv4 without options or IPv6 without
- * extension headers, and TCP with one option, the MSS the cookie encodes. */
-#define EW_SYNACK_TCP_LEN 24
+ * extension headers, and TCP with the MSS the cookie encodes. A client that
+ * sent timestamps also gets SACK-permitted (if it offered it), a timestamp
+ * whose low 6 bits carry its window scale and SACK choice (as the kernel's
+ * synproxy encodes them, so synproxy can read them back from the ACK), and
+ * our window scale (if it offered one), which must be synproxy's. */
+#define EW_SYNACK_TCP_LEN 24            /* MSS only: the client sent no timestamps */
+#define EW_SYNACK_TCP_LEN_TS 40         /* MSS, SACK-permitted or 2 NOPs, timestamps, NOP + window scale or 4 NOPs */
 #define EW_SYNACK_TTL 64
+#define EW_SYNPROXY_WSCALE 7            /* the nftables synproxy rule's wscale (agent/datapath/netfilter.py) */
 
 /* Token buckets per tenant slot: ew_buckets[slot * EW_BUCKET_KINDS + kind]. */
 enum ew_bucket_kind {
