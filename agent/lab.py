@@ -228,6 +228,7 @@ class FloodLab:
                 run(["ip", "netns", "add", namespace])
                 EdgeLab.ns(namespace, ["ip", "link", "set", "lo", "up"])
             e = lambda *cmd: EdgeLab.ns(self.ns["edge"], list(cmd))
+            e("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0")
             for role, (edge_if, far_if) in self.links.items():
                 run(["ip", "link", "add", edge_if, "netns", self.ns["edge"], "type", "veth",
                      "peer", "name", far_if, "netns", self.ns[role]])
@@ -240,9 +241,9 @@ class FloodLab:
                 f = lambda *cmd, role=role: EdgeLab.ns(self.ns[role], list(cmd))
                 f("ip", "addr", "add", f"{far_addr}/{plen}", "dev", far_if)
                 edge_v6, far_v6 = self.links_v6[role]
-                for side, address, dev in ((e, edge_v6, edge_if), (f, far_v6, far_if)):
-                    side("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0")
-                    side("ip", "-6", "addr", "add", f"{address}/64", "dev", dev, "nodad")
+                f("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0")
+                e("ip", "-6", "addr", "add", f"{edge_v6}/64", "dev", edge_if, "nodad")
+                f("ip", "-6", "addr", "add", f"{far_v6}/64", "dev", far_if, "nodad")
                 f("ip", "link", "set", far_if, "up")
                 f("ip", "route", "add", "default", "via", edge_addr)
                 f("ip", "-6", "route", "add", "default", "via", edge_v6)

@@ -39,7 +39,7 @@ def xdp_action(reason: "VerdictReason") -> int:
 
 
 def action_name(reason: "VerdictReason") -> str:
-    return "drop" if reason in DROP_REASONS else "answer" if reason in ANSWER_REASONS else "pass"
+    return {lib.XDP_DROP: "drop", lib.XDP_TX: "answer", lib.XDP_PASS: "pass"}[xdp_action(reason)]
 
 TENANT_UNASSIGNED = lib.EW_TENANT_UNASSIGNED
 TENANT_SUSPENDED = lib.EW_TENANT_SUSPENDED
