@@ -3,6 +3,7 @@
 #include "maps.h"
 #include "account.h"
 #include "verdict.h"
+#include "sample.h"
 
 /* Frags-aware: attachable to interfaces with jumbo MTU; headers are always
  * in the linear part that parse.h reads. */
@@ -27,6 +28,7 @@ int edgewarden_xdp(struct xdp_md *ctx)
         reason = EW_REASON_DROP_MALFORMED;
         break;
     }
+    sample_packet(ctx, &tenant, reason, facts.length);
     account_packet(tenant.slot, facts.traffic_class, reason, facts.length);
     return reason_action(reason);
 }

@@ -60,6 +60,8 @@ BLOCK_LEVEL_24 = lib.EW_BLOCK_LEVEL_24
 VIP_HAS_PORT_VIPS = lib.EW_VIP_HAS_PORT_VIPS
 MAX_TENANTS = lib.EW_MAX_TENANTS
 TENANT_HAS_FLOOD_POLICY = lib.EW_TENANT_HAS_FLOOD_POLICY
+TENANT_SAMPLED = lib.EW_TENANT_SAMPLED
+SAMPLE_BYTES = lib.EW_SAMPLE_BYTES
 FLOOD_DROP_AMPLIFICATION = lib.EW_FLOOD_DROP_AMPLIFICATION
 FLOOD_DROP_FRAGMENTS = lib.EW_FLOOD_DROP_FRAGMENTS
 FLOOD_LIMIT_FRAGMENTS = lib.EW_FLOOD_LIMIT_FRAGMENTS
@@ -97,10 +99,14 @@ MAP_LAYOUTS: dict[str, tuple[str, str]] = {
     "ew_flood_policies": ("__u32", "struct ew_flood_policy"),
     "ew_buckets": ("__u32", "struct ew_bucket"),
     "ew_source_buckets": ("struct ew_source_key", "struct ew_source_bucket"),
+    "ew_sample_config": ("__u32", "struct ew_sample_config"),
+    "ew_sample_budget": ("__u32", "struct ew_sample_budget"),
 }
+# Maps pinned beside those above that have no key/value layout (the sample ring buffer).
+RING_MAPS = ("ew_samples",)
 # Array maps hold every index; "removing" an entry means writing zeroes.
 ARRAY_MAPS = frozenset({"ew_flood_policies"})
-PERCPU_MAPS = frozenset({"ew_counters"})
+PERCPU_MAPS = frozenset({"ew_counters", "ew_sample_budget"})
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,13 @@ class LoadedProgram:
         if tenant_capacity is not None:
             capacities = {**(capacities or {}), "ew_counters": tenant_capacity, "ew_tenants": tenant_capacity,
                           "ew_flood_policies": tenant_capacity,
-                          "ew_buckets": tenant_capacity * abi.BUCKET_KINDS}
+                          "ew_buckets": tenant_capacity * abi.BUCKET_KINDS, "ew_sample_budget": tenant_capacity}
         take_libbpf_log()
         self._obj = lib.bpf_object__open_file(str(object_path()).encode(), ffi.NULL)
         if self._obj == ffi.NULL:
             raise BpfError(ffi.errno or 22, f"opening {object_path()}", take_libbpf_log())
         try:
-            for name in abi.MAP_LAYOUTS:
+            for name in (*abi.MAP_LAYOUTS, *abi.RING_MAPS):
                 bpf_map = lib.bpf_object__find_map_by_name(self._obj, name.encode())
                 if bpf_map == ffi.NULL:
                     raise BpfError(2, f"{object_path()} has no map {name}: object and agent disagree")

@@ -107,6 +107,9 @@ class Tenant:
     blocked_ports: tuple[PortRule, ...] = ()
     blocked_sources: tuple[IPNetwork, ...] = ()
     flood: FloodPolicy = FloodPolicy()
+    # Runtime state set by the agent (under incident or on the watch list),
+    # never part of the document: its packets are sampled as evidence.
+    sampled: bool = False
 
     @property
     def suspended(self) -> bool:
