@@ -138,3 +138,11 @@ class DaemonProcess:
     def kill9(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+
+def tshark_frames(path: Path) -> list[bytes]:
+    """Every frame's captured bytes as tshark reads them (it fails on a file it cannot open)."""
+    out = subprocess.run(["tshark", "-r", str(path), "-T", "json", "-x"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise AssertionError(f"tshark cannot read {path}: {out.stderr}")
+    return [bytes.fromhex(packet["_source"]["layers"]["frame_raw"][0]) for packet in json.loads(out.stdout)]

@@ -101,5 +101,10 @@ class IncidentSpool:
                  "peak_value": r[5], "peak_at": r[6], "ended_at": r[7], "interfaces": json.loads(r[8])}
                 for r in self._db.execute(query)]
 
+    def db_mode(self) -> tuple[str, int]:
+        """(journal_mode, synchronous): ("wal", 2) is WAL with synchronous=FULL."""
+        return (self._db.execute("PRAGMA journal_mode").fetchone()[0],
+                self._db.execute("PRAGMA synchronous").fetchone()[0])
+
     def close(self) -> None:
         self._db.close()
