@@ -19,7 +19,7 @@ MAX_REQUEST_BYTES = 512 * 1024 * 1024      # a million-prefix list, base64
 
 
 def default_socket_path() -> Path:
-    from agent.datapath.interfaces import state_root
+    from agent.datapath.scope import state_root
     return Path(os.environ.get("EDGEWARDEN_AGENT_SOCKET", state_root() / "agent.sock"))
 
 

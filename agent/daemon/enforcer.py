@@ -18,7 +18,7 @@ from typing import Callable
 
 from agent.daemon import journal
 from agent.daemon.config import AgentConfig
-from agent.datapath.interfaces import (
+from agent.datapath import (
     AttachMode, InterfaceError, apply_policy, attach, detach, interface_status, replace_named_list,
 )
 from agent.policy import Policy, load_policy, save_policy

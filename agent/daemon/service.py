@@ -47,7 +47,7 @@ class AgentDaemon:
         return await asyncio.get_running_loop().run_in_executor(self.enforcer.writer, fn, *args)
 
     def _open_maps(self, ifname: str) -> None:
-        from agent.datapath.interfaces import pin_dir_for
+        from agent.datapath.scope import pin_dir_for
         from agent.datapath.program import close_maps, open_pinned_maps
         old = self._maps.pop(ifname, None)
         self.accounting.forget(ifname)

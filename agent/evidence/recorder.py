@@ -92,7 +92,7 @@ class EvidenceRecorder:
 
     # -- the rings ---------------------------------------------------------------
     def watch(self, ifname: str, maps) -> None:
-        from agent.datapath.interfaces import pin_dir_for
+        from agent.datapath.scope import pin_dir_for
         import socket
         self.unwatch(ifname)
         try:
