@@ -89,3 +89,15 @@ class Accounting:
                     result.over[key] = (max(previous[0], value), limit, previous[2] + [ifname])
         result.seconds = time.perf_counter() - t0
         return result
+
+
+# Hash maps whose fill is worth watching; the LRU source buckets are full by
+# design and too large to count every time.
+FILL_MAPS = ("ew_vips_v4", "ew_vips_v6", "ew_vip_ports_v4", "ew_vip_ports_v6", "ew_tenants", "ew_port_blocks")
+
+
+def map_fill(maps) -> dict[str, float]:
+    """Entries over capacity per map (the counter array by tenant slots used)."""
+    fill = {name: len(maps[name].items()) / maps[name].max_entries for name in FILL_MAPS}
+    fill["ew_counters"] = (len(maps["ew_tenants"].items()) + 1) / maps["ew_counters"].max_entries
+    return fill

@@ -21,7 +21,7 @@ from agent.daemon.config import AgentConfig
 from agent.datapath import (
     AttachMode, InterfaceError, apply_policy, attach, detach, interface_status, replace_named_list,
 )
-from agent.policy import Policy, load_policy, save_policy
+from agent.policy import Policy, PolicyError, load_policy, save_policy
 
 
 @dataclasses.dataclass
@@ -115,7 +115,13 @@ class Enforcer:
 
     def change_policy(self, change: Callable[[Policy], Policy], what: str) -> dict:
         """A CLI change: into the policy file first (a reload keeps it), then into the maps."""
-        old = load_policy(self.config.policy_file) if self.config.policy_file.exists() else self.policy
+        try:
+            old = load_policy(self.config.policy_file)
+        except PolicyError as err:
+            # Never overwrite an operator's edit in progress with the running policy.
+            raise PolicyError(str(self.config.policy_file), [f"the policy file no longer validates, so the change "
+                              f"was not made (revision {self.policy.revision} stays in force); fix the file and "
+                              f"reload: {err}"]) from None
         new = change(old)
         if new is old or new == old:
             return {"revision": old.revision, "changed": False, "interfaces": {}}

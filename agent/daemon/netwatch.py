@@ -5,7 +5,6 @@ an interface that appears (again), disappears, or is renamed."""
 from __future__ import annotations
 
 import asyncio
-import select
 import threading
 from dataclasses import dataclass
 
@@ -48,14 +47,17 @@ class InterfaceWatch:
             return
         self._ready.set()
         try:
+            # A blocking get(), not select() on the socket: pyroute2 buffers
+            # messages it has read, which select would not see. The thread is
+            # a daemon thread, so a get() blocked at exit does not hold it up.
             while not self._stop.is_set():
-                ready, _, _ = select.select([self._ipr.fileno()], [], [], 0.5)
-                if not ready:
-                    continue
                 for message in self._ipr.get():
                     event = self._event_of(message)
-                    if event is not None:
-                        self.loop.call_soon_threadsafe(self.deliver, event)
+                    if event is not None and not self._stop.is_set():
+                        try:
+                            self.loop.call_soon_threadsafe(self.deliver, event)
+                        except RuntimeError:      # the loop closed: the daemon is exiting
+                            return
         finally:
             self._ipr.close()
 
@@ -76,5 +78,5 @@ class InterfaceWatch:
         return LinkEvent("appeared", name, index)    # state change (up/down): re-checked, usually nothing to do
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
+        self._stop.set()      # seen at the next event; nothing is delivered after the loop closes
+        self.deliver = lambda event: None

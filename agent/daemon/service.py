@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from agent.daemon import changes, journal
-from agent.daemon.accounting import Accounting
+from agent.daemon.accounting import Accounting, map_fill
 from agent.daemon.config import AgentConfig, ConfigError, load_config
 from agent.daemon.control import ControlServer
 from agent.daemon.enforcer import Enforcer
@@ -23,6 +23,12 @@ from agent.daemon.netwatch import InterfaceWatch, LinkEvent
 from agent.daemon.notify import Notifier, watchdog_interval
 from agent.daemon.spool import IncidentSpool
 from agent.policy import PolicyError, TenantState, load_policy, policy_from_document
+
+FILL_EVERY_SCANS = 10        # map fill is counted every this many scans
+
+
+class StartError(RuntimeError):
+    pass
 
 
 class AgentDaemon:
@@ -80,6 +86,10 @@ class AgentDaemon:
         self.enforcer = Enforcer(self.config, policy)
         self.enforcer.incident_tenants = frozenset(self.tracker.tenants_under_incident())
         await self.in_writer(self.enforcer.attach_all)
+        if not self.enforcer.enforced():
+            # Not ready, and not pretending: systemd restarts us (Restart=on-failure).
+            raise StartError("no configured interface could be enforced: " + "; ".join(
+                f"{n}: {s.error}" for n, s in self.enforcer.interfaces.items()))
         self._start_evidence()
         self._sync_maps()
         host, port = self.config.metrics_host_port
@@ -119,6 +129,7 @@ class AgentDaemon:
     async def _accounting_loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_at = time.monotonic()
+        scans = 0
         while True:
             next_at += self.config.accounting_interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -130,11 +141,22 @@ class AgentDaemon:
             self.metrics.scan_seconds.set(result.seconds)
             self.metrics.scanned_tenants.set(sum(len(s.tenant_ids) for s in result.scans.values()))
             self.metrics.tenants.update(result.scans)
+            scans += 1
+            if scans % FILL_EVERY_SCANS == 1:
+                await loop.run_in_executor(None, self._update_map_fill)
             await self._incidents(result)
             if result.seconds > self.config.accounting_interval:
                 journal.warning("counter scan took longer than the interval", event="scan_slow",
                                 seconds=round(result.seconds, 3), interval=self.config.accounting_interval)
                 next_at = time.monotonic()
+
+    def _update_map_fill(self) -> None:
+        for ifname, maps in list(self._maps.items()):
+            try:
+                for name, ratio in map_fill(maps).items():
+                    self.metrics.map_fill.labels(ifname, name).set(ratio)
+            except OSError:
+                pass       # the interface went away under us; the next round sees it
 
     async def _incidents(self, result) -> None:
         events = self.tracker.observe(result.started_at, result.over)
@@ -187,14 +209,12 @@ class AgentDaemon:
         self.notifier.reloading()
         try:
             try:
-                config = load_config(self.config_path)
-                policy = load_policy(config.policy_file)
+                config, policy, results = await self.in_writer(self._reload_in_writer)
             except (ConfigError, PolicyError) as err:
                 self.metrics.reloads.labels("rejected").inc()
                 journal.error(f"reload rejected, the running config and policy stay in force: {err}",
                               event="reload_rejected")
                 return {"reloaded": False, "error": str(err)}
-            results = await self.in_writer(self.enforcer.reload, config, policy)
             self.config = config
             self.accounting.configure(config)
             self.tracker.end_after = config.incident_end_after
@@ -206,6 +226,13 @@ class AgentDaemon:
             return {"reloaded": True, "revision": policy.revision, "interfaces": results}
         finally:
             self.notifier.send(ready=1, status=self._status())
+
+    def _reload_in_writer(self):
+        """Read and apply in the writer thread: a CLI change written to the
+        file just before is in what is read, none can slip in between."""
+        config = load_config(self.config_path)
+        policy = load_policy(config.policy_file)
+        return config, policy, self.enforcer.reload(config, policy)
 
     # -- the control socket ----------------------------------------------------
     async def handle_request(self, request: dict) -> dict:
@@ -300,6 +327,9 @@ def run_agent(config_path: Path) -> int:
 
     try:
         return uvloop.run(main())
+    except StartError as err:
+        journal.error(f"cannot start: {err}", event="start_failed")
+        return 1
     except OSError as err:
         journal.error(f"agent failed: {err}", event="failed")
         return 1
