@@ -61,12 +61,17 @@ class NotifySocket:
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
             self.messages.append((time.monotonic(), fields))
 
-    def wait_for(self, key: str, value: str | None = None, timeout: float = 60, after: int = 0) -> dict:
+    def wait_for(self, key: str, value: str | None = None, timeout: float = 60, after: int = 0,
+                 daemon: "DaemonProcess | None" = None) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for _, fields in self.messages[after:]:
                 if key in fields and (value is None or fields[key] == value):
                     return fields
+            if daemon is not None and daemon.proc.poll() is not None:
+                time.sleep(0.3)
+                last = [l.get("message", "")[:600] for l in daemon.lines[-3:]]
+                raise AssertionError(f"the daemon exited ({daemon.proc.returncode}) before {key}={value}: {last}")
             time.sleep(0.05)
         raise AssertionError(f"no {key}={value} from the daemon within {timeout}s; got {self.messages}")
 
