@@ -8,7 +8,7 @@ APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool x
 	iproute2 iputils-ping ethtool tshark tcpreplay nftables util-linux gcc g++ make
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.py native/*.pyx native/*.cpp native/include/*.h bpf/*.c bpf/*.h bpf/lab/*.c)
 
-.PHONY: all setup os-packages build demo test bench loadtest clean
+.PHONY: all setup os-packages build demo test bench loadtest clean install
 
 all: build
 
@@ -50,6 +50,24 @@ bench: setup
 # Attack floods against the lab: a few minutes; writes benchmarks/results/.
 loadtest: setup
 	$(PY) benchmarks/loadtest.py --write-results
+
+# The agent on an edge server: a virtualenv of its own under $(PREFIX)/lib,
+# `edgewarden` on PATH, the unit, and the example config (never overwriting
+# one that is there). Then: systemctl daemon-reload && systemctl enable --now edgewarden-agent
+PREFIX ?= /usr/local
+DESTDIR ?=
+AGENT_VENV := $(PREFIX)/lib/edgewarden
+UNIT_DIR ?= /etc/systemd/system
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNIT_DIR) $(DESTDIR)/etc/edgewarden
+	$(PYTHON) -m venv $(DESTDIR)$(AGENT_VENV)
+	$(DESTDIR)$(AGENT_VENV)/bin/pip install -q --upgrade pip setuptools wheel cffi Cython pybind11
+	$(DESTDIR)$(AGENT_VENV)/bin/pip install -q --no-build-isolation .
+	ln -sf $(AGENT_VENV)/bin/edgewarden $(DESTDIR)$(PREFIX)/bin/edgewarden
+	sed 's|/usr/local/bin/edgewarden|$(PREFIX)/bin/edgewarden|' configs/edgewarden-agent.service > $(DESTDIR)$(UNIT_DIR)/edgewarden-agent.service
+	test -e $(DESTDIR)/etc/edgewarden/agent.toml || install -m 0600 configs/agent.toml $(DESTDIR)/etc/edgewarden/agent.toml
+	@echo "installed; edit /etc/edgewarden/agent.toml and the policy file it names, then:"
+	@echo "  systemctl daemon-reload && systemctl enable --now edgewarden-agent"
 
 clean:
 	rm -rf build *.egg-info agent/*.so agent/datapath/*.bpf.o agent/lab/*.bpf.o agent/abi_constants.py native/counters.c $(VENV)

@@ -24,13 +24,13 @@ def free_port() -> int:
 
 
 def write_config(directory: Path, interfaces: list[str], policy_text: str, *, mode: str = "generic",
-                 extra: str = "", metrics_port: int | None = None) -> Path:
+                 extra: str = "", metrics_port: int | None = None, evidence: str = "") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "policy.toml").write_text(policy_text)
     ifaces = "".join(f'[[interfaces]]\nname = "{name}"\nmode = "{mode}"\n\n' for name in interfaces)
     text = (f'node = "test-node"\npolicy_file = "policy.toml"\nstate_dir = "state"\n\n{ifaces}'
             f'[metrics]\naddress = "127.0.0.1:{metrics_port or free_port()}"\n\n'
-            f'[evidence]\ndirectory = "{directory}/evidence"\nmin_free_bytes = 1\n\n{extra}')
+            f'[evidence]\ndirectory = "{directory}/evidence"\nmin_free_bytes = 1\n{evidence}\n{extra}')
     path = directory / "agent.toml"
     path.write_text(text)
     return path
