@@ -105,6 +105,8 @@ def route_through_daemon(args) -> int | None:
     if "revision" in result:
         state = "applied" if result.get("changed", True) else "no change"
         print(f"through the agent ({path}): revision {result['revision']}, {state}")
+    else:
+        print(f"through the agent ({path}): {result.get('list', message['command'])}")
     for ifname, summary in result.get("interfaces", {}).items():
         print(f"  {ifname}: {summary}")
     return 0
