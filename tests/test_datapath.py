@@ -6,7 +6,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent._libbpf import lib
 from agent.datapath.abi import TrafficClass, VerdictReason
 from agent.datapath.private import PrivateDatapath
 from agent.policy import Policy
@@ -141,13 +140,13 @@ def test_truncation_at_every_byte(fixed_oracle, name):
 
 
 def test_program_never_aborts_on_random_bytes(fixed_oracle):
+    """Random bytes get the reference's action, which is never XDP_ABORTED
+    (check() fails on any other action the kernel returns)."""
     import random
     rng = random.Random(7)
     for _ in range(2000):
         frame = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 120)))
-        action = fixed_oracle.check(frame, counters=False)
-        assert action is not None
-    assert lib.XDP_ABORTED == 0
+        fixed_oracle.check(frame, counters=False)
 
 
 @pytest.mark.parametrize("offset_units", [1, 4095, 4096, 8191])

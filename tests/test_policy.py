@@ -187,9 +187,9 @@ def test_same_address_with_other_protocol_or_port_is_not_a_duplicate():
 
 
 def test_zone_index_does_not_hide_a_duplicate_vip():
-    """BUG: 'fe80::1' and 'fe80::1%eth0' are different Vip values (ipaddress keeps the
-    zone index), so the duplicate check passes, but both compile to the same ew_vips_v6 key:
-    the second tenant silently takes the first one's VIP."""
+    """Regression: 'fe80::1' and 'fe80::1%eth0' are different Vip values (ipaddress
+    keeps the zone index) but compile to the same ew_vips_v6 key; the second tenant
+    must not silently take the first one's VIP."""
     doc = {"tenants": [{"id": 1, "name": "a", "vips": ["fe80::1"]},
                        {"id": 2, "name": "b", "vips": ["fe80::1%eth0"]}]}
     try:
@@ -262,9 +262,8 @@ def test_bad_port_rules(rule, message):
 
 @pytest.mark.parametrize("rule", ["tcp/²", "udp/1-³", "tcp/¹²"])
 def test_unicode_digit_port_is_a_validation_error(rule):
-    """BUG: _parse_port trusts str.isdigit(), which is True for '²', '³', ...; int() then
-    raises a bare ValueError out of policy_from_document, with no location and none of
-    the document's other errors (it is not a PolicyError)."""
+    """Regression: str.isdigit() is True for '²', '³', ...; such a port is a located
+    PolicyError beside the document's other errors, not a bare ValueError."""
     doc = {"tenants": [tenant(blocked_ports=[rule], name=5)]}
     try:
         errs = errors_of(doc)
@@ -277,7 +276,7 @@ def test_unicode_digit_port_is_a_validation_error(rule):
 
 
 def test_unicode_digit_vip_port_is_a_validation_error():
-    """BUG (same cause): a VIP port given as the string '²'."""
+    """Regression (same cause): a VIP port given as the string '²'."""
     doc = {"tenants": [tenant(vips=[{"address": "203.0.113.1", "protocol": "tcp", "port": "²"}])]}
     try:
         errs = errors_of(doc)
@@ -535,10 +534,9 @@ def test_allowed_amplification_ports_must_be_a_list(ports):
 
 @pytest.mark.parametrize("port", [[53], {"port": 53}])
 def test_unhashable_allowed_port_is_a_validation_error(port):
-    """BUG: _parse_flood tests `port not in AMPLIFICATION_PORTS` (a dict) on whatever the
-    list holds; a list or table inside allow_amplification_ports raises a bare
-    TypeError ('unhashable type') out of policy_from_document, with no location and
-    none of the document's other errors (it is not a PolicyError)."""
+    """Regression: a list or table inside allow_amplification_ports (looked up in a
+    dict) is a located PolicyError beside the document's other errors, not a bare
+    TypeError ('unhashable type')."""
     doc = {"tenants": [tenant(name=5, flood={"allow_amplification_ports": [port]})]}
     try:
         errs = errors_of(doc)
@@ -550,10 +548,9 @@ def test_unhashable_allowed_port_is_a_validation_error(port):
 
 
 def test_float_allowed_port_is_rejected_like_every_other_float():
-    """BUG: allow_amplification_ports = [53.0] is accepted (53.0 == 53 and hashes alike,
-    so it is 'in' AMPLIFICATION_PORTS), and the float is kept: the canonical document
-    and the TOML written from the policy say 53.0. Every other integer of the document
-    (ids, revision, ports, rates) rejects a float."""
+    """Regression: allow_amplification_ports = [53.0] (53.0 == 53 and hashes alike, so
+    it is 'in' AMPLIFICATION_PORTS) must not be kept as a float in the canonical
+    document and the TOML; every other integer of the document rejects a float."""
     try:
         policy = policy_from_document({"tenants": [tenant(flood={"allow_amplification_ports": [53.0]})]})
     except PolicyError as err:
@@ -728,8 +725,8 @@ def test_directory_is_unreadable(tmp_path):
 
 
 def test_non_utf8_file_is_a_policy_error(tmp_path):
-    """BUG: load_policy catches only OSError around read_text(); a file that is not
-    UTF-8 raises a bare UnicodeDecodeError instead of a PolicyError naming the file."""
+    """Regression: a file that is not UTF-8 is a PolicyError naming the file, not a
+    bare UnicodeDecodeError."""
     path = tmp_path / "latin1.toml"
     path.write_bytes(b'revision = 1\n[[tenants]]\nid = 1\nname = "caf\xe9"\n')
     try:
@@ -755,9 +752,9 @@ def test_invalid_file_contents_are_reported_with_the_path(tmp_path):
 
 
 def test_revision_beyond_u64_is_rejected():
-    """BUG: revision is only checked to be >= 0, but ew_config.policy_revision is a
-    __u64: a document with revision 2**64 validates, then compile_policy fails with
-    OverflowError (a validated policy must compile)."""
+    """Regression: ew_config.policy_revision is a __u64, so revision 2**64 must be
+    refused by validation, not fail in compile_policy with OverflowError (a validated
+    policy must compile)."""
     doc = {"revision": 2**64}
     try:
         policy = policy_from_document(doc)
@@ -1479,13 +1476,11 @@ def test_flood_policy_value():
 
 @pytest.mark.parametrize("bits_per_second,bit_burst", [(800, 4), (8, 7), (10**6, 1), (MAX_BITS, 7)])
 def test_a_bit_rate_never_compiles_to_a_byte_bucket_that_holds_nothing(bits_per_second, bit_burst):
-    """BUG: validation asks a bit rate for a bit_burst of at least 1, but the datapath
-    counts bytes (limits[EW_BUCKET_BYTES] = bits // 8): bits_per_second = 800 with
-    bit_burst = 4 compiles to rate 100 bytes/s, burst 0, a bucket that holds nothing,
-    so every packet of the tenant is dropped as drop_rate_limit (bpf/flood.h
-    bucket_take: capacity 0 < cost) -- exactly what the 'needs a burst of at least 1'
-    rule is there to prevent. The document must be refused, or the compiled byte burst
-    must be at least 1."""
+    """Regression: the datapath counts bytes (limits[EW_BUCKET_BYTES] = bits // 8), so
+    bits_per_second = 800 with bit_burst = 4 would compile to a byte burst of 0, a
+    bucket that holds nothing (bpf/flood.h bucket_take: capacity 0 < cost) and drops
+    every packet as drop_rate_limit. The document must be refused, or the compiled
+    byte burst must be at least 1."""
     doc = {"tenants": [tenant(flood={"bits_per_second": bits_per_second, "bit_burst": bit_burst})]}
     try:
         compiled = compile_doc(doc)
@@ -2393,12 +2388,10 @@ def test_capacity_error_on_empty_maps_writes_nothing(make_maps):
 
 
 def test_block_table_capacity_error_writes_nothing(make_maps):
-    """BUG: _check_capacity checks the regular maps only. A policy whose tenant v4 block
-    table needs more nodes than the inner table holds (EW_MAX_TENANT_BLOCK_NODES_V4 =
-    262144; five tenants blocking 0.0.0.0/0 need 5 x 65536) fails in
-    SwappableTable._swap_in with 'nothing was applied', but only after the global tables
-    of the new policy were already applied: the datapath enforces the new global list
-    under the old revision, tenants and VIPs."""
+    """Regression: a policy whose tenant v4 block table needs more nodes than the inner
+    table holds (EW_MAX_TENANT_BLOCK_NODES_V4 = 262144; five tenants blocking 0.0.0.0/0
+    need 5 x 65536) is refused before anything is written: the global tables of the new
+    policy must not be enforced under the old revision, tenants and VIPs."""
     log = []
     maps = make_maps(log)
     apply_compiled(maps, compile_for(maps, BASE_DOC))
