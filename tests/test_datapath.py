@@ -10,7 +10,7 @@ from agent.datapath.abi import TrafficClass, VerdictReason
 from agent.datapath.private import PrivateDatapath
 from agent.policy import Policy
 from frames import CASES, MALFORMED_CASES, frames, malformed_frames, tcp_ipv4_frame, udp_ipv6_frame
-from frames import icmp_ipv4_frame, ipv4_fragment_frame, ipv6_fragment_frame, udp, tcp
+from frames import icmp_ipv4_frame, ipv4_fragment_frame, ipv6_fragment_frame, udp
 from oracle import Oracle
 from policies import FIXED_POLICY, policies
 

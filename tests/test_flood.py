@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent._libbpf import ffi, lib
-from agent.datapath.abi import AMPLIFICATION_PORTS, TrafficClass, VerdictReason
+from agent.datapath.abi import AMPLIFICATION_PORTS, VerdictReason
 from agent.datapath.private import PrivateDatapath
 from agent.datapath.syscalls import BpfMap, check, test_run
 from agent.policy import policy_from_document
