@@ -14,7 +14,7 @@ from agent._libbpf import ffi
 from agent._prefixes import EntryTable, PrefixSet
 from agent.datapath import abi, blocktables
 from agent.policy import Policy, PolicyError, policy_from_document
-from agent.policy.compile import compile_policy, pack_u32
+from agent.datapath.compile import compile_policy, pack_u32
 from agent.policy.document import MAX_RATE
 from agent.policy.model import FloodPolicy, FragmentPolicy
 

@@ -16,7 +16,7 @@ from agent.datapath.apply import apply_compiled, apply_policy_to_maps, live_slot
 from agent.datapath.blocktables import SwappableTable
 from agent.datapath.program import LoadedProgram
 from agent.policy import Policy, Tenant, Vip, policy_from_document
-from agent.policy.compile import BLOCK_TABLES, POLICY_MAPS, SlotsExhausted, compile_policy, pack_u32
+from agent.datapath.compile import BLOCK_TABLES, POLICY_MAPS, SlotsExhausted, compile_policy, pack_u32
 from agent.policy.model import FloodPolicy, Rate
 
 from policy_support import (

@@ -15,7 +15,7 @@ from agent._prefixes import EntryTable, PrefixSet
 from agent.blocklist import compile_prefixes_reference
 from agent.datapath import abi, blocktables
 from agent.policy import Policy, Tenant, load_policy, policy_from_document
-from agent.policy.compile import (
+from agent.datapath.compile import (
     BLOCK_TABLES,
     POLICY_MAPS,
     SlotsExhausted,

@@ -7,7 +7,7 @@ import pytest
 
 from agent.datapath import abi
 from agent.policy import PolicyError
-from agent.policy.compile import flood_policy_value, pack_u32
+from agent.datapath.compile import flood_policy_value, pack_u32
 from agent.policy.document import MAX_RATE
 from agent.policy.model import FloodPolicy, Rate, SynAckPolicy
 

@@ -16,7 +16,7 @@ from agent.policy import (
     load_policy,
     policy_from_document,
 )
-from agent.policy.compile import compile_policy
+from agent.datapath.compile import compile_policy
 from agent.policy.model import FloodPolicy, FragmentPolicy, Rate
 
 from policy_support import (
