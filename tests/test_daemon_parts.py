@@ -200,3 +200,63 @@ def test_verify_names_a_truncated_manifest(tmp_path):
     assert "manifest truncated" in out and "file inc-2.pcapng is not in the manifest" in out
     manifest.write_text("".join(lines)[:-30])        # cut inside the last entry
     assert "manifest truncated: line 3 is incomplete" in _verify_problems(tmp_path)
+
+
+# --- evidence recorder: rotation, retention, a full disk ---------------------------
+
+def _recorder(directory: Path, **evidence):
+    from agent.daemon.metrics import AgentMetrics
+    from agent.evidence.recorder import EvidenceRecorder
+    config = config_from_document({"policy_file": "p", "node": "n1", "interfaces": [{"name": "eth1"}],
+                                   "evidence": {"directory": str(directory), "min_free_bytes": 1, **evidence}}, "t")
+    metrics = AgentMetrics(5)
+    return EvidenceRecorder(config, metrics), metrics
+
+
+def _samples(tenant: int, n: int):
+    from agent.evidence.ring import Sample
+    return [Sample(10**9 + i, tenant, 0, 0, len(FRAME), FRAME) for i in range(n)]
+
+
+def _incident(tenant: int, name: str):
+    from agent.daemon.incidents import Incident
+    return Incident(f"n1:{tenant}:{name}", tenant, "packets_per_second", 1.0, 0, 1, 0, 0)
+
+
+def test_recorder_rotates_by_size_and_retention_removes_the_oldest(tmp_path):
+    recorder, metrics = _recorder(tmp_path, max_file_bytes=4096, retention_bytes=12000)
+    recorder.set_incidents({1: _incident(1, "a")})
+    recorder.record("eth1", _samples(1, 60), 0)
+    recorder.close()
+    from agent.evidence.manifest import read_entries
+    entries, problems = read_entries(tmp_path)
+    sealed = [e for e in entries if e["action"] == "sealed"]
+    removed = [e for e in entries if e["action"] == "removed"]
+    assert not problems and len(sealed) >= 4 and removed            # rotated at 4 KiB; oldest expired
+    assert all(e["reason"].startswith("retention") for e in removed)
+    live = sorted(p.name for p in tmp_path.glob("*.pcapng"))
+    assert sum((tmp_path / n).stat().st_size for n in live) <= 12000
+    assert removed[0]["file"] == sealed[0]["file"] and removed[0]["file"] not in live
+    assert verify(tmp_path).ok                                    # a removal by retention is not tampering
+    for name in live:
+        assert all(frame == FRAME for frame in tshark_frames(tmp_path / name))
+    assert metrics.evidence_bytes._value.get() > 0
+
+
+def test_full_disk_stops_evidence_with_a_log_line_and_a_metric(tmp_path, caplog):
+    import logging
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        recorder, metrics = _recorder(mount)
+        recorder.set_incidents({1: _incident(1, "b")})
+        with caplog.at_level(logging.ERROR, logger="edgewarden.agent"):
+            recorder.record("eth1", _samples(1, 2000), 0)        # far more than 64 KiB
+        assert recorder.stopped_for_disk
+        assert metrics.evidence_stopped._value.get() == 1
+        assert any("evidence writing stopped, disk full" in r.getMessage() and "enforcement continues" in
+                   r.getMessage() for r in caplog.records)
+        recorder.record("eth1", _samples(1, 5), 0)                 # still full: no exception, nothing new
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
