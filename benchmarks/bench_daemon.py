@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import subprocess
@@ -44,6 +45,7 @@ from agent.datapath.counters import CounterMonitor  # noqa: E402
 from agent.datapath.program import LoadedProgram  # noqa: E402
 from agent.datapath.syscalls import test_run  # noqa: E402
 from agent.policy import Policy, Tenant, policy_from_document  # noqa: E402
+from agent.lab import in_namespace  # noqa: E402  (the benchmark drives a lab; the daemon never imports it)
 from native.bpf_build import compile_bpf  # noqa: E402
 
 SECTION_TITLE = "## Agent daemon"
@@ -210,6 +212,52 @@ def memory_figures(prefixes: int) -> dict:
     return {"idle": before[0], "rss": after[0], "peak": after[1], "seconds": seconds}
 
 
+def flood_figures(seconds: float, pps: int) -> dict:
+    """The daemon's RSS and CPU while a capture is replayed at it for
+    `seconds` with its tenant under incident (so sampled, evidence written)."""
+    from agent.lab import FloodLab
+    from daemon_harness import DaemonProcess, NotifySocket, write_config
+    capture = REPO / "tests" / "data" / "captures" / "pkt.TCP.synflood.spoofed.pcap"
+    with tempfile.TemporaryDirectory(prefix="ew-bench-flood-") as tmp, FloodLab() as lab:
+        tmp = Path(tmp)
+        edge_if, attacker_if = lab.links["attacker"]
+        policy = f'revision = 1\n[[tenants]]\nid = 1\nname = "victim"\nvips = ["{lab.vip}"]\n'
+        config = write_config(tmp, [edge_if], policy, mode="native",
+                              extra="[thresholds]\npackets_per_second = 1000\n",
+                              evidence="samples_per_second = 500\nmax_file_bytes = 1048576\n")
+        notify = NotifySocket(tmp / "notify.sock")
+        daemon = DaemonProcess(lab.ns["edge"], config, notify)
+        try:
+            notify.wait_for("READY", "1", daemon=daemon)
+            idle = _rss(daemon.proc.pid)[0]
+            cpu0, t0 = _cpu(daemon.proc.pid), time.time()
+            rss_samples, sent = [], 0
+            mac = lab.mac_of("edge", edge_if)
+            while time.time() - t0 < seconds:
+                replay = subprocess.Popen(in_namespace(lab.ns["attacker"], [
+                    sys.executable, "-m", "agent.cli", "replay", str(capture), "--iface", attacker_if, "--target",
+                    lab.vip, "--dst-mac", mac, "--pps", str(pps), "--json"]), stdout=subprocess.PIPE, text=True)
+                while replay.poll() is None:
+                    rss_samples.append(_rss(daemon.proc.pid)[0])
+                    time.sleep(1)
+                sent += json.loads(replay.stdout.read())["sent"]
+            elapsed = time.time() - t0
+            cpu = _cpu(daemon.proc.pid) - cpu0
+            peak = _rss(daemon.proc.pid)[1]
+            samples = sum(1 for _ in (tmp / "evidence").glob("*.pcapng*"))
+        finally:
+            daemon.stop()
+            notify.close()
+    return {"idle": idle, "max": max(rss_samples), "last": rss_samples[-1], "peak": peak, "cpu": cpu,
+            "seconds": elapsed, "sent": sent, "files": samples}
+
+
+def _cpu(pid: int) -> float:
+    import os
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss(pid: int) -> tuple[int, int]:
     status = dict(l.split(":", 1) for l in Path(f"/proc/{pid}/status").read_text().splitlines())
     return tuple(int(status[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM"))
@@ -221,12 +269,14 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prefixes", type=int, default=1_000_000)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--flood-seconds", type=float, default=60.0, help="0: skip the flood RSS run")
     parser.add_argument("--write-results", action="store_true")
     args = parser.parse_args(argv)
 
     scan = scan_figures(args.tenants, args.rounds)
     sampling = sampling_figures(repeat=100_000, rounds=7)
     memory = None if args.skip_memory else memory_figures(args.prefixes)
+    flood = flood_figures(args.flood_seconds, 8000) if args.flood_seconds > 0 else None
 
     base = sampling["baseline: not sampled, sampling compiled out"]
     lines = [SECTION_TITLE, ""]
@@ -265,6 +315,16 @@ def main(argv=None) -> int:
                   f"{memory['seconds']:.1f} s end to end (CLI parse and compile, socket, daemon apply)."]
     else:
         lines += ["", "- Memory: not measured in this run (--skip-memory)."]
+    if flood:
+        lines += ["", f"### Agent under a {flood['seconds']:.0f} s replayed flood with sampling on", "",
+                  f"- `pkt.TCP.synflood.spoofed.pcap` replayed again and again at 8,000 packets/s ({flood['sent']:,} "
+                  f"packets); the tenant is under incident the whole time, so sampled (500 samples/s per CPU) and "
+                  f"its evidence written ({flood['files']} files, rotated at 1 MiB).",
+                  f"- RSS: {flood['idle'] / 2**20:.0f} MiB idle, at most {flood['max'] / 2**20:.0f} MiB during the "
+                  f"flood (sampled every second), {flood['last'] / 2**20:.0f} MiB at the end; peak (VmHWM) "
+                  f"{flood['peak'] / 2**20:.0f} MiB.",
+                  f"- CPU: {flood['cpu']:.1f} s over {flood['seconds']:.0f} s "
+                  f"({flood['cpu'] / flood['seconds'] * 100:.0f}% of one core)."]
     lines += ["", "_Generated by `benchmarks/bench_daemon.py`._"]
     publish(SECTION_TITLE, "\n".join(lines), args.write_results)
     return 0
