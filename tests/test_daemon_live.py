@@ -292,3 +292,22 @@ def test_watched_tenant_is_sampled_and_tshark_reads_the_bytes_unchanged(lab, tmp
     finally:
         daemon.stop()
         notify.close()
+
+
+def test_detach_on_stop_removes_the_datapath_when_the_config_says_so(lab, tmp_path):
+    config, notify, daemon = _start(lab, tmp_path, extra="")
+    config.write_text('detach_on_stop = true\n' + config.read_text())
+    daemon.stop()
+    notify.close()
+    notify = NotifySocket(tmp_path / "notify2.sock")
+    daemon = DaemonProcess(lab.edge_ns, config, notify)
+    try:
+        notify.wait_for("READY", "1", daemon=daemon)
+        assert _status(lab)["edgewarden"]
+        assert daemon.stop() == 0
+        daemon.wait_log("detached", interface=lab.edge_if, timeout=5)
+        status = json.loads(lab.edgewarden("status", "--json").stdout)
+        assert status["interfaces"] == []
+    finally:
+        daemon.stop()
+        notify.close()

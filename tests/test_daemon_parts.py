@@ -260,3 +260,19 @@ def test_full_disk_stops_evidence_with_a_log_line_and_a_metric(tmp_path, caplog)
         recorder.record("eth1", _samples(1, 5), 0)                 # still full: no exception, nothing new
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_recorder_rotates_by_age(tmp_path):
+    clock = [1000.0]
+    recorder, _ = _recorder(tmp_path, max_file_seconds=10)
+    recorder.clock = lambda: clock[0]
+    recorder.set_incidents({1: _incident(1, "c")})
+    recorder.record("eth1", _samples(1, 3), 0)
+    recorder.tick()
+    assert not list(tmp_path.glob("*.pcapng"))          # young: still open
+    clock[0] += 11
+    recorder.tick()
+    assert len(list(tmp_path.glob("*.pcapng"))) == 1    # sealed at 10 s
+    recorder.record("eth1", _samples(1, 3), 0)
+    recorder.close()
+    assert len(list(tmp_path.glob("*.pcapng"))) == 2 and verify(tmp_path).ok
