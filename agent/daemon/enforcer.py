@@ -126,7 +126,10 @@ class Enforcer:
         new = change(old)
         if new is old or new == old:
             return {"revision": old.revision, "changed": False, "interfaces": {}}
-        new = replace(new, revision=max(old.revision, self.policy.revision) + 1)
+        # A document that brings its own newer revision keeps it (policy apply);
+        # an edit of the live one (block, suspend) becomes the next revision.
+        if new.revision <= max(old.revision, self.policy.revision):
+            new = replace(new, revision=max(old.revision, self.policy.revision) + 1)
         save_policy(new, self.config.policy_file)
         self.policy = new
         results = self.apply_all()
