@@ -4,8 +4,36 @@
 #include "account.h"
 #include "verdict.h"
 
-/* Frags-aware: attachable to interfaces with jumbo MTU; headers are always
- * in the linear part that parse.h reads. */
+/* Global functions, defined here so that a header never defines a
+ * non-static function. Each is verified once, with its arguments as plain
+ * values, not once per path of its caller: see verdict.h, account.h and
+ * tcp_state.h for why each is one. */
+__noinline __u32 ew_ip_verdict(struct xdp_md *ctx, struct packet_facts *facts, struct ew_vip *tenant)
+{
+    if (!facts || !tenant)
+        return EW_REASON_DROP_MALFORMED;
+    return ip_verdict(ctx, facts, tenant);
+}
+
+__noinline __u32 ew_account_packet(__u32 slot, __u32 traffic_class, __u32 reason, __u32 length)
+{
+    count_packet(slot, traffic_class, reason, length);
+    return 0;
+}
+
+__noinline __u32 ew_tcp_state_verdict(struct xdp_md *ctx, __u32 l3_offset, __u32 l4_offset, __u32 family,
+                                      __u32 policy_flags)
+{
+    return tcp_state_checks(ctx, l3_offset, l4_offset, family, policy_flags);
+}
+
+__noinline __u32 ew_answer_syn_cookie(struct xdp_md *ctx, __u32 l3_offset, __u32 l4_offset, __u32 family)
+{
+    return build_syn_cookie_answer(ctx, l3_offset, l4_offset, family);
+}
+
+/* Frags-aware: attachable to interfaces with jumbo MTU; headers are read
+ * from the linear part, or by offset (parse.h). */
 SEC("xdp.frags")
 int edgewarden_xdp(struct xdp_md *ctx)
 {
@@ -15,10 +43,7 @@ int edgewarden_xdp(struct xdp_md *ctx)
 
     switch (parse_packet(ctx, &facts)) {
     case EW_PARSED_IP:
-        lookup_tenant(&facts, &tenant);
-        reason = decide_ip_verdict(ctx, &facts, &tenant);
-        if (reason == EW_REASON_ANSWER_SYN_COOKIE)
-            reason = answer_syn_with_cookie(ctx, &facts);
+        reason = ew_ip_verdict(ctx, &facts, &tenant);
         break;
     case EW_PARSED_NON_IP:
         reason = EW_REASON_PASS_NON_IP;

@@ -88,6 +88,9 @@ int ew_map_delete_batch(int fd, const void *keys, __u32 *count);
 void ew_capture_libbpf_log(int enabled);
 const char *ew_libbpf_log(void);
 void ew_clear_libbpf_log(void);
+int ew_kernel_has_function(const char *name);
+const char *ew_object_kfunc(const struct bpf_object *obj, unsigned int index);
+int ew_set_rodata_u32(struct bpf_object *obj, const char *map_name, __u32 value);
 """
 
 WRAPPERS = r"""
@@ -98,6 +101,8 @@ WRAPPERS = r"""
 #include <linux/if_link.h>
 #include <bpf/libbpf.h>
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <dirent.h>
 #include "edgewarden_abi.h"
 
 int ew_xdp_query(int ifindex, __u32 *prog_id, __u32 *drv_prog_id, __u32 *skb_prog_id, __u8 *attach_mode)
@@ -259,6 +264,72 @@ void ew_clear_libbpf_log(void)
 {
     ew_log_len = 0;
     ew_log[0] = 0;
+}
+
+/* Kernel functions (kfuncs) by BTF, as libbpf resolves them: 1 if vmlinux or
+ * a loaded module has a function `name`, 0 if not, -errno without BTF. */
+int ew_kernel_has_function(const char *name)
+{
+    struct btf *vmlinux = btf__load_vmlinux_btf();
+    struct dirent *entry;
+    DIR *dir;
+    int found;
+
+    if (!vmlinux)
+        return -(errno ? errno : ENOENT);
+    found = btf__find_by_name_kind(vmlinux, name, BTF_KIND_FUNC) > 0;
+    dir = found ? NULL : opendir("/sys/kernel/btf");
+    while (dir && !found && (entry = readdir(dir)) != NULL) {
+        struct btf *module;
+
+        if (entry->d_name[0] == '.' || strcmp(entry->d_name, "vmlinux") == 0)
+            continue;
+        module = btf__load_module_btf(entry->d_name, vmlinux);
+        if (!module)
+            continue;
+        found = btf__find_by_name_kind(module, name, BTF_KIND_FUNC) > 0;
+        btf__free(module);
+    }
+    if (dir)
+        closedir(dir);
+    btf__free(vmlinux);
+    return found;
+}
+
+/* The name of the index-th kernel function (an extern function in its BTF)
+ * an opened object calls, or NULL past the last. */
+const char *ew_object_kfunc(const struct bpf_object *obj, unsigned int index)
+{
+    const struct btf *btf = bpf_object__btf(obj);
+    __u32 id, count;
+
+    if (!btf)
+        return NULL;
+    count = btf__type_cnt(btf);
+    for (id = 1; id < count; id++) {
+        const struct btf_type *t = btf__type_by_id(btf, id);
+
+        if (btf_is_func(t) && btf_vlen(t) == BTF_FUNC_EXTERN && index-- == 0)
+            return btf__name_by_offset(btf, t->name_off);
+    }
+    return NULL;
+}
+
+/* Sets the first 4 bytes of a read-only data section (a map such as
+ * ".rodata.ct") of an opened, not yet loaded, object. */
+int ew_set_rodata_u32(struct bpf_object *obj, const char *map_name, __u32 value)
+{
+    struct bpf_map *map = bpf_object__find_map_by_name(obj, map_name);
+    size_t size = 0;
+    void *data;
+
+    if (!map)
+        return -ENOENT;
+    data = (void *)bpf_map__initial_value(map, &size);
+    if (!data || size < sizeof(value))
+        return -EINVAL;
+    memcpy(data, &value, sizeof(value));
+    return 0;
 }
 """
 

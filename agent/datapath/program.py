@@ -11,10 +11,12 @@ from pathlib import Path
 from agent._libbpf import ffi, lib
 from agent.datapath import abi
 from agent.datapath.blocktables import SwappableTable
+from agent.datapath.conntrack import kernel_has_function, object_kfuncs
 from agent.datapath.syscalls import BpfError, BpfMap, check, take_libbpf_log
 
 PROGRAM_NAME = "edgewarden_xdp"
 OBJECT_NAME = "edgewarden.bpf.o"
+CONNTRACK_SWITCH = ".rodata.ct"     # bpf/tcp_state.h ew_conntrack_kfuncs
 
 
 def object_path() -> Path:
@@ -26,33 +28,43 @@ def object_path() -> Path:
 
 class LoadedProgram:
     """A loaded bpf_object: the program fd and a BpfMap per map. close() drops
-    our references only; an attached program and pinned maps live on."""
+    our references only; an attached program and pinned maps live on.
+    `conntrack`: the kernel had every kfunc the object calls (the conntrack
+    ones) when it was loaded; without, the program runs with those calls
+    removed, and policies that need them must be refused
+    (agent.datapath.conntrack.require_conntrack)."""
 
     def __init__(self, pin_dir: Path | None = None, capacities: dict[str, int] | None = None,
-                 tenant_capacity: int | None = None):
+                 tenant_capacity: int | None = None, object_file: Path | None = None):
         """`tenant_capacity`: counter slots (and with them tenants, flood
-        policies and token buckets), above the default EW_MAX_TENANTS."""
+        policies and token buckets), above the default EW_MAX_TENANTS.
+        `object_file`: another build of the datapath (tests)."""
         if tenant_capacity is not None:
             capacities = {**(capacities or {}), "ew_counters": tenant_capacity, "ew_tenants": tenant_capacity,
                           "ew_flood_policies": tenant_capacity,
                           "ew_buckets": tenant_capacity * abi.BUCKET_KINDS}
+        path = object_file or object_path()
         take_libbpf_log()
-        self._obj = lib.bpf_object__open_file(str(object_path()).encode(), ffi.NULL)
+        self._obj = lib.bpf_object__open_file(str(path).encode(), ffi.NULL)
         if self._obj == ffi.NULL:
-            raise BpfError(ffi.errno or 22, f"opening {object_path()}", take_libbpf_log())
+            raise BpfError(ffi.errno or 22, f"opening {path}", take_libbpf_log())
         try:
+            self.missing_kfuncs = [name for name in object_kfuncs(self._obj) if not kernel_has_function(name)]
+            self.conntrack = not self.missing_kfuncs
+            check(lib.ew_set_rodata_u32(self._obj, CONNTRACK_SWITCH.encode(), int(self.conntrack)),
+                  f"setting {CONNTRACK_SWITCH} in {path}")
             for name in abi.MAP_LAYOUTS:
                 bpf_map = lib.bpf_object__find_map_by_name(self._obj, name.encode())
                 if bpf_map == ffi.NULL:
-                    raise BpfError(2, f"{object_path()} has no map {name}: object and agent disagree")
+                    raise BpfError(2, f"{path} has no map {name}: object and agent disagree")
                 if capacities and name in capacities:
                     check(lib.bpf_map__set_max_entries(bpf_map, capacities[name]), f"sizing {name}")
                 if pin_dir is not None:
                     check(lib.bpf_map__set_pin_path(bpf_map, str(pin_dir / name).encode()), f"pin path of {name}")
-            check(lib.bpf_object__load(self._obj), f"loading {object_path()}")
+            check(lib.bpf_object__load(self._obj), f"loading {path}")
             prog = lib.bpf_object__find_program_by_name(self._obj, PROGRAM_NAME.encode())
             if prog == ffi.NULL:
-                raise BpfError(2, f"{object_path()} has no program {PROGRAM_NAME}")
+                raise BpfError(2, f"{path} has no program {PROGRAM_NAME}")
             self._prog = prog
             self.prog_fd = lib.bpf_program__fd(prog)
             self.maps: dict[str, BpfMap] = {}
