@@ -46,17 +46,20 @@ def tenants_needing_conntrack(policy: Policy) -> list[str]:
     return needs
 
 
-def require_conntrack(policy: Policy, available: bool, where: str) -> None:
+def require_conntrack(policy: Policy, where: str, available: bool | None = None) -> None:
     """Refuse `policy` if it needs conntrack and `where` (an interface, a
-    loaded program) has none. Call before anything is applied."""
-    if available:
-        return
+    loaded program) has none; `available` None: ask the kernel (only when
+    the policy needs it). Call before anything is applied."""
     needs = tenants_needing_conntrack(policy)
-    if needs:
+    if not needs:
+        return
+    if available is None:
+        available = conntrack_available()
+    if not available:
         raise ConntrackUnavailable(
-            f"{where}: the kernel has no conntrack kfuncs ({', '.join(CONNTRACK_KFUNCS)}: nf_conntrack is "
-            f"not loaded or not built), which {'; '.join(needs)} need(s); nothing was applied. "
-            "Load nf_conntrack (modprobe nf_conntrack) and attach again, or turn those defences off.")
+            f"{where}: {'; '.join(needs)} need(s) conntrack, and the kernel has no conntrack kfuncs "
+            f"({', '.join(CONNTRACK_KFUNCS)}: nf_conntrack is not loaded, or not built); nothing was applied. "
+            "Load it (modprobe nf_conntrack) and attach again, or turn those defences off.")
 
 
 def object_kfuncs(obj) -> list[str]:

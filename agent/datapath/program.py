@@ -53,6 +53,8 @@ class LoadedProgram:
             self.maps: dict[str, BpfMap] = {
                 name: self._object.map(name, key_type, value_type, percpu=name in abi.PERCPU_MAPS)
                 for name, (key_type, value_type) in abi.MAP_LAYOUTS.items()}
+            for name, path in (pins or {}).items():
+                self.maps[name].pin_path = str(path)
             # A new (not adopted) swappable table starts with an empty inner table.
             for name in abi.SWAPPABLE_TABLES:
                 SwappableTable(self.maps[name]).ensure_inner()
