@@ -12,36 +12,32 @@
  *    always, or unless conntrack knows the connection they answer.
  *
  * "Known connection" means a (confirmed) conntrack entry in the namespace of
- * the interface the packet arrived on. The conntrack kfuncs are weak: the
- * program loads on a kernel without nf_conntrack (the agent then refuses
- * policies that need it), and where conntrack cannot answer (absent, or the
- * lookup failed rather than found nothing) the segment is left to the
- * kernel, whose netfilter half judges it again. */
+ * the interface the packet arrived on. Where conntrack cannot answer, the
+ * segment is left to the kernel, whose netfilter half judges it again: a
+ * lookup that failed (opts.error other than "no entry"), and the build for
+ * kernels without usable conntrack kfuncs (EW_WITHOUT_CONNTRACK,
+ * edgewarden_no_conntrack.bpf.c), which the agent loads there and where it
+ * refuses policies that need conntrack.
+ *
+ * Why a second build rather than weak kfuncs checked with bpf_ksym_exists():
+ * libbpf 1.1 relocates a kfunc's address as 0 whether it resolved it or
+ * not, so bpf_ksym_exists() is always false; an unresolved weak kfunc left
+ * in dead code was still refused by this kernel's verifier ("invalid kernel
+ * function call not eliminated"); and without CAP_SYS_ADMIN libbpf cannot
+ * enumerate module BTFs, so a kfunc not in vmlinux (nf_conntrack built as a
+ * module, or absent) fails the load outright, weak or not. */
 #ifndef EW_TCP_STATE_H
 #define EW_TCP_STATE_H
 
 #include "tcp_segment.h"
 
-#ifndef __weak
-#define __weak __attribute__((weak))
+/* The namespace looked in; a test build names one that does not exist, to
+ * make every lookup fail (tests/test_conntrack_absent.py). */
+#ifndef EW_CT_NETNS_ID
+#define EW_CT_NETNS_ID BPF_F_CURRENT_NETNS
 #endif
 
-/* Whether the conntrack kfuncs exist, set by the loader before the load
- * (agent/datapath/program.py, from the kernel's BTF): the verifier reads
- * the constant and removes the calls when it is 0, as it must for a weak
- * kfunc left unresolved. (bpf_ksym_exists() would say it, but libbpf 1.1
- * relocates a kfunc's address as 0 whether it resolved it or not.) */
-const volatile __u32 ew_conntrack_kfuncs SEC(".rodata.ct") = 0;
-
-/* The kfunc names; a test build renames them to names no kernel has
- * (tests/test_conntrack_absent.py), which is how "absent" is exercised. */
-#ifndef EW_CT_LOOKUP_KFUNC
-#define EW_CT_LOOKUP_KFUNC bpf_xdp_ct_lookup
-#endif
-#ifndef EW_CT_RELEASE_KFUNC
-#define EW_CT_RELEASE_KFUNC bpf_ct_release
-#endif
-
+#ifndef EW_WITHOUT_CONNTRACK
 /* A full type, as libbpf wants for matching the kfunc prototypes against
  * the kernel's. Never read: reading its fields (status) would need
  * CAP_PERFMON, nor is it needed, since the lookup searches conntrack's hash
@@ -64,40 +60,44 @@ struct ew_ct_opts {
 /* The lookup found no entry (opts.error); any other error is a failed lookup. */
 #define EW_CT_ENOENT 2
 
-extern struct nf_conn *EW_CT_LOOKUP_KFUNC(struct xdp_md *ctx, struct bpf_sock_tuple *tuple, __u32 tuple__sz,
-                                          struct ew_ct_opts *opts, __u32 opts__sz) __ksym __weak;
-extern void EW_CT_RELEASE_KFUNC(struct nf_conn *ct) __ksym __weak;
+extern struct nf_conn *bpf_xdp_ct_lookup(struct xdp_md *ctx, struct bpf_sock_tuple *tuple, __u32 tuple__sz,
+                                         struct ew_ct_opts *opts, __u32 opts__sz) __ksym;
+extern void bpf_ct_release(struct nf_conn *ct) __ksym;
 
 /* The segment belongs to a confirmed conntrack connection (either
- * direction), or conntrack cannot tell: no conntrack in this kernel, or a
- * lookup that failed (opts.error other than "no entry"). Those segments go
+ * direction), or conntrack cannot tell (a failed lookup): those segments go
  * on to the kernel, which tracks them itself. */
 static __always_inline int tcp_connection_known(struct xdp_md *ctx, const struct tcp_segment *seg, __u32 family)
 {
-    struct ew_ct_opts opts = { .netns_id = BPF_F_CURRENT_NETNS, .l4proto = IPPROTO_TCP };
+    struct ew_ct_opts opts = { .netns_id = EW_CT_NETNS_ID, .l4proto = IPPROTO_TCP };
     struct bpf_sock_tuple tuple = {};
     struct nf_conn *ct;
 
-    if (!ew_conntrack_kfuncs)
-        return 1;
     if (family == EW_FAMILY_IPV4) {
         tuple.ipv4.saddr = seg->ip.saddr;
         tuple.ipv4.daddr = seg->ip.daddr;
         tuple.ipv4.sport = seg->tcp.source;
         tuple.ipv4.dport = seg->tcp.dest;
-        ct = EW_CT_LOOKUP_KFUNC(ctx, &tuple, sizeof(tuple.ipv4), &opts, sizeof(opts));
+        ct = bpf_xdp_ct_lookup(ctx, &tuple, sizeof(tuple.ipv4), &opts, sizeof(opts));
     } else {
         __builtin_memcpy(tuple.ipv6.saddr, &seg->ip6.saddr, 16);
         __builtin_memcpy(tuple.ipv6.daddr, &seg->ip6.daddr, 16);
         tuple.ipv6.sport = seg->tcp.source;
         tuple.ipv6.dport = seg->tcp.dest;
-        ct = EW_CT_LOOKUP_KFUNC(ctx, &tuple, sizeof(tuple.ipv6), &opts, sizeof(opts));
+        ct = bpf_xdp_ct_lookup(ctx, &tuple, sizeof(tuple.ipv6), &opts, sizeof(opts));
     }
     if (!ct)
         return opts.error != -EW_CT_ENOENT;
-    EW_CT_RELEASE_KFUNC(ct);
+    bpf_ct_release(ct);
     return 1;
 }
+#else
+/* No conntrack to ask: cannot tell, the kernel decides. */
+static __always_inline int tcp_connection_known(struct xdp_md *ctx, const struct tcp_segment *seg, __u32 family)
+{
+    return 1;
+}
+#endif
 
 /* The ACK acknowledges a cookie this kernel issued (within its lifetime). */
 static __always_inline int ack_has_valid_cookie(struct tcp_segment *seg, __u32 family)

@@ -89,8 +89,7 @@ void ew_capture_libbpf_log(int enabled);
 const char *ew_libbpf_log(void);
 void ew_clear_libbpf_log(void);
 int ew_kernel_has_function(const char *name);
-const char *ew_object_kfunc(const struct bpf_object *obj, unsigned int index);
-int ew_set_rodata_u32(struct bpf_object *obj, const char *map_name, __u32 value);
+int ew_object_kfuncs(const char *path, char *out, __u32 size);
 """
 
 WRAPPERS = r"""
@@ -266,8 +265,10 @@ void ew_clear_libbpf_log(void)
     ew_log[0] = 0;
 }
 
-/* Kernel functions (kfuncs) by BTF, as libbpf resolves them: 1 if vmlinux or
- * a loaded module has a function `name`, 0 if not, -errno without BTF. */
+/* Kernel functions (kfuncs) by BTF, as libbpf resolves them: 1 if vmlinux
+ * has a function `name`, 2 if a loaded module has, 0 if none, -errno
+ * without BTF. (Module BTFs are read from /sys/kernel/btf, which needs no
+ * capability; libbpf enumerates them by id, which needs CAP_SYS_ADMIN.) */
 int ew_kernel_has_function(const char *name)
 {
     struct btf *vmlinux = btf__load_vmlinux_btf();
@@ -287,7 +288,7 @@ int ew_kernel_has_function(const char *name)
         module = btf__load_module_btf(entry->d_name, vmlinux);
         if (!module)
             continue;
-        found = btf__find_by_name_kind(module, name, BTF_KIND_FUNC) > 0;
+        found = btf__find_by_name_kind(module, name, BTF_KIND_FUNC) > 0 ? 2 : 0;
         btf__free(module);
     }
     if (dir)
@@ -296,40 +297,36 @@ int ew_kernel_has_function(const char *name)
     return found;
 }
 
-/* The name of the index-th kernel function (an extern function in its BTF)
- * an opened object calls, or NULL past the last. */
-const char *ew_object_kfunc(const struct bpf_object *obj, unsigned int index)
+/* The kernel functions (extern functions in its BTF) a BPF object file
+ * calls, one name per line into `out`; the count, or -errno. Read from the
+ * file: bpf_object__open rewrites the externs' BTF. */
+int ew_object_kfuncs(const char *path, char *out, __u32 size)
 {
-    const struct btf *btf = bpf_object__btf(obj);
-    __u32 id, count;
+    struct btf *btf = btf__parse_elf(path, NULL);
+    __u32 id, count, used = 0;
+    int found = 0;
 
     if (!btf)
-        return NULL;
+        return -(errno ? errno : EINVAL);
+    if (size)
+        out[0] = 0;
     count = btf__type_cnt(btf);
     for (id = 1; id < count; id++) {
         const struct btf_type *t = btf__type_by_id(btf, id);
+        int n;
 
-        if (btf_is_func(t) && btf_vlen(t) == BTF_FUNC_EXTERN && index-- == 0)
-            return btf__name_by_offset(btf, t->name_off);
+        if (!btf_is_func(t) || btf_vlen(t) != BTF_FUNC_EXTERN)
+            continue;
+        n = snprintf(out + used, size - used, "%s\n", btf__name_by_offset(btf, t->name_off));
+        if (n < 0 || (__u32)n >= size - used) {
+            btf__free(btf);
+            return -ENOSPC;
+        }
+        used += n;
+        found++;
     }
-    return NULL;
-}
-
-/* Sets the first 4 bytes of a read-only data section (a map such as
- * ".rodata.ct") of an opened, not yet loaded, object. */
-int ew_set_rodata_u32(struct bpf_object *obj, const char *map_name, __u32 value)
-{
-    struct bpf_map *map = bpf_object__find_map_by_name(obj, map_name);
-    size_t size = 0;
-    void *data;
-
-    if (!map)
-        return -ENOENT;
-    data = (void *)bpf_map__initial_value(map, &size);
-    if (!data || size < sizeof(value))
-        return -EINVAL;
-    memcpy(data, &value, sizeof(value));
-    return 0;
+    btf__free(btf);
+    return found;
 }
 """
 

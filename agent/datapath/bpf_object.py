@@ -6,7 +6,6 @@ the tests' harness programs all load through it."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 from agent._libbpf import ffi, lib
 from agent.datapath.syscalls import BpfError, BpfMap, check, take_libbpf_log
@@ -17,9 +16,7 @@ class BpfObject:
     maps live on in the kernel."""
 
     def __init__(self, path: Path, *, max_entries: dict[str, int] | None = None,
-                 pin_paths: dict[str, Path] | None = None, before_load: Callable | None = None):
-        """`before_load(obj)`: called with the opened bpf_object before the
-        load (e.g. to set read-only data the verifier will see)."""
+                 pin_paths: dict[str, Path] | None = None):
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path} is missing: build the project first (make build)")
@@ -33,8 +30,6 @@ class BpfObject:
                 check(lib.bpf_map__set_max_entries(self._find_map(name), entries), f"sizing {name}")
             for name, pin in (pin_paths or {}).items():
                 check(lib.bpf_map__set_pin_path(self._find_map(name), str(pin).encode()), f"pin path of {name}")
-            if before_load is not None:
-                before_load(self._obj)
             check(lib.bpf_object__load(self._obj), f"loading {self.path}")
         except Exception:
             self.close()

@@ -9,31 +9,31 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
-from agent._libbpf import ffi, lib
+from agent._libbpf import ffi
 from agent.datapath import abi
 from agent.datapath.blocktables import SwappableTable
-from agent.datapath.conntrack import kernel_has_function, object_kfuncs
+from agent.datapath.conntrack import CONNTRACK_KFUNCS, conntrack_available, object_kfuncs
 from agent.datapath.errors import InterfaceError
 from agent.datapath.scope import pin_dir_for
 from agent.datapath.bpf_object import BpfObject
-from agent.datapath.syscalls import BpfMap, check
+from agent.datapath.syscalls import BpfMap
 
 PROGRAM_NAME = "edgewarden_xdp"
 OBJECT_NAME = "edgewarden.bpf.o"
-CONNTRACK_SWITCH = ".rodata.ct"     # bpf/tcp_state.h ew_conntrack_kfuncs
+NO_CONNTRACK_OBJECT_NAME = "edgewarden_no_conntrack.bpf.o"   # for kernels without usable conntrack kfuncs
 
 
-def object_path() -> Path:
-    return Path(str(resources.files("agent.datapath") / OBJECT_NAME))
+def object_path(conntrack: bool = True) -> Path:
+    name = OBJECT_NAME if conntrack else NO_CONNTRACK_OBJECT_NAME
+    return Path(str(resources.files("agent.datapath") / name))
 
 
 class LoadedProgram:
     """The datapath object loaded: the program fd and a BpfMap per map of the
     ABI. close() drops our references only; an attached program and pinned
-    maps live on. `conntrack`: the kernel had every kfunc the object calls
-    (the conntrack ones) when it was loaded; without them the program runs
-    with those calls removed, and policies that need them must be refused
-    (agent.datapath.conntrack.require_conntrack)."""
+    maps live on. The build with conntrack calls where libbpf can resolve
+    them, else the one without; `conntrack` says which, and policies that
+    need it are refused without (agent.datapath.conntrack.require_conntrack)."""
 
     def __init__(self, pin_dir: Path | None = None, capacities: dict[str, int] | None = None,
                  tenant_capacity: int | None = None, object_file: Path | None = None):
@@ -45,9 +45,9 @@ class LoadedProgram:
                           "ew_flood_policies": tenant_capacity,
                           "ew_buckets": tenant_capacity * abi.BUCKET_KINDS}
         pins = {name: pin_dir / name for name in abi.MAP_LAYOUTS} if pin_dir is not None else None
-        self.missing_kfuncs: list[str] = []
-        self._object = BpfObject(object_file or object_path(), max_entries=capacities, pin_paths=pins,
-                                 before_load=self._switch_conntrack)
+        path = object_file or object_path(conntrack=conntrack_available())
+        self.kfuncs = object_kfuncs(path)
+        self._object = BpfObject(path, max_entries=capacities, pin_paths=pins)
         try:
             self.prog_fd = self._object.program_fd(PROGRAM_NAME)
             self.maps: dict[str, BpfMap] = {
@@ -64,14 +64,8 @@ class LoadedProgram:
 
     @property
     def conntrack(self) -> bool:
-        return not self.missing_kfuncs
-
-    def _switch_conntrack(self, obj) -> None:
-        """Tell the program, before the verifier sees it, whether the kernel
-        has the kfuncs it calls (bpf/tcp_state.h ew_conntrack_kfuncs)."""
-        self.missing_kfuncs = [name for name in object_kfuncs(obj) if not kernel_has_function(name)]
-        check(lib.ew_set_rodata_u32(obj, CONNTRACK_SWITCH.encode(), int(not self.missing_kfuncs)),
-              f"setting {CONNTRACK_SWITCH}")
+        """The loaded program asks conntrack (it calls, and the kernel resolved, its kfuncs)."""
+        return set(CONNTRACK_KFUNCS) <= set(self.kfuncs)
 
     def pin_program(self, path: Path) -> None:
         self._object.pin_program(PROGRAM_NAME, path)
