@@ -1,15 +1,15 @@
 /* Per-tenant accounting: one per-CPU counter block per tenant slot, updated
- * once per packet with its traffic class and verdict reason. The update
- * runs in a global function (ew_account_packet, edgewarden.bpf.c): there the
- * class and reason are plain integers, whereas inline they are a different
- * constant on each path, and indexing a map value by a constant that
- * differs between paths needs CAP_PERFMON (Spectre v1 hardening). */
+ * once per packet with its traffic class and verdict reason. Indexing a map
+ * value by a variable that is a different constant on different paths
+ * needs CAP_PERFMON (Spectre v1 hardening): the caller passes values that
+ * came out of a global function (ew_packet_verdict), which the verifier
+ * sees as plain integers. */
 #ifndef EW_ACCOUNT_H
 #define EW_ACCOUNT_H
 
 #include "maps.h"
 
-static __always_inline void count_packet(__u32 slot, __u32 traffic_class, __u32 reason, __u32 length)
+static __always_inline void account_packet(__u32 slot, __u32 traffic_class, __u32 reason, __u32 length)
 {
     struct ew_counters *c = bpf_map_lookup_elem(&ew_counters, &slot);
 
@@ -29,13 +29,6 @@ static __always_inline void count_packet(__u32 slot, __u32 traffic_class, __u32 
         c->reason_packets[reason] += 1;
         c->reason_bytes[reason] += length;
     }
-}
-
-__u32 ew_account_packet(__u32 slot, __u32 traffic_class, __u32 reason, __u32 length);
-
-static __always_inline void account_packet(__u32 slot, __u8 traffic_class, __u32 reason, __u32 length)
-{
-    ew_account_packet(slot, traffic_class, reason, length);
 }
 
 #endif /* EW_ACCOUNT_H */

@@ -6,19 +6,25 @@
 
 /* Global functions, defined here so that a header never defines a
  * non-static function. Each is verified once, with its arguments as plain
- * values, not once per path of its caller: see verdict.h, account.h and
- * tcp_state.h for why each is one. */
-__noinline __u32 ew_ip_verdict(struct xdp_md *ctx, struct packet_facts *facts, struct ew_vip *tenant)
+ * values, not once per path of its caller: see verdict.h and tcp_state.h
+ * for why each is one. */
+/* Every packet's reason comes out of this one, IP or not: to the caller it
+ * is then a plain integer, and so are the traffic class and tenant slot it
+ * leaves in *facts and *tenant, which account_packet indexes the counters
+ * by (see account.h). */
+__noinline __u32 ew_packet_verdict(struct xdp_md *ctx, struct packet_facts *facts, struct ew_vip *tenant,
+                                   __u32 parsed)
 {
     if (!facts || !tenant)
         return EW_REASON_DROP_MALFORMED;
-    return ip_verdict(ctx, facts, tenant);
-}
-
-__noinline __u32 ew_account_packet(__u32 slot, __u32 traffic_class, __u32 reason, __u32 length)
-{
-    count_packet(slot, traffic_class, reason, length);
-    return 0;
+    switch (parsed) {
+    case EW_PARSED_IP:
+        return ip_verdict(ctx, facts, tenant);
+    case EW_PARSED_NON_IP:
+        return EW_REASON_PASS_NON_IP;
+    default:
+        return EW_REASON_DROP_MALFORMED;
+    }
 }
 
 __noinline __u32 ew_tcp_state_verdict(struct xdp_md *ctx, __u32 l3_offset, __u32 l4_offset, __u32 family,
@@ -41,17 +47,7 @@ int edgewarden_xdp(struct xdp_md *ctx)
     struct ew_vip tenant = {};
     __u32 reason;
 
-    switch (parse_packet(ctx, &facts)) {
-    case EW_PARSED_IP:
-        reason = ew_ip_verdict(ctx, &facts, &tenant);
-        break;
-    case EW_PARSED_NON_IP:
-        reason = EW_REASON_PASS_NON_IP;
-        break;
-    default:
-        reason = EW_REASON_DROP_MALFORMED;
-        break;
-    }
+    reason = ew_packet_verdict(ctx, &facts, &tenant, parse_packet(ctx, &facts));
     account_packet(tenant.slot, facts.traffic_class, reason, facts.length);
     return reason_action(reason);
 }

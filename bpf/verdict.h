@@ -126,7 +126,7 @@ static __always_inline int reason_action(__u32 reason)
 }
 
 /* The verdict for a parsed IP packet, and its tenant in *tenant: the body
- * of the global function ew_ip_verdict (edgewarden.bpf.c), which runs
+ * of the global function ew_packet_verdict (edgewarden.bpf.c), which runs
  * verified once rather than once per parser path (without CAP_PERFMON the
  * verifier also walks every branch's speculative side, and the product of
  * parser and verdict paths would exceed its budget). */
