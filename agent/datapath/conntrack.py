@@ -9,12 +9,15 @@ refused before anything is applied."""
 from __future__ import annotations
 
 import enum
+import functools
+import os
 
 from agent._libbpf import ffi, lib
 from agent.policy.model import Policy, SynAckPolicy
 
 CONNTRACK_KFUNCS = ("bpf_xdp_ct_lookup", "bpf_ct_release")
 CAP_SYS_ADMIN = 21
+KERNEL_BTF_DIR = "/sys/kernel/btf"
 
 
 class ConntrackUnavailable(ValueError):
@@ -28,7 +31,17 @@ class KfuncHome(enum.Enum):
 
 
 def kernel_function_home(name: str) -> KfuncHome:
-    """Where the running kernel has kernel function `name` (its BTF)."""
+    """Where the running kernel has kernel function `name` (its BTF).
+    Remembered until the set of loaded modules with BTF changes."""
+    try:
+        modules = tuple(sorted(os.listdir(KERNEL_BTF_DIR)))
+    except OSError:
+        modules = ()
+    return _kernel_function_home(name, modules)
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel_function_home(name: str, modules: tuple[str, ...]) -> KfuncHome:
     found = lib.ew_kernel_has_function(name.encode())
     if found < 0:
         raise OSError(-found, f"cannot read the kernel's BTF (/sys/kernel/btf) to look for {name}: "
