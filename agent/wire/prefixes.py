@@ -159,11 +159,23 @@ class PrefixList:
         return PrefixList(out[4][0], out[6][0]), PrefixList(out[4][1], out[6][1])
 
     def to_prefix_set(self):
-        """The native agent._prefixes.PrefixSet of this list (needs the compiled
-        module; the list must be minimal, as lists compiled by PrefixSet are)."""
+        """The native agent._prefixes.PrefixSet enforcing this list (needs the
+        compiled module). A minimal list, as PrefixSet compiles them, is taken
+        over as it is, without a Python loop; any other is compiled first."""
         from agent._prefixes import PrefixSet   # optional fast path: the wire itself never needs it
         body = b"EWPFXSET" + struct.pack("<III", 1, self.count(4), self.count(6)) + self.v4 + self.v6
-        return PrefixSet.deserialize(body + struct.pack("<I", zlib.crc32(body)))
+        try:
+            return PrefixSet.deserialize(body + struct.pack("<I", zlib.crc32(body)))
+        except ValueError:   # overlapping or mergeable entries: not a compiled set
+            return PrefixSet.from_list([(r[:-1], r[-1]) for family in (4, 6) for r in self.records(family)])
+
+    @classmethod
+    def from_prefix_set(cls, prefix_set) -> "PrefixList":
+        """From a native PrefixSet (its serialisation holds the same records)."""
+        data = prefix_set.serialize()
+        n4, n6 = struct.unpack_from("<II", data, 12)
+        v4_end = 20 + n4 * RECORD_SIZE[4]
+        return cls(data[20:v4_end], data[v4_end:v4_end + n6 * RECORD_SIZE[6]])
 
 
 def _show(family: int, record: bytes) -> str:
