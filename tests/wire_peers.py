@@ -92,3 +92,7 @@ def feed(conn, data: bytes, byte_by_byte: bool = False) -> list:
 
 def network(text: str):
     return ipaddress.ip_network(text)
+
+
+def union(a: PrefixList, b: PrefixList) -> PrefixList:
+    return PrefixList(*(b"".join(sorted(set(a.records(f)) | set(b.records(f)))) for f in (4, 6)))

@@ -9,7 +9,8 @@ import itertools
 
 PRIORITY_POLICY = 0        # snapshots and deltas, in revision order
 PRIORITY_REPORT = 10       # acks, reports, digests
-PRIORITY_EMERGENCY = 100   # EmergencyBlock.priority is added to this
+PRIORITY_EMERGENCY = 100   # EmergencyBlock.priority (0..) is added to this
+PRIORITY_SESSION = 1 << 62  # the hello and the welcome: nothing may go before them
 
 
 class Outbox:

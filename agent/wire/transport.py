@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from agent.wire.messages import CloseReason, EmergencyBlock, Hello, Welcome
-from agent.wire.outbox import PRIORITY_EMERGENCY, PRIORITY_POLICY, PRIORITY_REPORT
-from agent.wire.messages import Delta, SnapshotBegin
+from agent.wire.messages import CloseReason, Delta, EmergencyBlock, Hello, SnapshotBegin, Welcome
+from agent.wire.outbox import PRIORITY_EMERGENCY, PRIORITY_POLICY, PRIORITY_REPORT, PRIORITY_SESSION
 
 
 def frame_priority(msg) -> int:
     """Where a message goes in a connection's outbox (outbox.py)."""
+    if isinstance(msg, (Hello, Welcome)):
+        return PRIORITY_SESSION
     if isinstance(msg, EmergencyBlock):
         return PRIORITY_EMERGENCY + msg.priority
     if isinstance(msg, (Delta, SnapshotBegin)):
