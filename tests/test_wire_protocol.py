@@ -252,3 +252,36 @@ def test_frame_error_has_a_close_reason():
     with pytest.raises(FrameError) as err:
         unpack(b"\xc1")
     assert CloseReason(err.value.code) is CloseReason.MALFORMED_FRAME
+
+
+def test_importable_without_compiled_modules_or_the_datapath():
+    """The controller imports the wire on hosts with no BPF: nothing compiled, no datapath, no policy model."""
+    import subprocess
+    import sys
+    script = """
+import importlib.abc, sys
+BLOCKED = ("agent._libbpf", "agent._prefixes", "agent._counters", "agent.datapath", "agent.policy")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.startswith(BLOCKED):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+import agent.wire, agent.wire.asyncio_client, agent.wire.asyncio_server, agent.wire.tls, agent.wire.transport
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+w = agent.wire
+key = Ed25519PrivateKey.generate()
+b = w.PolicyBundle.from_document({"revision": 1, "global": {"blocked_sources": ["192.0.2.0/24"]}, "tenants": []})
+enc = w.SnapshotCache(w.BundleSigner(key)).get(b)
+a, c = w.AgentConnection(w.BundleVerifier([key.public_key()])), w.ControllerConnection("c")
+c.receive_data(a.send(w.Hello(w.PROTOCOL_VERSION, "n", 0, b"")))
+c.next_event()
+a.receive_data(c.send(w.Welcome(w.PROTOCOL_VERSION, "c", 1)))
+a.next_event()
+a.receive_data(b"".join(c.snapshot_frames(enc)))
+event = a.next_event()
+assert event.bundle.digest == b.digest, event
+print("ok", sorted(m for m in sys.modules if m.startswith("agent.") and not m.startswith("agent.wire")))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok []"

@@ -8,14 +8,14 @@ import dataclasses
 import ipaddress
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.wire import (
     MAX_FRAME_SIZE, Ack, BundleSigner, BundleVerifier, ConnectionClosed, DeltaError, DeltaReceived, EmergencyBlock,
     EmergencyReceived, EncodedRevision, KeyFileError, LocalProtocolError, PolicyBundle, PrefixList, PrefixListError, Reject,
     RejectReason, RevisionRejected, SnapshotBegin, SnapshotCache, SnapshotReceived, apply_delta, keygen,
-    load_private_key, load_public_key, make_changes, public_key_text,
+    load_private_key, load_public_key, public_key_text,
 )
 from agent.wire.frames import encode_frame, unpack
 from agent.wire.messages import decode_message, message_to_wire
@@ -313,3 +313,17 @@ def test_key_files(tmp_path):
         load_public_key(tmp_path / "bad")
     with pytest.raises(KeyFileError, match="at least one"):
         BundleVerifier([])
+
+
+def test_bundle_from_a_policy_and_back():
+    from agent.policy import policy_from_document
+    from policies import FIXED_POLICY
+    bundle_ = PolicyBundle.from_policy(FIXED_POLICY, {"tenant-2/abuse": random_prefixes(100)})
+    again = policy_from_document(bundle_.full_document())
+    # the same policy, block lists in prefix order rather than the order the document listed them
+    assert set(again.blocked_sources) == set(FIXED_POLICY.blocked_sources)
+    assert [(t.id, t.vips, set(t.blocked_sources)) for t in again.tenants] == \
+        [(t.id, t.vips, set(t.blocked_sources)) for t in FIXED_POLICY.tenants]
+    assert PolicyBundle.from_policy(again, bundle_.named_lists()).digest == bundle_.digest
+    assert set(bundle_.named_lists()) == {"tenant-2/abuse"}
+    assert {"global/policy", "tenant-1/policy", "tenant-2/policy"} <= set(bundle_.lists)

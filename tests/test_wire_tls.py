@@ -10,14 +10,14 @@ import pytest
 
 from agent.wire import (
     PROTOCOL_VERSION, Ack, BundleSigner, BundleVerifier, Close, ConnectionClosed, DeltaReceived, EmergencyAck,
-    EmergencyBlock, EmergencyReceived, FrameDecoder, Hello, SnapshotCache, SnapshotReceived, Welcome, apply_delta,
+    EmergencyBlock, EmergencyReceived, FrameDecoder, SnapshotCache, SnapshotReceived, Welcome, apply_delta,
     encode_frame,
 )
 from agent.wire.asyncio_client import ControllerRefused, connect
 from agent.wire.asyncio_server import serve
 from agent.wire.frames import unpack
 from agent.wire.messages import decode_message, message_to_wire
-from agent.wire.tls import CertificateError, NodeAuthority, client_context, peer_node_name, server_context
+from agent.wire.tls import CertificateError, NodeAuthority, client_context, server_context
 from wire_peers import bundle, hello, new_key, random_prefixes, signed_delta, union
 
 

@@ -69,6 +69,7 @@ async def serve(handler: Callable[[AsyncioAgentLink], Awaitable[None]], host: st
             log.exception("agent %s: connection handler failed", node)
             await peer.close(CloseReason.SHUTDOWN, "controller error")
         finally:
-            writer.close()
+            # a handler that returns without closing: flush what it queued, then close normally
+            await peer.close(CloseReason.NORMAL, "session ended by the controller")
 
     return await asyncio.start_server(on_client, host, port, ssl=ssl_context, limit=1 << 21)
