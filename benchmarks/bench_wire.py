@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 
 from agent.wire import (  # noqa: E402
     PROTOCOL_VERSION, AgentConnection, BundleSigner, BundleVerifier, ControllerConnection, Delta, EncodedRevision,
-    Hello, Outbox, PolicyBundle, PrefixList, SnapshotCache, SnapshotReceived, Welcome, apply_delta, make_changes,
+    Hello, Outbox, PolicyBundle, PrefixList, SnapshotCache, SnapshotProgress, SnapshotReceived, Welcome, apply_delta, make_changes,
 )
 
 SECTION_TITLE = "## Wire protocol"
@@ -150,7 +150,8 @@ def throughput(prefixes: int) -> dict:
     start = time.perf_counter()
     for frame in encoded.frames:
         agent.receive_data(frame)
-    event = agent.next_event()
+    while isinstance(event := agent.next_event(), SnapshotProgress):
+        pass
     decode = time.perf_counter() - start
     assert isinstance(event, SnapshotReceived) and event.bundle.digest == digest
     # a 100-entry delta (50 added, 50 removed) on top of the list
@@ -179,6 +180,103 @@ def throughput(prefixes: int) -> dict:
             "delta_make": make, "delta_apply": apply, "prefixes": bundle.prefix_count}
 
 
+def emergency_agent(directory: str, port: int, rounds: int, key_text: str) -> list[dict]:
+    """The agent side of emergency_latency, in its own process: connect
+    `rounds` times, and report when the emergency block and the snapshot
+    arrived (CLOCK_MONOTONIC, which the parent shares)."""
+    import asyncio
+
+    from agent.wire import EmergencyAck, EmergencyReceived, load_public_key
+    from agent.wire.asyncio_client import connect
+    from agent.wire.tls import client_context
+
+    ca = Path(directory)
+    ctx = client_context(ca / "edge-0.pem", ca / "edge-0.key", ca / "ca.pem")
+    out = []
+
+    async def run() -> None:
+        urgent = AgentConnection._urgent_body
+        for i in range(rounds):
+            # odd rounds are the FIFO baseline: no lookahead on the agent either
+            AgentConnection._urgent_body = (lambda self: None) if i % 2 else urgent
+            verifier = BundleVerifier([load_public_key(key_text)])
+            link = await connect("127.0.0.1", port, hello=Hello(PROTOCOL_VERSION, "edge-0", 0, b""), ssl_context=ctx,
+                                 verifier=verifier)
+            seen = {}
+            while len(seen) < 2:
+                event = await link.next_event()
+                if isinstance(event, EmergencyReceived):
+                    seen["emergency"] = time.perf_counter()
+                    await link.send(EmergencyAck("em-1"))
+                elif isinstance(event, SnapshotReceived):
+                    seen["snapshot"] = time.perf_counter()
+            out.append(seen)
+            await link.close()
+
+    asyncio.run(run())
+    return out
+
+
+def emergency_latency(prefixes: int, rounds: int) -> dict:
+    """Over real mutual TLS on 127.0.0.1, the agent in another process: a
+    snapshot of the whole list is queued to it, then (5 ms later,
+    mid-transfer) an emergency block; the latency is from queueing the block
+    to the agent's EmergencyReceived. Baseline: the same block queued behind
+    the snapshot and the agent reading in order, as on a FIFO connection.
+    Rounds alternate the two."""
+    import asyncio
+    import tempfile
+
+    from agent.wire import EmergencyBlock, public_key_text
+    from agent.wire.asyncio_server import serve
+    from agent.wire.outbox import PRIORITY_POLICY
+    from agent.wire.tls import NodeAuthority, server_context
+
+    signer = BundleSigner(Ed25519PrivateKey.generate())
+    encoded = EncodedRevision(policy(prefixes), signer)
+    block = signer.sign_emergency(EmergencyBlock("em-1", ["198.51.100.7/32"], "bench", 5, "", b""))
+    queued: list[dict] = []
+
+    async def handler(link):
+        fifo = len(queued) % 2 == 1
+        times = {"fifo": fifo}
+        queued.append(times)
+        link.send(Welcome(PROTOCOL_VERSION, "controller-1", 1))
+        times["snapshot"] = time.perf_counter()
+        link.send_snapshot(encoded)
+        await asyncio.sleep(0.005)
+        times["emergency"] = time.perf_counter()
+        if fifo:
+            link._peer._put(link.connection.send(block), PRIORITY_POLICY)
+        else:
+            link.send(block)
+        while not isinstance(await link.next_event(), ConnectionClosed):
+            pass
+
+    async def run(tmp: str) -> list[dict]:
+        ca = NodeAuthority.create(tmp)
+        server_cert = ca.issue_controller("controller-1", ["127.0.0.1"])
+        ca.issue_node("edge-0")
+        server = await serve(handler, "127.0.0.1", 0, controller="controller-1",
+                             ssl_context=server_context(server_cert.cert_path, server_cert.key_path, ca.cert_path))
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--child", "emergency-agent", "--ca-dir", tmp, "--port", str(port),
+                "--rounds", str(2 * rounds), "--key", public_key_text(signer.private_key.public_key()),
+                stdout=asyncio.subprocess.PIPE)
+            stdout, _ = await asyncio.wait_for(child.communicate(), 300)
+            return json.loads(stdout)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        arrived = asyncio.run(run(tmp))
+    results = {"priority": [], "fifo": [], "snapshot": []}
+    for sent, got in zip(queued, arrived):
+        results["fifo" if sent["fifo"] else "priority"].append(got["emergency"] - sent["emergency"])
+        results["snapshot"].append(got["snapshot"] - sent["snapshot"])
+    return {k: sorted(v) for k, v in results.items()}
+
+
 def run_child(mode: str, prefixes: int, count: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", mode, "--prefixes", str(prefixes),
                           "--connections", str(count)], check=True, capture_output=True, text=True, timeout=600)
@@ -189,15 +287,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prefixes", type=int, default=1_000_000)
     parser.add_argument("--connections", type=int, default=100)
-    parser.add_argument("--child", choices=("shared", "per-connection"))
+    parser.add_argument("--child", choices=("shared", "per-connection", "emergency-agent"))
+    parser.add_argument("--ca-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--key", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=5, help="emergency-latency rounds per mode")
     parser.add_argument("--write-results", action="store_true")
     args = parser.parse_args()
+    if args.child == "emergency-agent":
+        print(json.dumps(emergency_agent(args.ca_dir, args.port, args.rounds, args.key)))
+        return
     if args.child:
         print(json.dumps(child(args.child, args.prefixes, args.connections)))
         return
     shared = run_child("shared", args.prefixes, args.connections)
     baseline = run_child("per-connection", args.prefixes, args.connections)
     t = throughput(args.prefixes)
+    em = emergency_latency(args.prefixes, args.rounds)
+    median = lambda values: values[len(values) // 2]  # noqa: E731
     mib = t["bytes"] / 2**20
     grow_s, grow_b = shared["peak_rss"] - shared["loaded_rss"], baseline["peak_rss"] - baseline["loaded_rss"]
     lines = [SECTION_TITLE, ""]
@@ -235,6 +342,23 @@ def main() -> None:
         f"| make a 100-entry delta on the {args.prefixes:,}-prefix list (controller: diff of two revisions) | {t['delta_make'] * 1000:.0f} ms | - |",
         f"| apply it to the received bundle, digest checked (agent bookkeeping, not the datapath) | "
         f"{t['delta_apply'] * 1000:.1f} ms | - |",
+    ]
+    lines += [
+        "",
+        f"Emergency block during that snapshot, over mutual TLS on 127.0.0.1 (the agent in its own process; "
+        f"{args.rounds} rounds each, interleaved; the block is queued 5 ms after "
+        f"the snapshot, mid-transfer):",
+        "",
+        "| emergency block | median | max |",
+        "|---|---:|---:|",
+        f"| edgewarden: overtakes the queued chunks (outbox priority) | {median(em['priority']) * 1000:.0f} ms | "
+        f"{max(em['priority']) * 1000:.0f} ms |",
+        f"| baseline: queued behind the snapshot (FIFO) | {median(em['fifo']) * 1000:.0f} ms | "
+        f"{max(em['fifo']) * 1000:.0f} ms |",
+        f"| (the whole snapshot, queued to verified bundle on the agent) | {median(em['snapshot']) * 1000:.0f} ms | "
+        f"{max(em['snapshot']) * 1000:.0f} ms |",
+        "",
+        f"Ratio FIFO / priority (median): **{median(em['fifo']) / median(em['priority']):.1f}x**.",
     ]
     publish(SECTION_TITLE, "\n".join(lines) + "\n", args.write_results)
 

@@ -279,6 +279,8 @@ a.receive_data(c.send(w.Welcome(w.PROTOCOL_VERSION, "c", 1)))
 a.next_event()
 a.receive_data(b"".join(c.snapshot_frames(enc)))
 event = a.next_event()
+while isinstance(event, w.SnapshotProgress):
+    event = a.next_event()
 assert event.bundle.digest == b.digest, event
 print("ok", sorted(m for m in sys.modules if m.startswith("agent.") and not m.startswith("agent.wire")))
 """

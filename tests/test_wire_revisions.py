@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.wire import (
-    MAX_FRAME_SIZE, Ack, BundleSigner, BundleVerifier, ConnectionClosed, DeltaError, DeltaReceived, EmergencyBlock,
+    MAX_FRAME_SIZE, Ack, AgentConnection, BundleSigner, Close, IncidentAck, SnapshotProgress, BundleVerifier, ConnectionClosed, DeltaError, DeltaReceived, EmergencyBlock,
     EmergencyReceived, EncodedRevision, KeyFileError, LocalProtocolError, PolicyBundle, PrefixList, PrefixListError, Reject,
     RejectReason, RevisionRejected, SnapshotBegin, SnapshotCache, SnapshotReceived, apply_delta, keygen,
     load_private_key, load_public_key, public_key_text,
@@ -20,7 +20,7 @@ from agent.wire import (
 from agent.wire.frames import encode_frame, unpack
 from agent.wire.messages import decode_message, message_to_wire
 from agent.wire.snapshot import CHUNK_RECORD_BYTES
-from wire_peers import DOCUMENT, bundle, events, feed, new_key, open_pair, random_prefixes, signed_delta
+from wire_peers import DOCUMENT, bundle, events, feed, hello, new_key, open_pair, random_prefixes, signed_delta
 
 # ---------------------------------------------------------------- prefix lists
 _v4 = st.builds(lambda a, n: ipaddress.ip_network((a, n), strict=False), st.integers(0, 2**32 - 1), st.integers(0, 32))
@@ -145,6 +145,24 @@ def test_snapshot_byte_by_byte():
     agent, controller = open_pair(BundleVerifier([signer.private_key.public_key()]))
     got = feed(agent, b"".join(controller.snapshot_frames(encoded)), byte_by_byte=True)
     assert [type(e) for e in got] == [SnapshotReceived] and got[0].bundle.digest == encoded.digest
+
+
+def test_emergency_block_overtakes_received_chunks_not_yet_processed():
+    signer = BundleSigner(new_key())
+    encoded = EncodedRevision(bundle(3, {"global/x": random_prefixes(300_000)}), signer)
+    agent, controller = open_pair(BundleVerifier([signer.private_key.public_key()]))
+    block = controller.send(signer.sign_emergency(EmergencyBlock("em-1", ["198.51.100.7/32"], "C2", 1, "", b"")))
+    report = controller.send(IncidentAck("inc-1"))   # not urgent: keeps its place
+    got = feed(agent, b"".join(encoded.frames[:3]) + report + b"".join(encoded.frames[3:]) + block, progress=True)
+    assert isinstance(got[0], EmergencyReceived)
+    progress = [e for e in got if isinstance(e, SnapshotProgress)]
+    assert [p.received for p in progress] == list(range(1, len(encoded.frames) - 1))
+    assert got.index(IncidentAck("inc-1")) == 3 and isinstance(got[-1], SnapshotReceived)
+    # not before the welcome: an emergency block then is out of place, as any other message
+    early = AgentConnection(BundleVerifier([signer.private_key.public_key()]))
+    early.send(hello())
+    (event,) = feed(early, block + controller.send(Close("normal", "")))
+    assert isinstance(event, ConnectionClosed) and event.reason == "unexpected_message"
 
 
 def test_snapshot_encoded_once_and_shared_by_every_connection():

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.wire import (
     PROTOCOL_VERSION, AgentConnection, BundleSigner, BundleVerifier, ControllerConnection, Delta, Hello,
-    PolicyBundle, PrefixList, Welcome, make_changes,
+    PolicyBundle, PrefixList, SnapshotProgress, Welcome, make_changes,
 )
 
 DOCUMENT = {
@@ -71,22 +71,24 @@ def open_pair(verifier: BundleVerifier, node: str = "edge-1") -> tuple[AgentConn
     return agent, controller
 
 
-def events(conn) -> list:
+def events(conn, progress: bool = False) -> list:
+    """Every event available now (SnapshotProgress left out unless asked for)."""
     out = []
     while (event := conn.next_event()) is not None:
-        out.append(event)
+        if progress or not isinstance(event, SnapshotProgress):
+            out.append(event)
     return out
 
 
-def feed(conn, data: bytes, byte_by_byte: bool = False) -> list:
+def feed(conn, data: bytes, byte_by_byte: bool = False, progress: bool = False) -> list:
     """Feed bytes (all at once, or one at a time asking for events after each) and collect the events."""
     if not byte_by_byte:
         conn.receive_data(data)
-        return events(conn)
+        return events(conn, progress)
     out = []
     for i in range(len(data)):
         conn.receive_data(data[i:i + 1])
-        out.extend(events(conn))
+        out.extend(events(conn, progress))
     return out
 
 

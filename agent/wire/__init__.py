@@ -9,7 +9,7 @@ from agent.wire.bundle import (
 )
 from agent.wire.connection import (
     AgentConnection, ConnectionClosed, ConnectionState, ControllerConnection, DeltaReceived, EmergencyReceived,
-    LocalProtocolError, RevisionRejected, SnapshotReceived,
+    LocalProtocolError, RevisionRejected, SnapshotProgress, SnapshotReceived,
 )
 from agent.wire.frames import MAX_FRAME_SIZE, PROTOCOL_VERSION, FrameDecoder, FrameError, encode_frame
 from agent.wire.messages import (

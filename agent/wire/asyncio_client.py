@@ -5,12 +5,37 @@ the hello, wait for the welcome, then hand events and sends through
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 
 from agent.wire.asyncio_stream import StreamPeer
 from agent.wire.connection import AgentConnection, ConnectionClosed
 from agent.wire.messages import CloseReason, Hello, Welcome
 from agent.wire.signing import BundleVerifier
+
+
+# What the kernel may hold for the agent unread. The agent decodes a snapshot
+# more slowly than loopback or a LAN delivers it; a deep receive buffer would
+# hold, ahead of an emergency block, chunks the controller's outbox could
+# still have put behind it. 256 KiB (the kernel doubles it) keeps ~2 chunks
+# in flight, enough for the agent's decode rate at 20 ms of round trip.
+RECEIVE_BUFFER = 256 * 1024
+
+
+async def _dial(host: str, port: int) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    error: OSError | None = None
+    for family, kind, proto, _, address in await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)   # before connect: sets the window
+        try:
+            await loop.sock_connect(sock, address)
+            return sock
+        except OSError as err:
+            sock.close()
+            error = err
+    raise error or OSError(f"cannot resolve {host}")
 
 
 class ControllerRefused(ConnectionError):
@@ -42,9 +67,10 @@ class AsyncioControllerLink:
 async def connect(host: str, port: int, *, ssl_context: ssl.SSLContext, hello: Hello, verifier: BundleVerifier,
                   server_hostname: str | None = None, timeout: float = 10.0) -> AsyncioControllerLink:
     """An open link to the controller; ControllerRefused if it closes before the welcome."""
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, ssl=ssl_context, server_hostname=server_hostname or host,
-                                limit=1 << 21), timeout)
+    async def open_stream():
+        return await asyncio.open_connection(sock=await _dial(host, port), ssl=ssl_context,
+                                             server_hostname=server_hostname or host, limit=1 << 21)
+    reader, writer = await asyncio.wait_for(open_stream(), timeout)
     peer = StreamPeer(AgentConnection(verifier), reader, writer)
     peer.queue(hello)
     event = await asyncio.wait_for(peer.next_event(), timeout)

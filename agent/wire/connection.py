@@ -17,13 +17,17 @@ import enum
 from dataclasses import dataclass
 
 from agent.wire.bundle import PolicyBundle
-from agent.wire.frames import PROTOCOL_VERSION, FrameDecoder, FrameError, encode_frame, unpack
+from agent.wire.frames import PROTOCOL_VERSION, FrameDecoder, FrameError, encode_frame, pack, unpack
 from agent.wire.messages import (
     SENDERS, Ack, Close, CloseReason, Delta, EmergencyBlock, Hello, Reject, RejectReason, Sender, SnapshotBegin,
     SnapshotChunk, SnapshotEnd, Welcome, decode_message, message_to_wire,
 )
 from agent.wire.signing import BundleVerifier, RevisionRefused
 from agent.wire.snapshot import EncodedRevision, SnapshotAssembler, SnapshotError
+
+
+# How every EmergencyBlock frame body begins: [ "emergency_block", ...
+EMERGENCY_PREFIX = pack([EmergencyBlock.NAME, {}])[:-1]
 
 
 class ConnectionState(enum.Enum):
@@ -53,6 +57,16 @@ class SnapshotReceived:
     @property
     def revision(self) -> int:
         return self.bundle.revision
+
+
+@dataclass(frozen=True)
+class SnapshotProgress:
+    """One more chunk of a snapshot checked (`received` of `chunks`); nothing to apply
+    yet. An event of its own so that transports get a turn between chunks."""
+
+    revision: int
+    received: int
+    chunks: int
 
 
 @dataclass(frozen=True)
@@ -113,7 +127,9 @@ class _Connection:
             return None
         try:
             while True:
-                body = self._decoder.next_body()
+                body = self._urgent_body()
+                if body is None:
+                    body = self._decoder.next_body()
                 if body is None:
                     break
                 msg = decode_message(unpack(body))
@@ -137,6 +153,9 @@ class _Connection:
                                                  f"the peer's stream ended without a close frame{leftover}", True))
         return None
 
+    def _urgent_body(self) -> bytes | None:
+        return None
+
     def _closed(self, event: ConnectionClosed) -> ConnectionClosed:
         self.state = ConnectionState.CLOSED
         self.close_reason = event
@@ -145,6 +164,11 @@ class _Connection:
     def _fail(self, reason: CloseReason, message: str) -> ConnectionClosed:
         self._outgoing += encode_frame(message_to_wire(Close(reason.value, message[:1000])))
         return self._closed(ConnectionClosed(reason.value, message, by_peer=False))
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Received bytes not yet turned into events."""
+        return self._decoder.buffered
 
     def data_to_send(self) -> bytes:
         """Bytes the machine produced by itself (a Close after a protocol error, an automatic Reject)."""
@@ -197,6 +221,14 @@ class AgentConnection(_Connection):
         self._discarding: SnapshotBegin | None = None   # a refused snapshot whose chunks still arrive
         self._offered: dict[int, bytes] = {}            # verified revisions handed on, not yet acked
 
+    def _urgent_body(self) -> bytes | None:
+        # An emergency block already received overtakes the buffered frames before
+        # it (snapshot chunks not yet processed): the controller's outbox puts it
+        # ahead of what it has not sent, this puts it ahead of what has arrived.
+        if self.state is not ConnectionState.OPEN:
+            return None
+        return self._decoder.take_first(EMERGENCY_PREFIX)
+
     def _refuse(self, refused: RevisionRefused) -> RevisionRejected:
         self._queue(Reject(refused.revision, refused.reason.value, str(refused)[:1000]))
         return RevisionRejected(refused.revision, refused.reason, str(refused))
@@ -239,7 +271,7 @@ class AgentConnection(_Connection):
             try:
                 if isinstance(msg, SnapshotChunk):
                     self._assembler.add(msg)
-                    return None
+                    return SnapshotProgress(msg.revision, self._assembler.next_index, self._assembler.begin.chunks)
                 assembler, self._assembler = self._assembler, None
                 begin = assembler.begin
                 bundle = assembler.finish(msg)

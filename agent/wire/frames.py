@@ -65,6 +65,7 @@ class FrameDecoder:
         self.max_frame_size = max_frame_size
         self._buffer = bytearray()
         self._offset = 0
+        self._scanned = 0      # complete frames before this index were looked at by take_first
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -88,7 +89,29 @@ class FrameDecoder:
         start = self._offset + HEADER_SIZE
         body = bytes(self._buffer[start:start + length])
         self._offset = start + length
+        self._scanned = max(self._scanned, self._offset)
         if self._offset > 1 << 16 and self._offset * 2 > len(self._buffer):
             del self._buffer[:self._offset]   # compact now and then, not per frame
+            self._scanned -= self._offset
             self._offset = 0
         return body
+
+    def take_first(self, body_prefix: bytes) -> bytes | None:
+        """The first complete buffered frame whose body starts with
+        `body_prefix`, taken out of the stream ahead of the frames before it
+        (so an urgent message overtakes a backlog the receiver has not
+        processed yet). Frame headers are read once; bodies are not decoded."""
+        buf, at = self._buffer, max(self._scanned, self._offset)
+        while len(buf) - at >= HEADER_SIZE:
+            (length,) = LENGTH.unpack_from(buf, at)
+            if length == 0 or length > self.max_frame_size or len(buf) - at - HEADER_SIZE < length:
+                break   # incomplete, or an error next_body will report in its turn
+            start = at + HEADER_SIZE
+            if buf[start:start + len(body_prefix)] == body_prefix:
+                body = bytes(buf[start:start + length])
+                del buf[at:start + length]
+                self._scanned = at
+                return body
+            at = start + length
+        self._scanned = at
+        return None

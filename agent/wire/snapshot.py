@@ -13,10 +13,12 @@ from agent.wire.frames import encode_frame
 from agent.wire.messages import SnapshotBegin, SnapshotChunk, SnapshotEnd, message_to_wire
 from agent.wire.prefixes import RECORD_SIZE, PrefixList, PrefixListError, check_records
 
-# Records per prefix chunk: 255 KiB of IPv4 records, whatever the list length.
-CHUNK_RECORD_BYTES = 255 * 1024
+# Records per prefix chunk, whatever the list length: 64 KiB, so a frame
+# that must overtake a snapshot (an emergency block) waits behind at most a
+# few small chunks, in buffers and in the agent's decoding (bench_wire.py).
+CHUNK_RECORD_BYTES = 64 * 1024
 # Tenant documents per chunk are cut by encoded size, to the same budget.
-CHUNK_ITEM_BYTES = 255 * 1024
+CHUNK_ITEM_BYTES = 64 * 1024
 MAX_SNAPSHOT_PREFIXES = 64 * 1024 * 1024   # an agent refuses a begin announcing more
 
 
