@@ -6,6 +6,7 @@ backwards, wrong base) refusing with a reason and applying nothing."""
 
 import dataclasses
 import ipaddress
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -15,7 +16,7 @@ from agent.wire import (
     MAX_FRAME_SIZE, Ack, AgentConnection, BundleSigner, Close, IncidentAck, SnapshotProgress, BundleVerifier, ConnectionClosed, DeltaError, DeltaReceived, EmergencyBlock,
     EmergencyReceived, EncodedRevision, KeyFileError, LocalProtocolError, PolicyBundle, PrefixList, PrefixListError, Reject,
     RejectReason, RevisionRejected, SnapshotBegin, SnapshotCache, SnapshotReceived, apply_delta, keygen,
-    load_private_key, load_public_key, public_key_text,
+    fits_in_frame, load_private_key, load_public_key, public_key_text,
 )
 from agent.wire.frames import encode_frame, unpack
 from agent.wire.messages import decode_message, message_to_wire
@@ -40,6 +41,28 @@ def test_prefix_list_matches_a_set(before, after):
     assert set(removed.networks()) == set(before) - set(after)
     assert old.apply(added, removed) == new
     assert PrefixList.from_packed(new.v4, new.v6) == new
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_difference_of_long_lists_against_a_set(seed):
+    """Long equal runs, changes at the ends, clustered and scattered: the merge skips runs by memcmp."""
+    rng = random.Random(seed)
+    old = random_prefixes(30_000, seed=seed, v6_share=0.1)
+    records = {f: list(old.records(f)) for f in (4, 6)}
+    new_blocks = {}
+    for family, recs in records.items():
+        keep = set(recs)
+        for index in rng.sample(range(len(recs)), 40) + [0, len(recs) - 1] + list(range(100, 140)):
+            keep.discard(recs[index])
+        keep |= set(random_prefixes(60, seed=seed + 100, v6_share=0.5).records(family))
+        new_blocks[family] = b"".join(sorted(keep))
+    new = PrefixList(new_blocks[4], new_blocks[6])
+    added, removed = old.difference(new)
+    for family in (4, 6):
+        before, after = set(old.records(family)), set(new.records(family))
+        assert added.block(family) == b"".join(sorted(after - before))
+        assert removed.block(family) == b"".join(sorted(before - after))
+    assert old.apply(added, removed) == new
 
 
 def test_prefix_list_apply_refuses_a_change_from_another_base():
@@ -345,3 +368,11 @@ def test_bundle_from_a_policy_and_back():
     assert PolicyBundle.from_policy(again, bundle_.named_lists()).digest == bundle_.digest
     assert set(bundle_.named_lists()) == {"tenant-2/abuse"}
     assert {"global/policy", "tenant-1/policy", "tenant-2/policy"} <= set(bundle_.lists)
+
+
+def test_a_delta_too_large_for_a_frame_is_detected():
+    signer = BundleSigner(new_key())
+    old, new = bundle(1), bundle(2, {"global/big": random_prefixes(250_000)})
+    delta = signed_delta(signer, old, new)
+    assert not fits_in_frame(delta)
+    assert fits_in_frame(signed_delta(signer, old, bundle(2, {"global/big": random_prefixes(1000)})))

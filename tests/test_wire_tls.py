@@ -166,3 +166,13 @@ def test_hello_for_another_node_and_revoked_node_are_refused(fleet):
     assert liar.reason == "bad_credentials" and "edge-liar" in str(liar)
     assert revoked.reason == "bad_credentials" and "revoked by admin" in str(revoked)
     assert names == []
+
+
+def test_reconnect_delays_double_with_jitter_up_to_the_cap():
+    from agent.wire.asyncio_client import reconnect_delays
+    lows = [d for d, _ in zip(reconnect_delays(0.5, 30, rand=lambda: 0.0), range(12))]
+    highs = [d for d, _ in zip(reconnect_delays(0.5, 30, rand=lambda: 1.0), range(12))]
+    assert lows[:4] == [0.25, 0.5, 1.0, 2.0] and highs[:4] == [0.5, 1.0, 2.0, 4.0]
+    assert max(highs) == 30 and lows[-1] == 15
+    spread = {round(d, 6) for d, _ in zip(reconnect_delays(1, 1), range(50))}
+    assert len(spread) > 40 and all(0.5 <= d <= 1 for d in spread)

@@ -15,7 +15,7 @@ from agent.wire.frames import MAX_FRAME_SIZE, PROTOCOL_VERSION, FrameDecoder, Fr
 from agent.wire.messages import (
     MESSAGES, Ack, Close, CloseReason, CounterSummary, Delta, DigestReport, DigestRequest, EmergencyAck,
     EmergencyBlock, EvidenceAck, EvidenceManifest, Hello, IncidentAck, IncidentReport, Reject, RejectReason,
-    SnapshotBegin, SnapshotChunk, SnapshotEnd, Welcome,
+    SnapshotBegin, SnapshotChunk, SnapshotEnd, Welcome, fits_in_frame,
 )
 from agent.wire.outbox import Outbox
 from agent.wire.prefixes import PrefixList, PrefixListError
@@ -26,5 +26,5 @@ from agent.wire.signing import (
 from agent.wire.snapshot import EncodedRevision, SnapshotAssembler, SnapshotCache, SnapshotError
 
 __all__ = [name for name in dir() if not name.startswith("_") and name[0].isupper() or name in (
-    "apply_delta", "document_digest", "list_key", "make_changes", "policy_digest", "encode_frame", "key_id",
+    "apply_delta", "document_digest", "fits_in_frame", "list_key", "make_changes", "policy_digest", "encode_frame", "key_id",
     "keygen", "load_private_key", "load_public_key", "public_key_text")]

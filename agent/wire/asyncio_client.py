@@ -5,8 +5,10 @@ the hello, wait for the welcome, then hand events and sends through
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import ssl
+from typing import Callable, Iterator
 
 from agent.wire.asyncio_stream import StreamPeer
 from agent.wire.connection import AgentConnection, ConnectionClosed
@@ -36,6 +38,18 @@ async def _dial(host: str, port: int) -> socket.socket:
             sock.close()
             error = err
     raise error or OSError(f"cannot resolve {host}")
+
+
+def reconnect_delays(first: float = 0.5, cap: float = 30.0,
+                     rand: Callable[[], float] = random.random) -> Iterator[float]:
+    """Seconds to wait before each reconnect: doubling from `first` up to
+    `cap`, half of it random, so a fleet that lost its controller at once
+    does not come back at once. Start a new iterator after a good session."""
+    attempt = 0
+    while True:
+        ceiling = min(cap, first * 2 ** attempt)
+        yield ceiling / 2 + rand() * ceiling / 2
+        attempt = min(attempt + 1, 64)
 
 
 class ControllerRefused(ConnectionError):

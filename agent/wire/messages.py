@@ -10,7 +10,7 @@ import enum
 import typing
 from dataclasses import dataclass, field
 
-from agent.wire.frames import FrameError
+from agent.wire.frames import MAX_FRAME_SIZE, FrameError, pack
 
 MAX_U64 = 2**64 - 1
 
@@ -242,6 +242,11 @@ def message_to_wire(msg) -> list:
     if type(msg) not in SENDERS:
         raise TypeError(f"{type(msg).__name__} is not a protocol message")
     return [msg.NAME, {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}]
+
+
+def fits_in_frame(msg) -> bool:
+    """Whether `msg` can be sent as one frame (a Delta too large for one is sent as a snapshot instead)."""
+    return len(pack(message_to_wire(msg))) <= MAX_FRAME_SIZE
 
 
 _FIELD_TYPES: dict[type, dict[str, tuple[type, bool]]] = {}

@@ -171,11 +171,12 @@ class PrefixList:
         return PrefixList(*blocks)
 
     def difference(self, other: "PrefixList") -> tuple["PrefixList", "PrefixList"]:
-        """(added, removed) that turn `self` into `other`: other.apply is self.apply(...)'s inverse."""
+        """(added, removed) that turn `self` into `other` (self.apply(added, removed) == other).
+        A merge of the two sorted blocks that skips equal runs with memcmp, so
+        a few changes in a long list cost a few comparisons, not a pass in Python."""
         out = {}
         for family in (4, 6):
-            mine, theirs = set(self.records(family)), set(other.records(family))
-            out[family] = (b"".join(sorted(theirs - mine)), b"".join(sorted(mine - theirs)))
+            out[family] = _merge_difference(self.block(family), other.block(family), RECORD_SIZE[family])
         return PrefixList(out[4][0], out[6][0]), PrefixList(out[4][1], out[6][1])
 
     def to_prefix_set(self):
@@ -196,6 +197,39 @@ class PrefixList:
         n4, n6 = struct.unpack_from("<II", data, 12)
         v4_end = 20 + n4 * RECORD_SIZE[4]
         return cls(data[20:v4_end], data[v4_end:v4_end + n6 * RECORD_SIZE[6]])
+
+
+_RUN = 4096   # records compared at once while the two lists agree
+
+
+def _merge_difference(old: bytes, new: bytes, size: int) -> tuple[bytes, bytes]:
+    """(records only in new, records only in old) of two sorted record blocks."""
+    added, removed = [], []
+    i, j, n_old, n_new = 0, 0, len(old) // size, len(new) // size
+    while i < n_old and j < n_new:
+        run = min(_RUN, n_old - i, n_new - j)
+        if old[i * size:(i + run) * size] == new[j * size:(j + run) * size]:
+            i, j = i + run, j + run
+            continue
+        # the first record where they differ, by halving the run (each step one memcmp)
+        low, high = 0, run - 1          # records [i, i+low) agree; they differ somewhere before i+high+1
+        while low < high:
+            mid = (low + high) // 2
+            if old[(i + low) * size:(i + mid + 1) * size] == new[(j + low) * size:(j + mid + 1) * size]:
+                low = mid + 1
+            else:
+                high = mid
+        i, j = i + low, j + low
+        a, b = old[i * size:(i + 1) * size], new[j * size:(j + 1) * size]
+        if a < b:
+            removed.append(a)
+            i += 1
+        elif b < a:
+            added.append(b)
+            j += 1
+    removed.append(old[i * size:])
+    added.append(new[j * size:])
+    return b"".join(added), b"".join(removed)
 
 
 def _show(family: int, record: bytes) -> str:
