@@ -330,8 +330,9 @@ def test_emergency_block_verified():
     signer, stranger = BundleSigner(new_key()), BundleSigner(new_key())
     agent, controller = open_pair(BundleVerifier([signer.private_key.public_key()]))
     block = EmergencyBlock("em-1", ["198.51.100.7/32"], "C2 server", 9, "", b"", 0, 1764600000)
-    (event,) = feed(agent, controller.send(signer.sign_emergency(block)))
+    (event,) = feed(agent, controller.send(signer.emergency("em-1", ["198.51.100.7/32"], "C2 server", 9)))
     assert isinstance(event, EmergencyReceived) and event.block.prefixes == ["198.51.100.7/32"]
+    assert event.block.key_id == signer.key_id and event.block.issued_at > 1764600000
     (event,) = feed(agent, controller.send(stranger.sign_emergency(block)))
     assert isinstance(event, RevisionRejected) and "em-1" in event.message
 

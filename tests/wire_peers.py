@@ -51,6 +51,9 @@ def bundle(revision: int = 7, lists: dict | None = None, document: dict = DOCUME
 
 
 def signed_delta(signer: BundleSigner, old: PolicyBundle, new: PolicyBundle, **override) -> Delta:
+    """signer.make_delta, with fields replaced before signing (for deltas a controller must not make)."""
+    if not override:
+        return signer.make_delta(old, new)
     fields = dict(from_revision=old.revision, to_revision=new.revision, to_digest=new.digest, key_id="",
                   signature=b"", **make_changes(old, new))
     fields.update(override)

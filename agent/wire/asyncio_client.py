@@ -87,7 +87,11 @@ async def connect(host: str, port: int, *, ssl_context: ssl.SSLContext, hello: H
     reader, writer = await asyncio.wait_for(open_stream(), timeout)
     peer = StreamPeer(AgentConnection(verifier), reader, writer)
     peer.queue(hello)
-    event = await asyncio.wait_for(peer.next_event(), timeout)
+    try:
+        event = await asyncio.wait_for(peer.next_event(), timeout)
+    except asyncio.TimeoutError:
+        await peer.close(CloseReason.UNEXPECTED_MESSAGE, f"no welcome within {timeout:.0f} s")
+        raise
     if isinstance(event, ConnectionClosed):
         raise ControllerRefused(event.reason, event.message)
     return AsyncioControllerLink(peer, event)

@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -158,6 +159,18 @@ class BundleSigner:
     def sign_emergency(self, block: EmergencyBlock) -> EmergencyBlock:
         unsigned = dataclasses.replace(block, key_id=self.key_id, signature=b"")
         return dataclasses.replace(unsigned, signature=self.private_key.sign(emergency_signed_bytes(unsigned)))
+
+    def make_delta(self, old, new) -> Delta:
+        """The signed Delta from bundle `old` to bundle `new` (bundle.make_changes)."""
+        from agent.wire.bundle import make_changes
+        return self.sign_delta(Delta(old.revision, new.revision, new.digest, "", b"", **make_changes(old, new)))
+
+    def emergency(self, emergency_id: str, prefixes: Iterable[str], reason: str, priority: int = 0,
+                  tenant_id: int = 0) -> EmergencyBlock:
+        """A signed EmergencyBlock issued now."""
+        block = EmergencyBlock(emergency_id, [str(p) for p in prefixes], reason, priority, "", b"", tenant_id,
+                               int(time.time()))
+        return self.sign_emergency(block)
 
 
 class BundleVerifier:
