@@ -377,3 +377,31 @@ def test_a_delta_too_large_for_a_frame_is_detected():
     delta = signed_delta(signer, old, new)
     assert not fits_in_frame(delta)
     assert fits_in_frame(signed_delta(signer, old, bundle(2, {"global/big": random_prefixes(1000)})))
+
+
+_doc_values = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=6)
+                           | st.binary(max_size=6), lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=4), inner, max_size=4), max_leaves=15)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_doc_values, st.randoms(use_true_random=False))
+def test_canonical_encoding_survives_msgpack_and_ignores_map_order(value, rnd):
+    from agent.wire.canonical import canonical_bytes, unordered_canonical_bytes
+
+    def shuffled(v, lists: bool):
+        if isinstance(v, dict):
+            items = list(v.items())
+            rnd.shuffle(items)
+            return {k: shuffled(x, lists) for k, x in items}
+        if isinstance(v, list):
+            items = [shuffled(x, lists) for x in v]
+            if lists:
+                rnd.shuffle(items)
+            return items
+        return v
+
+    assert canonical_bytes(unpack(canonical_bytes(value))) == canonical_bytes(value)
+    assert canonical_bytes(shuffled(value, False)) == canonical_bytes(value)
+    assert unordered_canonical_bytes(shuffled(value, True)) == unordered_canonical_bytes(value)
+    assert unpack(canonical_bytes(value)) == unpack(encode_frame(value)[4:])

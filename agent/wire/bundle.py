@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Mapping
 
-from agent.wire.canonical import canonical_bytes, unordered
+from agent.wire.canonical import canonical_bytes, unordered_canonical_bytes
 from agent.wire.prefixes import PrefixList, PrefixListError
 
 POLICY_LIST = "policy"   # the document's own blocked_sources of a scope (as agent.datapath.named_lists)
@@ -38,15 +38,6 @@ def list_key(name: str, tenant_id: int | None = None) -> str:
     if not LIST_KEY.fullmatch(key):
         raise ValueError(f"list key {key!r}: names are 1-63 of a-z 0-9 . _ -, tenant ids 1..4294967295")
     return key
-
-
-def _normal(value):
-    """A document value with every list in canonical order (no list in the document is ordered)."""
-    if isinstance(value, dict):
-        return {k: _normal(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return unordered(_normal(v) for v in value)
-    return value
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,7 +118,8 @@ def policy_digest(bundle: PolicyBundle) -> bytes:
     """SHA-256 over the canonical document (lists in any order give one
     digest) and every list's records (canonical by construction). The
     revision number is not part of it: signatures bind the two together."""
-    h = hashlib.sha256(canonical_bytes([DIGEST_LABEL, _normal(bundle.document)]))
+    # no list in the document is ordered (tenants, VIPs, ports): their order does not change the digest
+    h = hashlib.sha256(canonical_bytes(DIGEST_LABEL) + unordered_canonical_bytes(bundle.document))
     for key, prefixes in sorted(bundle.lists.items()):
         h.update(canonical_bytes([key, len(prefixes.v4), len(prefixes.v6)]))
         h.update(prefixes.v4)
