@@ -405,3 +405,33 @@ def test_canonical_encoding_survives_msgpack_and_ignores_map_order(value, rnd):
     assert canonical_bytes(shuffled(value, False)) == canonical_bytes(value)
     assert unordered_canonical_bytes(shuffled(value, True)) == unordered_canonical_bytes(value)
     assert unpack(canonical_bytes(value)) == unpack(encode_frame(value)[4:])
+
+
+_SIGNER = BundleSigner(new_key())
+_R1 = bundle(1, {"global/x": random_prefixes(3000, v6_share=0.2)})
+_R2 = bundle(2, {"global/x": random_prefixes(3001, v6_share=0.2)})
+_STREAM = b"".join(EncodedRevision(_R1, _SIGNER).frames) + encode_frame(message_to_wire(_SIGNER.make_delta(_R1, _R2)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(_STREAM) - 1), st.integers(1, 255)), min_size=1, max_size=6),
+       st.integers(0, len(_STREAM)))
+def test_fuzz_corrupted_stream_never_hands_on_altered_revisions(flips, cut):
+    """Bytes of a valid snapshot + delta stream flipped and the stream cut: whatever
+    comes out is the genuine revision, a refusal with a reason, or a close with a reason."""
+    data = bytearray(_STREAM)
+    for at, xor in flips:
+        data[at] ^= xor
+    verifier = BundleVerifier([_SIGNER.private_key.public_key()])
+    agent, _ = open_pair(verifier)
+    agent.receive_data(bytes(data[:cut]))
+    for event in iter(agent.next_event, None):
+        if isinstance(event, SnapshotReceived):
+            assert event.bundle.digest == _R1.digest and dict(event.bundle.lists) == dict(_R1.lists)
+            agent.send(Ack(1, event.bundle.digest))
+        elif isinstance(event, DeltaReceived):
+            assert apply_delta(_R1, event.delta).digest == _R2.digest
+        elif isinstance(event, RevisionRejected):
+            assert event.message and event.reason in RejectReason
+        elif isinstance(event, ConnectionClosed):
+            assert event.reason and event.message
