@@ -16,7 +16,8 @@ from agent.wire import (
     MAX_FRAME_SIZE, Ack, AgentConnection, BundleSigner, Close, IncidentAck, SnapshotProgress, BundleVerifier, ConnectionClosed, DeltaError, DeltaReceived, EmergencyBlock,
     EmergencyReceived, EncodedRevision, KeyFileError, LocalProtocolError, PolicyBundle, PrefixList, PrefixListError, Reject,
     RejectReason, RevisionRejected, SnapshotBegin, SnapshotCache, SnapshotReceived, apply_delta, keygen,
-    fits_in_frame, load_private_key, load_public_key, public_key_text,
+    RevisionFileError, fits_in_frame, load_private_key, load_public_key, public_key_text, read_revision,
+    write_revision,
 )
 from agent.wire.frames import encode_frame, unpack
 from agent.wire.messages import decode_message, message_to_wire
@@ -435,3 +436,34 @@ def test_fuzz_corrupted_stream_never_hands_on_altered_revisions(flips, cut):
             assert event.message and event.reason in RejectReason
         elif isinstance(event, ConnectionClosed):
             assert event.reason and event.message
+
+
+def test_revision_file_keeps_the_proof(tmp_path):
+    signer, stranger = BundleSigner(new_key()), BundleSigner(new_key())
+    verifier = BundleVerifier([signer.private_key.public_key()])
+    agent, controller = open_pair(verifier)
+    r1, r2 = bundle(1, {"global/x": random_prefixes(50_000)}), bundle(2, {"global/x": random_prefixes(50_001)})
+    (snapshot,) = feed(agent, b"".join(EncodedRevision(r1, signer).frames))
+    write_revision(tmp_path / "rev", snapshot.bundle, snapshot.proof)
+    assert read_revision(tmp_path / "rev", BundleVerifier([signer.private_key.public_key()])).digest == r1.digest
+    agent.send(Ack(1, r1.digest))
+    (delta,) = feed(agent, controller.send(signer.make_delta(r1, r2)))
+    write_revision(tmp_path / "rev", apply_delta(snapshot.bundle, delta.delta), delta.delta)
+    again = read_revision(tmp_path / "rev", BundleVerifier([signer.private_key.public_key()]))
+    assert again.digest == r2.digest and again.revision == 2 and dict(again.lists) == dict(r2.lists)
+    # refused: another key, a byte changed on disk, a proof of another revision, a truncated file
+    with pytest.raises(RevisionFileError, match="unknown_key"):
+        read_revision(tmp_path / "rev", BundleVerifier([stranger.private_key.public_key()]))
+    data = bytearray((tmp_path / "rev").read_bytes())
+    data[-40] ^= 0x01
+    (tmp_path / "bad").write_bytes(bytes(data))
+    with pytest.raises(RevisionFileError, match="corrupt|not trusted"):
+        read_revision(tmp_path / "bad", verifier)
+    write_revision(tmp_path / "other", r2, snapshot.proof)
+    with pytest.raises(RevisionFileError, match="digest_mismatch"):
+        read_revision(tmp_path / "other", verifier)
+    (tmp_path / "short").write_bytes((tmp_path / "rev").read_bytes()[:-3])
+    with pytest.raises(RevisionFileError, match="truncated"):
+        read_revision(tmp_path / "short", verifier)
+    with pytest.raises(RevisionFileError, match="cannot read"):
+        read_revision(tmp_path / "missing", verifier)

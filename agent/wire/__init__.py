@@ -23,8 +23,9 @@ from agent.wire.signing import (
     BundleSigner, BundleVerifier, KeyFileError, RevisionRefused, key_id, keygen, load_private_key, load_public_key,
     public_key_text,
 )
+from agent.wire.revision_file import RevisionFileError, read_revision, write_revision
 from agent.wire.snapshot import EncodedRevision, SnapshotAssembler, SnapshotCache, SnapshotError
 
 __all__ = [name for name in dir() if not name.startswith("_") and name[0].isupper() or name in (
     "apply_delta", "document_digest", "fits_in_frame", "list_key", "make_changes", "policy_digest", "encode_frame", "key_id",
-    "keygen", "load_private_key", "load_public_key", "public_key_text")]
+    "keygen", "read_revision", "write_revision", "load_private_key", "load_public_key", "public_key_text")]

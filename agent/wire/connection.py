@@ -50,9 +50,11 @@ class ConnectionClosed:
 
 @dataclass(frozen=True)
 class SnapshotReceived:
-    """A whole revision, verified: apply it, then send Ack(revision, digest) (or Reject)."""
+    """A whole revision, verified: apply it, then send Ack(revision, digest) (or Reject).
+    `proof` is its signed begin (for revision_file.write_revision)."""
 
     bundle: PolicyBundle
+    proof: SnapshotBegin
 
     @property
     def revision(self) -> int:
@@ -282,7 +284,7 @@ class AgentConnection(_Connection):
                                                     f"snapshot of revision {begin.revision}: the content does "
                                                     f"not match its signed digest"))
             self._offered[bundle.revision] = bundle.digest
-            return SnapshotReceived(bundle)
+            return SnapshotReceived(bundle, begin)
         if in_snapshot and isinstance(msg, Delta):
             raise _ProtocolViolation(CloseReason.UNEXPECTED_MESSAGE, "delta inside a snapshot")
         if isinstance(msg, Delta):

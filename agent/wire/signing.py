@@ -242,5 +242,24 @@ class BundleVerifier:
                                   f"delta from revision {delta.from_revision}, but revision "
                                   f"{self.applied_revision} is applied; a snapshot is needed")
 
+    def check_proof(self, proof: SnapshotBegin | Delta, revision: int, digest: bytes) -> None:
+        """RevisionRefused unless `proof` (a snapshot's begin or a delta, as
+        received) is signed by a trusted key and says `revision` has `digest`.
+        No ordering check: this is how a stored revision is trusted again."""
+        if isinstance(proof, SnapshotBegin):
+            self._verify(proof.revision, proof.key_id, proof.signature,
+                         snapshot_signed_bytes(proof.revision, proof.digest))
+            stated = (proof.revision, proof.digest)
+        elif isinstance(proof, Delta):
+            self._verify(proof.to_revision, proof.key_id, proof.signature, delta_signed_bytes(proof))
+            stated = (proof.to_revision, proof.to_digest)
+        else:
+            raise RevisionRefused(revision, RejectReason.BAD_SIGNATURE,
+                                  f"a {type(proof).__name__} does not prove a revision")
+        if stated != (revision, digest):
+            raise RevisionRefused(revision, RejectReason.DIGEST_MISMATCH,
+                                  f"revision {revision}: its content does not match what the signature covers "
+                                  f"(revision {stated[0]})")
+
     def check_emergency(self, block: EmergencyBlock) -> None:
         self._verify(0, block.key_id, block.signature, emergency_signed_bytes(block))

@@ -49,15 +49,17 @@ def _chunks(bundle: PolicyBundle):
 
 class EncodedRevision:
     """One revision's snapshot as ready frames: `frames` is (begin, chunks...,
-    end), plain bytes objects that every connection writes as they are."""
+    end), plain bytes objects that every connection writes as they are.
+    Without a signer the begin is unsigned (for files that carry their proof
+    separately, see revision_file.py)."""
 
-    def __init__(self, bundle: PolicyBundle, signer):
+    def __init__(self, bundle: PolicyBundle, signer=None):
         self.bundle = bundle
         self.revision = bundle.revision
         self.digest = bundle.digest
         body = [encode_frame(message_to_wire(SnapshotChunk(revision=self.revision, index=i, **chunk)))
                 for i, chunk in enumerate(_chunks(bundle))]
-        key_id, signature = signer.sign_snapshot(self.revision, self.digest)
+        key_id, signature = signer.sign_snapshot(self.revision, self.digest) if signer else ("", b"")
         begin = SnapshotBegin(self.revision, self.digest, key_id, signature, len(body), bundle.prefix_count)
         end = SnapshotEnd(self.revision, len(body))
         self.frames: tuple[bytes, ...] = (encode_frame(message_to_wire(begin)), *body,
