@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import random
 import resource
 import subprocess
@@ -37,8 +38,8 @@ from results_file import machine_facts, publish  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
 from agent.wire import (  # noqa: E402
-    PROTOCOL_VERSION, AgentConnection, BundleSigner, BundleVerifier, ControllerConnection, Delta, EncodedRevision,
-    Hello, Outbox, PolicyBundle, PrefixList, SnapshotCache, SnapshotProgress, SnapshotReceived, Welcome, apply_delta, make_changes,
+    PROTOCOL_VERSION, AgentConnection, BundleSigner, BundleVerifier, ControllerConnection, EncodedRevision, Hello,
+    Outbox, PolicyBundle, PrefixList, SnapshotCache, SnapshotProgress, SnapshotReceived, Welcome, apply_delta,
 )
 
 SECTION_TITLE = "## Wire protocol"
@@ -129,30 +130,38 @@ def child(mode: str, prefixes: int, count: int) -> dict:
             "queue_seconds": queued, "bytes_sent": sent, "held": held, "encodings": cache.encodings if mode == "shared" else count}
 
 
-def throughput(prefixes: int) -> dict:
-    signer = BundleSigner(Ed25519PrivateKey.generate())
-    start = time.perf_counter()
-    bundle = policy(prefixes)
-    build = time.perf_counter() - start
-    start = time.perf_counter()
-    digest = bundle.digest
-    digest_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    encoded = EncodedRevision(bundle, signer)
-    encode = time.perf_counter() - start
-    verifier = BundleVerifier([signer.private_key.public_key()])
-    agent = AgentConnection(verifier)
+def _median_time(repeat: int, work) -> tuple[float, object]:
+    """The median wall time of `repeat` runs of work() (the machine is shared), and the last result."""
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = work()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2], result
+
+
+def _received(encoded: EncodedRevision, signer: BundleSigner) -> SnapshotReceived:
+    """The agent's side of a snapshot: frames in, verified bundle out."""
+    agent = AgentConnection(BundleVerifier([signer.private_key.public_key()]))
     conn = ControllerConnection("controller-1")
     conn.receive_data(agent.send(Hello(PROTOCOL_VERSION, "edge-0", 0, b"")))
     conn.next_event()
     agent.receive_data(conn.send(Welcome(PROTOCOL_VERSION, "controller-1", 1)))
     agent.next_event()
-    start = time.perf_counter()
     for frame in encoded.frames:
         agent.receive_data(frame)
     while isinstance(event := agent.next_event(), SnapshotProgress):
         pass
-    decode = time.perf_counter() - start
+    return event
+
+
+def throughput(prefixes: int, repeat: int) -> dict:
+    signer = BundleSigner(Ed25519PrivateKey.generate())
+    bundle = policy(prefixes)
+    digest_seconds, digest = _median_time(repeat, lambda: PolicyBundle(1, bundle.document, bundle.lists).digest)
+    bundle.digest   # a revision's digest is computed once, with the revision; encoding reuses it
+    encode, encoded = _median_time(repeat, lambda: EncodedRevision(bundle, signer))
+    decode, event = _median_time(repeat, lambda: _received(encoded, signer))
     assert isinstance(event, SnapshotReceived) and event.bundle.digest == digest
     # a 100-entry delta (50 added, 50 removed) on top of the list
     reputation = bundle.lists["global/reputation"]
@@ -165,17 +174,12 @@ def throughput(prefixes: int) -> dict:
         if record not in present:
             added_records.add(record)
     added = PrefixList(b"".join(sorted(added_records)))
-    new_list = reputation.apply(added, removed)
-    start = time.perf_counter()
-    newer = PolicyBundle(2, bundle.document, {**bundle.lists, "global/reputation": new_list})
-    changes = make_changes(bundle, newer)
-    make = time.perf_counter() - start
-    delta = signer.sign_delta(Delta(1, 2, newer.digest, "", b"", **changes))
-    start = time.perf_counter()
-    result = apply_delta(event.bundle, delta)
-    apply = time.perf_counter() - start
+    newer = PolicyBundle(2, bundle.document, {**bundle.lists, "global/reputation": reputation.apply(added, removed)})
+    newer.digest
+    make, delta = _median_time(repeat, lambda: signer.make_delta(bundle, newer))
+    apply, result = _median_time(repeat, lambda: apply_delta(event.bundle, delta))
     assert result.digest == newer.digest
-    return {"build": build, "digest": digest_seconds, "encode": encode, "decode": decode, "bytes": encoded.size,
+    return {"digest": digest_seconds, "encode": encode, "decode": decode, "bytes": encoded.size,
             "frames": len(encoded.frames), "largest_frame": max(len(f) for f in encoded.frames),
             "delta_make": make, "delta_apply": apply, "prefixes": bundle.prefix_count}
 
@@ -292,6 +296,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=5, help="emergency-latency rounds per mode")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each throughput step (median)")
     parser.add_argument("--write-results", action="store_true")
     args = parser.parse_args()
     if args.child == "emergency-agent":
@@ -302,7 +307,7 @@ def main() -> None:
         return
     shared = run_child("shared", args.prefixes, args.connections)
     baseline = run_child("per-connection", args.prefixes, args.connections)
-    t = throughput(args.prefixes)
+    t = throughput(args.prefixes, args.repeat)
     em = emergency_latency(args.prefixes, args.rounds)
     median = lambda values: values[len(values) // 2]  # noqa: E731
     mib = t["bytes"] / 2**20
@@ -331,6 +336,9 @@ def main() -> None:
         f"(the one shared encoding fits in memory the policy's construction had freed). Both modes sent "
         f"{shared['bytes_sent'] / 2**20:.0f} MiB.",
         "",
+        f"Throughput steps: median of {args.repeat} runs; load average during the run "
+        f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min) on this shared machine.",
+        "",
         "| step (pure Python) | time | throughput |",
         "|---|---:|---:|",
         f"| policy digest (SHA-256 over the canonical document and records) | {t['digest'] * 1000:.1f} ms | "
@@ -339,7 +347,7 @@ def main() -> None:
         f"{mib / t['encode']:.0f} MiB/s, {t['prefixes'] / t['encode'] / 1e6:.1f}M prefixes/s |",
         f"| decode on the agent (frames in, every record checked, digest verified) | {t['decode'] * 1000:.0f} ms | "
         f"{mib / t['decode']:.0f} MiB/s, {t['prefixes'] / t['decode'] / 1e6:.2f}M prefixes/s |",
-        f"| make a 100-entry delta on the {args.prefixes:,}-prefix list (controller: diff of two revisions) | {t['delta_make'] * 1000:.0f} ms | - |",
+        f"| make a signed 100-entry delta on the {args.prefixes:,}-prefix list (controller: diff of two revisions) | {t['delta_make'] * 1000:.0f} ms | - |",
         f"| apply it to the received bundle, digest checked (agent bookkeeping, not the datapath) | "
         f"{t['delta_apply'] * 1000:.1f} ms | - |",
     ]
