@@ -251,7 +251,7 @@ def emergency_latency(prefixes: int, rounds: int) -> dict:
         await asyncio.sleep(0.005)
         times["emergency"] = time.perf_counter()
         if fifo:
-            link._peer._put(link.connection.send(block), PRIORITY_POLICY)
+            link._peer.put_frames(link.connection.send(block), PRIORITY_POLICY)
         else:
             link.send(block)
         while not isinstance(await link.next_event(), ConnectionClosed):

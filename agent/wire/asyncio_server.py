@@ -34,7 +34,7 @@ class AsyncioAgentLink:
         self._peer.queue(msg)
 
     def send_snapshot(self, encoded) -> None:
-        self._peer._put(self._peer.conn.snapshot_frames(encoded), PRIORITY_POLICY)
+        self._peer.put_frames(self._peer.conn.snapshot_frames(encoded), PRIORITY_POLICY)
 
     async def close(self, reason: CloseReason = CloseReason.NORMAL, message: str = "") -> None:
         await self._peer.close(reason, message)

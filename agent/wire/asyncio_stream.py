@@ -62,7 +62,8 @@ class StreamPeer:
             if not data:
                 return
 
-    def _put(self, data: bytes, priority: int) -> None:
+    def put_frames(self, data, priority: int) -> None:
+        """Queue ready frames (bytes, or an iterable of them) at `priority` (outbox.py)."""
         self.outbox.put(data, priority)
         self._wake.set()
 
@@ -73,7 +74,7 @@ class StreamPeer:
             if self.conn.state is ConnectionState.CLOSED:
                 self.outbox = Outbox()
                 self._final = data
-            self._put(data, PRIORITY_REPORT)
+            self.put_frames(data, PRIORITY_REPORT)
 
     async def _write_loop(self) -> None:
         try:
@@ -98,9 +99,9 @@ class StreamPeer:
         frame = self.conn.send(msg)
         if isinstance(msg, Close):
             self._final = frame
-            self._put(frame, PRIORITY_FINAL)
+            self.put_frames(frame, PRIORITY_FINAL)
         else:
-            self._put(frame, frame_priority(msg))
+            self.put_frames(frame, frame_priority(msg))
 
     async def next_event(self):
         while True:
