@@ -287,3 +287,21 @@ print("ok", sorted(m for m in sys.modules if m.startswith("agent.") and not m.st
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok []"
+
+
+def test_outbox_priorities_and_order_within_one():
+    from agent.wire.outbox import PRIORITY_EMERGENCY, PRIORITY_POLICY, PRIORITY_REPORT, Outbox
+    from agent.wire.transport import frame_priority
+    box = Outbox()
+    box.put([b"chunk-0", b"chunk-1", b"chunk-2"], PRIORITY_POLICY)
+    box.put(b"ack", PRIORITY_REPORT)
+    box.put(b"emergency-low", PRIORITY_EMERGENCY + 1)
+    box.put(b"emergency-high", PRIORITY_EMERGENCY + 9)
+    box.put(b"delta", PRIORITY_POLICY)
+    assert box.queued_bytes == sum(map(len, (b"chunk-0", b"chunk-1", b"chunk-2", b"ack", b"emergency-low",
+                                             b"emergency-high", b"delta")))
+    assert [box.pop() for _ in range(len(box))] == [b"emergency-high", b"emergency-low", b"ack", b"chunk-0",
+                                                    b"chunk-1", b"chunk-2", b"delta"]
+    assert box.pop() is None and box.queued_bytes == 0
+    welcome, block = SAMPLES[1], SAMPLES[12]
+    assert frame_priority(welcome) > frame_priority(block) > frame_priority(SAMPLES[8]) > frame_priority(SAMPLES[7])
