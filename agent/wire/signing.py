@@ -84,7 +84,10 @@ def load_private_key(source: str | bytes | Path) -> Ed25519PrivateKey:
         if not isinstance(key, Ed25519PrivateKey):
             raise KeyFileError(f"{where}: a {type(key).__name__}, not an Ed25519 key; make one with keygen")
         return key
-    return Ed25519PrivateKey.from_private_bytes(_raw_base64(data, where))
+    try:
+        return Ed25519PrivateKey.from_private_bytes(_raw_base64(data, where))
+    except ValueError as err:
+        raise KeyFileError(f"{where}: not an Ed25519 private key ({err})") from None
 
 
 def load_public_key(source: str | bytes | Path) -> Ed25519PublicKey:
@@ -98,7 +101,10 @@ def load_public_key(source: str | bytes | Path) -> Ed25519PublicKey:
         if not isinstance(key, Ed25519PublicKey):
             raise KeyFileError(f"{where}: a {type(key).__name__}, not an Ed25519 key")
         return key
-    return Ed25519PublicKey.from_public_bytes(_raw_base64(data, where))
+    try:
+        return Ed25519PublicKey.from_public_bytes(_raw_base64(data, where))
+    except ValueError as err:
+        raise KeyFileError(f"{where}: not an Ed25519 public key ({err})") from None
 
 
 def keygen(private_path: str | Path, public_path: str | Path | None = None) -> str:
