@@ -84,8 +84,9 @@ def load_private_key(source: str | bytes | Path) -> Ed25519PrivateKey:
         if not isinstance(key, Ed25519PrivateKey):
             raise KeyFileError(f"{where}: a {type(key).__name__}, not an Ed25519 key; make one with keygen")
         return key
+    raw = _raw_base64(data, where)
     try:
-        return Ed25519PrivateKey.from_private_bytes(_raw_base64(data, where))
+        return Ed25519PrivateKey.from_private_bytes(raw)
     except ValueError as err:
         raise KeyFileError(f"{where}: not an Ed25519 private key ({err})") from None
 
@@ -101,8 +102,9 @@ def load_public_key(source: str | bytes | Path) -> Ed25519PublicKey:
         if not isinstance(key, Ed25519PublicKey):
             raise KeyFileError(f"{where}: a {type(key).__name__}, not an Ed25519 key")
         return key
+    raw = _raw_base64(data, where)
     try:
-        return Ed25519PublicKey.from_public_bytes(_raw_base64(data, where))
+        return Ed25519PublicKey.from_public_bytes(raw)
     except ValueError as err:
         raise KeyFileError(f"{where}: not an Ed25519 public key ({err})") from None
 
