@@ -114,6 +114,10 @@ def test_bundle_gives_back_the_document():
     assert PolicyBundle.from_document(again).digest == bundle().digest
     assert set(again["global"]["blocked_sources"]) == set(DOCUMENT["global"]["blocked_sources"])
     assert again["tenants"][0]["blocked_sources"] == ["198.51.100.64/26"]
+    with pytest.raises(ValueError, match="reserved"):
+        bundle(lists={"tenant-1/policy": PrefixList.from_networks(["192.0.2.0/24"])})
+    with pytest.raises(ValueError, match="not 'global/NAME'"):
+        PolicyBundle(1, {}, {"tenant-0/x": PrefixList()})
 
 
 def test_delta_round_trip_and_wrong_base():

@@ -62,6 +62,10 @@ class PolicyBundle:
     def from_document(cls, document: dict, lists: Mapping[str, PrefixList] | None = None) -> "PolicyBundle":
         """From a full policy document (blocked_sources as CIDR strings) and named lists."""
         lists = dict(lists or {})
+        reserved = [k for k in lists if k.endswith("/" + POLICY_LIST)]
+        if reserved:
+            raise ValueError(f"list {reserved[0]!r}: the name {POLICY_LIST!r} is reserved for the document's own "
+                             f"blocked_sources; name the list otherwise")
         skeleton = {k: v for k, v in document.items() if k != "revision"}
         if "global" in skeleton:
             table = dict(skeleton["global"])
