@@ -231,7 +231,7 @@ def emergency_latency(prefixes: int, rounds: int) -> dict:
     import asyncio
     import tempfile
 
-    from agent.wire import EmergencyBlock, public_key_text
+    from agent.wire import ConnectionClosed, EmergencyBlock, public_key_text
     from agent.wire.asyncio_server import serve
     from agent.wire.outbox import PRIORITY_POLICY
     from agent.wire.tls import NodeAuthority, server_context
