@@ -122,7 +122,7 @@ def test_reload_good_and_bad_files_and_cli_changes_during_reloads_lose_nothing(l
         reloader.join()
         assert not failures
         assert sum(1 for line in daemon.lines if line.get("event") == "reloaded") >= 3
-        time.sleep(1)                                   # the last reloads finish
+        _wait_reloads_settle(daemon)                    # the queued reloads finish
         live = json.loads(lab.edgewarden("block", "list", "--json").stdout)["interfaces"][lab.edge_if]
         # The datapath holds the minimal prefix set: compare the addresses covered.
         covered = {str(a) for e in live for a in ipaddress.ip_network(e["prefix"])}
@@ -133,7 +133,7 @@ def test_reload_good_and_bad_files_and_cli_changes_during_reloads_lose_nothing(l
 
         # A bad file: one clear log line, the running policy stays.
         good_text = policy_file.read_text()
-        policy_file.write_text(good_text.replace('state = "active"', 'state = "sleeping"'))
+        _replace_file(policy_file, good_text.replace('state = "active"', 'state = "sleeping"'))
         mark = len(daemon.lines)
         daemon.signal(signal.SIGHUP)
         rejected = daemon.wait_log("reload_rejected", after=mark)
@@ -143,8 +143,8 @@ def test_reload_good_and_bad_files_and_cli_changes_during_reloads_lose_nothing(l
         assert refused.returncode == 1 and "no longer validates" in refused.stderr
 
         # A good file: applied.
-        policy_file.write_text(POLICY.replace("revision = 1", "revision = 40") +
-                               '[[tenants]]\nid = 2\nname = "video"\nvips = ["203.0.113.20"]\n')
+        _replace_file(policy_file, POLICY.replace("revision = 1", "revision = 40") +
+                      '[[tenants]]\nid = 2\nname = "video"\nvips = ["203.0.113.20"]\n')
         mark = len(daemon.lines)
         daemon.signal(signal.SIGHUP)
         daemon.wait_log("reloaded", after=mark, revision=40)
@@ -153,6 +153,26 @@ def test_reload_good_and_bad_files_and_cli_changes_during_reloads_lose_nothing(l
     finally:
         daemon.stop()
         notify.close()
+
+
+def _wait_reloads_settle(daemon, quiet: float = 1.5, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        count = sum(1 for line in daemon.lines if line.get("event") in ("reloaded", "reload_rejected"))
+        if count != last:
+            last, since = count, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.1)
+    raise AssertionError("reloads did not settle")
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """As an editor saves: a new file renamed over the old, never half written."""
+    tmp = path.with_suffix(".edit")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def test_interface_that_goes_and_comes_back_or_is_renamed_is_enforced_again(lab, tmp_path):

@@ -54,7 +54,8 @@ class LoadedProgram:
                 name: self._object.map(name, key_type, value_type, percpu=name in abi.PERCPU_MAPS)
                 for name, (key_type, value_type) in abi.MAP_LAYOUTS.items()}
             for name, path in (pins or {}).items():
-                self.maps[name].pin_path = str(path)
+                if name in self.maps:       # the ring buffer has no BpfMap view
+                    self.maps[name].pin_path = str(path)
             # A new (not adopted) swappable table starts with an empty inner table.
             for name in abi.SWAPPABLE_TABLES:
                 SwappableTable(self.maps[name]).ensure_inner()
