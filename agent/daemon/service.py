@@ -170,10 +170,11 @@ class AgentDaemon:
                 self.evidence.incident_event(event)
         self.metrics.incidents_open.set(len(self.tracker.open))
         if events:
-            under = frozenset(self.tracker.tenants_under_incident())
-            await self.in_writer(self.enforcer.set_incident_tenants, under)
+            # The recorder knows the incident before the datapath starts sampling it.
             if self.evidence is not None:
                 self.evidence.set_incidents(self.tracker.open)
+            under = frozenset(self.tracker.tenants_under_incident())
+            await self.in_writer(self.enforcer.set_incident_tenants, under)
             self.notifier.status(self._status())
 
     def on_link_event(self, event: LinkEvent) -> None:
