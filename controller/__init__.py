@@ -1,0 +1,4 @@
+"""The central controller: tenant registry, block lists, operators and their
+tokens, the hash-chained audit trail and policy revisions, served as an HTTP
+JSON API (controller.api) and driven by the `edgewarden` CLI (controller.cli).
+It imports agent.policy and the native prefix compiler, never the BPF datapath."""
