@@ -18,7 +18,7 @@ from agent.policy import PolicyError, policy_from_document, policy_to_document
 from controller import audit, schema
 from controller.errors import Invalid, NotFound, Problem
 from controller.prefixes import prefix_set, prefix_texts
-from controller.store import utcnow, writing
+from controller.store import reading, utcnow, writing
 
 SYSTEM_OPERATOR = "controller"
 # the registry's states the policy model does not have: a terminated tenant's traffic is dropped
@@ -175,6 +175,10 @@ def expire_due(engine: Engine) -> list[int]:
     so no other change's revision carries an expiry with it."""
     made = []
     b = schema.block_batches.c
+    due = and_(b.expired_at.is_(None), b.expires_at.is_not(None), b.expires_at <= utcnow())
+    with reading(engine) as conn:   # the loop runs every second: take the write lock only when there is work
+        if conn.execute(select(b.id).where(due).limit(1)).first() is None:
+            return made
     while True:
         with writing(engine) as (conn, head):
             row = conn.execute(select(schema.block_batches).where(
