@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool xdp-tools \
 	iproute2 iputils-ping ethtool tshark tcpreplay nftables util-linux gcc g++ make \
 	postgresql
-BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.py native/*.pyx native/*.cpp native/include/*.h bpf/*.c bpf/*.h)
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.py native/*.pyx native/*.cpp native/include/*.h bpf/*.c bpf/*.h bpf/lab/*.c)
 
 .PHONY: all setup os-packages build demo test bench bench-import crowdsec loadtest clean
 
@@ -36,7 +36,7 @@ $(VENV)/.stamp-build: $(VENV)/.stamp-deps $(BUILD_INPUTS)
 build: os-packages $(VENV)/.stamp-build
 
 demo: setup
-	$(PY) -m agent.demo
+	$(PY) -m agent.lab.demo
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: setup
@@ -66,4 +66,4 @@ loadtest: setup
 	$(PY) benchmarks/loadtest.py --write-results
 
 clean:
-	rm -rf build *.egg-info agent/*.so agent/datapath/*.bpf.o native/counters.c $(VENV)
+	rm -rf build *.egg-info agent/*.so agent/datapath/*.bpf.o agent/lab/*.bpf.o agent/abi_constants.py native/counters.c $(VENV)

@@ -1,9 +1,7 @@
 """Build of the compiled parts: the XDP object (clang), the cffi libbpf
 binding, the Cython counter core and the pybind11 prefix compiler."""
 
-import os
-import shutil
-import subprocess
+import sys
 from pathlib import Path
 
 from Cython.Build import cythonize
@@ -12,49 +10,35 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-BPF_SOURCES = sorted((ROOT / "bpf").glob("*.[ch]")) + [ROOT / "native" / "include" / "edgewarden_abi.h"]
-# entry file -> object: the datapath, and the lab's flood generator
-BPF_OBJECTS = {"edgewarden.bpf.c": "edgewarden.bpf.o", "flood_gen.bpf.c": "flood_gen.bpf.o",
-               "lab_peer.bpf.c": "lab_peer.bpf.o"}
+sys.path.insert(0, str(ROOT / "native"))
+from abi_constants import write_module as write_abi_constants  # noqa: E402
+from bpf_build import compile_bpf  # noqa: E402
 
-
-def multiarch_include() -> list[str]:
-    """clang -target bpf does not search the multiarch dir where asm/types.h lives."""
-    try:
-        triplet = subprocess.run(["gcc", "-print-multiarch"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return []
-    path = Path("/usr/include") / triplet
-    return [f"-I{path}"] if triplet and path.is_dir() else []
-
-
-def compile_bpf_object(entry: Path, output: Path) -> None:
-    clang = os.environ.get("CLANG", "clang")
-    if shutil.which(clang) is None:
-        raise SystemExit(f"building the XDP program needs {clang!r} (apt-get install clang llvm libbpf-dev)")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        clang, "-O2", "-g", "-target", "bpf", "-Wall", "-Werror",
-        f"-I{ROOT / 'native' / 'include'}", *multiarch_include(),
-        "-c", str(entry), "-o", str(output),
-    ]
-    print(" ".join(cmd))
-    subprocess.run(cmd, check=True)
+ABI_HEADER = ROOT / "native" / "include" / "edgewarden_abi.h"
+BPF_SOURCES = sorted((ROOT / "bpf").rglob("*.[ch]")) + [ABI_HEADER]
+# entry file under bpf/ -> the package directory its object is installed in
+BPF_OBJECTS = {"edgewarden.bpf.c": "agent/datapath", "lab/flood_gen.bpf.c": "agent/lab",
+               "lab/lab_peer.bpf.c": "agent/lab"}
+ABI_CONSTANTS = "agent/abi_constants.py"   # the header's constants for the pure-Python policy package
 
 
 class BuildWithBpf(build_ext):
-    """build_ext that also compiles the XDP object next to agent/datapath."""
+    """build_ext that also compiles the BPF objects into their packages and
+    writes the header's constants as a plain-Python module."""
 
     def run(self):
+        targets = [ROOT] if self.inplace else [ROOT, Path(self.build_lib)]
+        for base in targets:
+            (base / ABI_CONSTANTS).parent.mkdir(parents=True, exist_ok=True)
+            write_abi_constants(base / ABI_CONSTANTS, ABI_HEADER)
         super().run()
         newest_source = max(p.stat().st_mtime for p in BPF_SOURCES)
-        for entry, object_name in BPF_OBJECTS.items():
-            targets = [ROOT / "agent" / "datapath" / object_name]
-            if not self.inplace:
-                targets.append(Path(self.build_lib) / "agent" / "datapath" / object_name)
-            for target in targets:
+        for entry, package_dir in BPF_OBJECTS.items():
+            object_name = Path(entry).name.replace(".c", ".o")
+            for base in targets:
+                target = base / package_dir / object_name
                 if not target.exists() or target.stat().st_mtime < newest_source:
-                    compile_bpf_object(ROOT / "bpf" / entry, target)
+                    compile_bpf(ROOT / "bpf" / entry, target, echo=True)
 
 
 extensions = cythonize(

@@ -16,9 +16,10 @@ from agent.datapath.blocktables import blocked_prefixes
 from agent.datapath.counters import read_counters
 from agent._prefixes import PrefixSet
 from agent.blocklist import BlockListError, LoadedList, read_blocklist
-from agent.datapath.interfaces import (
-    AttachMode, InterfaceError, apply_policy, attach, current_policy, detach, interface_status, list_store,
-    live_maps, managed_interfaces, replace_named_list,
+from agent.cli_output import emit, print_table
+from agent.datapath import (
+    AttachMode, InterfaceError, apply_policy, attach, change_policy, current_policy, detach, interface_status,
+    list_store, live_maps, managed_interfaces, replace_named_list,
 )
 from agent.datapath.named_lists import DEFAULT_LIST, ListId, check_list_name
 from agent.datapath.syscalls import BpfError
@@ -28,12 +29,6 @@ from agent.policy import Policy, PolicyError, TenantState, load_policy
 
 class UsageError(Exception):
     pass
-
-
-def _print_table(headers: list[str], rows: list[list]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
-    for row in [headers, *rows]:
-        print("  ".join(str(v).rjust(w) if isinstance(v, int) else str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
 def _target_interfaces(args) -> list[str]:
@@ -65,16 +60,16 @@ def cmd_detach(args) -> int:
 
 def cmd_status(args) -> int:
     statuses = [interface_status(i) for i in managed_interfaces()]
-    if args.json:
-        print(json.dumps({"interfaces": [s.as_dict() for s in statuses]}, indent=2))
-        return 0
-    if not statuses:
-        print("no interface is managed by edgewarden")
-        return 0
-    _print_table(["INTERFACE", "MODE", "PROGRAM", "EDGEWARDEN", "REVISION"],
-                 [[s.ifname if s.ifindex else f"{s.ifname} (gone)", s.mode, s.prog_id or "-",
-                   "yes" if s.ours else "NO", s.revision if s.revision is not None else "-"] for s in statuses])
-    return 0
+
+    def human(_) -> None:
+        if not statuses:
+            print("no interface is managed by edgewarden")
+            return
+        print_table(["INTERFACE", "MODE", "PROGRAM", "EDGEWARDEN", "REVISION"],
+                     [[s.ifname if s.ifindex else f"{s.ifname} (gone)", s.mode, s.prog_id or "-",
+                       "yes" if s.ours else "NO", s.revision if s.revision is not None else "-"] for s in statuses])
+
+    return emit(args, {"interfaces": [s.as_dict() for s in statuses]}, human)
 
 
 # --- policy ------------------------------------------------------------------
@@ -94,11 +89,11 @@ def cmd_policy_check(args) -> int:
 
 
 def _change_policy(args, change: Callable[[Policy], Policy], what: str) -> int:
-    """Edit each target interface's live policy document and apply the diff, as a new revision."""
+    """Edit each target interface's live policy document and apply the diff,
+    as a new revision: read, change and apply are one step under the
+    interface lock, so concurrent changes never lose one another."""
     for ifname in _target_interfaces(args):
-        old = current_policy(ifname)
-        new = replace(change(old), revision=old.revision + 1)
-        report = apply_policy(ifname, new)
+        _, report = change_policy(ifname, change)
         print(f"{ifname}: {what}; {report.summary()}")
     return 0
 
@@ -159,14 +154,14 @@ def cmd_block_list(args) -> int:
         if args.tenant is not None:
             entries = [e for e in entries if e["tenant_id"] == args.tenant]
         result[ifname] = sorted(entries, key=lambda e: (e["tenant_id"] or 0, e["prefix"]))
-    if args.json:
-        print(json.dumps({"interfaces": result}, indent=2))
-        return 0
-    for ifname, entries in result.items():
-        print(f"{ifname}: {len(entries)} prefix(es)")
-        _print_table(["SCOPE", "PREFIX"], [["global" if e["tenant_id"] is None else f"tenant {e['tenant_id']}",
-                                            e["prefix"]] for e in entries])
-    return 0
+
+    def human(_) -> None:
+        for ifname, entries in result.items():
+            print(f"{ifname}: {len(entries)} prefix(es)")
+            print_table(["SCOPE", "PREFIX"], [["global" if e["tenant_id"] is None else f"tenant {e['tenant_id']}",
+                                                e["prefix"]] for e in entries])
+
+    return emit(args, {"interfaces": result}, human)
 
 
 class PhaseProgress:
@@ -225,16 +220,16 @@ def cmd_block_load(args) -> int:
               "bad_lines": len(loaded.bad_lines), "prefixes": len(loaded.prefixes),
               "prefixes_v4": loaded.prefixes.count_v4(), "prefixes_v6": loaded.prefixes.count_v6(),
               "seconds": round(seconds, 3), "interfaces": summaries}
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(f"{list_id}: {loaded.entries_read:,} entries read, {len(loaded.bad_lines):,} bad lines skipped, "
-          f"{len(loaded.prefixes):,} prefixes after merging ({loaded.prefixes.count_v4():,} IPv4, "
-          f"{loaded.prefixes.count_v6():,} IPv6), {seconds:.2f} s")
-    for summary in summaries:
-        how = "swapped in whole" if summary["swapped"] else "applied in place"
-        print(f"  {summary['interface']}: +{summary['added']:,} -{summary['removed']:,} prefixes; tables {how}")
-    return 0
+
+    def human(_) -> None:
+        print(f"{list_id}: {loaded.entries_read:,} entries read, {len(loaded.bad_lines):,} bad lines skipped, "
+              f"{len(loaded.prefixes):,} prefixes after merging ({loaded.prefixes.count_v4():,} IPv4, "
+              f"{loaded.prefixes.count_v6():,} IPv6), {seconds:.2f} s")
+        for summary in summaries:
+            how = "swapped in whole" if summary["swapped"] else "applied in place"
+            print(f"  {summary['interface']}: +{summary['added']:,} -{summary['removed']:,} prefixes; tables {how}")
+
+    return emit(args, result, human)
 
 
 def cmd_block_unload(args) -> int:
@@ -250,18 +245,18 @@ def cmd_block_diff(args) -> int:
     new = _read_list_file(args.new, args).prefixes
     added, removed = old.diff(new)
     as_text = lambda ps: [str(ipaddress.ip_network((raw, length))) for raw, length in ps.to_list()]
-    if args.json:
-        print(json.dumps({"old": args.old, "new": args.new, "added": as_text(added), "removed": as_text(removed)},
-                         indent=2))
-        return 0
-    print(f"{args.old} -> {args.new}: +{len(added):,} -{len(removed):,} prefixes")
-    for net in as_text(added)[: args.limit]:
-        print(f"+ {net}")
-    for net in as_text(removed)[: args.limit]:
-        print(f"- {net}")
-    if max(len(added), len(removed)) > args.limit:
-        print(f"(first {args.limit} of each shown; --limit N or --json for all)")
-    return 0
+    document = {"old": args.old, "new": args.new, "added": as_text(added), "removed": as_text(removed)}
+
+    def human(_) -> None:
+        print(f"{args.old} -> {args.new}: +{len(added):,} -{len(removed):,} prefixes")
+        for net in document["added"][: args.limit]:
+            print(f"+ {net}")
+        for net in document["removed"][: args.limit]:
+            print(f"- {net}")
+        if max(len(added), len(removed)) > args.limit:
+            print(f"(first {args.limit} of each shown; --limit N or --json for all)")
+
+    return emit(args, document, human)
 
 
 def cmd_block_lists(args) -> int:
@@ -273,16 +268,16 @@ def cmd_block_lists(args) -> int:
              "prefixes_v4": prefixes.count_v4(), "prefixes_v6": prefixes.count_v6(),
              "enforced": list_id.tenant_id is None or policy.tenant(list_id.tenant_id) is not None}
             for list_id, prefixes in sorted(list_store(ifname).load_all().items())]
-    if args.json:
-        print(json.dumps({"interfaces": result}, indent=2))
-        return 0
-    for ifname, lists in result.items():
-        print(f"{ifname}: {len(lists)} named list(s) (plus the policy's own blocked_sources)")
-        _print_table(["SCOPE", "LIST", "PREFIXES", "IPV4", "IPV6", "ENFORCED"],
-                     [["global" if l["tenant_id"] is None else f"tenant {l['tenant_id']}", l["list"], l["prefixes"],
-                       l["prefixes_v4"], l["prefixes_v6"], "yes" if l["enforced"] else "no (tenant not in policy)"]
-                      for l in lists])
-    return 0
+
+    def human(_) -> None:
+        for ifname, lists in result.items():
+            print(f"{ifname}: {len(lists)} named list(s) (plus the policy's own blocked_sources)")
+            print_table(["SCOPE", "LIST", "PREFIXES", "IPV4", "IPV6", "ENFORCED"],
+                         [["global" if l["tenant_id"] is None else f"tenant {l['tenant_id']}", l["list"], l["prefixes"],
+                           l["prefixes_v4"], l["prefixes_v6"], "yes" if l["enforced"] else "no (tenant not in policy)"]
+                          for l in lists])
+
+    return emit(args, {"interfaces": result}, human)
 
 
 def _set_state(args, state: TenantState) -> int:
@@ -311,16 +306,28 @@ def cmd_stats(args) -> int:
             state = known.state.value if known else "-"
             tenants.append({"name": name, "state": state, **counters[tenant_id].as_dict()})
         document["interfaces"][ifname] = {"policy_revision": policy.revision, "tenants": tenants}
-    if args.json:
-        print(json.dumps(document, indent=2))
-        return 0
-    reasons = [r.name for r in VerdictReason]
-    for ifname, body in document["interfaces"].items():
-        print(f"{ifname} (policy revision {body['policy_revision']})")
-        _print_table(["TENANT", "NAME", "STATE", "PACKETS", "BYTES", "PASSED", "DROPPED", *[r.upper() for r in reasons]],
-                     [[t["tenant_id"], t["name"], t["state"], t["packets"], t["bytes"], t["passed_packets"],
-                       t["dropped_packets"], *[t["reason_packets"][r] for r in reasons]] for t in body["tenants"]])
-    return 0
+
+    def human(_) -> None:
+        for ifname, body in document["interfaces"].items():
+            print(f"{ifname} (policy revision {body['policy_revision']})")
+            if args.wide:
+                reasons = [r.name for r in VerdictReason]
+                print_table(["TENANT", "NAME", "STATE", "PACKETS", "BYTES", "PASSED", "DROPPED",
+                             *[r.upper() for r in reasons]],
+                            [[t["tenant_id"], t["name"], t["state"], t["packets"], t["bytes"], t["passed_packets"],
+                              t["dropped_packets"], *[t["reason_packets"][r] for r in reasons]] for t in body["tenants"]])
+            else:
+                print_table(["TENANT", "NAME", "STATE", "PACKETS", "PASSED", "DROPPED", "TOP DROP REASONS"],
+                            [[t["tenant_id"], t["name"], t["state"], t["packets"], t["passed_packets"],
+                              t["dropped_packets"], _top_drop_reasons(t["reason_packets"])] for t in body["tenants"]])
+
+    return emit(args, document, human)
+
+
+def _top_drop_reasons(reason_packets: dict[str, int], top: int = 3) -> str:
+    """The tenant's largest drop reasons, 'reason=count', largest first."""
+    drops = sorted(((n, r) for r, n in reason_packets.items() if n and VerdictReason[r] in DROP_REASONS), reverse=True)
+    return " ".join(f"{r.removeprefix('drop_')}={n:,}" for n, r in drops[:top]) or "-"
 
 
 def _watch_stats(args) -> int:
@@ -360,7 +367,7 @@ def _watch_stats(args) -> int:
                 print("\x1b[H\x1b[2J", end="")
             print(f"{ifname}: per-tenant rates over {scan.interval_seconds:.1f} s "
                   f"(top {args.top} by packets/s; Ctrl-C to stop)")
-            _print_table(["TENANT", "NAME", "PKT/S", "MBIT/S", "DROP/S", "DROPS BY REASON", "PACKETS"], rows)
+            print_table(["TENANT", "NAME", "PKT/S", "MBIT/S", "DROP/S", "DROPS BY REASON", "PACKETS"], rows)
             sys.stdout.flush()
     return 0
 
@@ -370,7 +377,7 @@ def _watch_stats(args) -> int:
 def _lab_state_dir():
     from pathlib import Path
 
-    from agent.datapath.interfaces import state_root
+    from agent.datapath.scope import state_root
 
     return Path(state_root()) / "labs"
 
@@ -414,7 +421,7 @@ def cmd_lab_down(args) -> int:
 
 
 def cmd_flood(args) -> int:
-    from agent.flood import flood
+    from agent.lab.flood import flood
 
     if args.packets <= 0 or not 0 < args.seconds <= 600:
         raise UsageError("--packets must be positive and --seconds in (0, 600]: floods are always bounded")
@@ -425,25 +432,22 @@ def cmd_flood(args) -> int:
         raise UsageError(str(err)) from None
     doc = {"type": result.kind, "packets": result.packets, "seconds": round(result.seconds, 3),
            "offered_pps": round(result.pps), "threads": result.threads}
-    if args.json:
-        print(json.dumps(doc))
-    else:
-        print(f"{result.kind}: {result.packets:,} packets in {result.seconds:.2f} s = {result.pps:,.0f} packets/s "
-              f"offered ({result.threads} threads)")
-    return 0
+    return emit(args, doc, lambda _: print(
+        f"{result.kind}: {result.packets:,} packets in {result.seconds:.2f} s = {result.pps:,.0f} packets/s "
+        f"offered ({result.threads} threads)"))
 
 
 def cmd_replay(args) -> int:
-    from agent.replay import replay
+    from agent.lab.replay import replay
 
     result = replay(args.pcap, args.iface, args.target, args.dst_mac, pps=args.pps, victim=args.victim)
-    if args.json:
-        print(json.dumps(result.as_dict()))
-        return 0
-    print(f"{result.capture}: {result.sent:,} of {result.frames:,} frames sent in {result.seconds:.2f} s "
-          f"({result.pps:,.0f} packets/s); {result.rewritten:,} pointed at {args.target}; "
-          f"{result.skipped:,} skipped as larger than the link's MTU")
-    return 0
+
+    def human(_) -> None:
+        print(f"{result.capture}: {result.sent:,} of {result.frames:,} frames sent in {result.seconds:.2f} s "
+              f"({result.pps:,.0f} packets/s); {result.rewritten:,} pointed at {args.target}; "
+              f"{result.skipped:,} skipped as larger than the link's MTU")
+
+    return emit(args, result.as_dict(), human)
 
 
 # --- classify ----------------------------------------------------------------
@@ -453,21 +457,21 @@ def cmd_classify(args) -> int:
 
     policy = load_policy(args.policy)
     result = classify_capture(args.pcap, policy)
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(f"{result['capture']}: {result['packets']} packets, {result['bytes']} bytes, "
-          f"policy revision {result['policy_revision']}")
-    print("actions: " + ", ".join(f"{k} {v}" for k, v in result["actions"].items() if v))
-    _print_table(["REASON", "VERDICT", "PACKETS", "BYTES"],
-                 [[r, action_name(VerdictReason[r]), v["packets"], v["bytes"]]
-                  for r, v in result["reasons"].items() if v["packets"]])
-    print()
-    classes = [c.name for c in TrafficClass]
-    _print_table(["TENANT", "NAME", "PACKETS", "PASSED", "DROPPED", *[c.upper() for c in classes]],
-                 [[t["tenant_id"], t["name"] or "?", t["packets"], t["passed_packets"], t["dropped_packets"],
-                   *[t["class_packets"][c] for c in classes]] for t in result["tenants"]])
-    return 0
+
+    def human(_) -> None:
+        print(f"{result['capture']}: {result['packets']} packets, {result['bytes']} bytes, "
+              f"policy revision {result['policy_revision']}")
+        print("actions: " + ", ".join(f"{k} {v}" for k, v in result["actions"].items() if v))
+        print_table(["REASON", "VERDICT", "PACKETS", "BYTES"],
+                     [[r, action_name(VerdictReason[r]), v["packets"], v["bytes"]]
+                      for r, v in result["reasons"].items() if v["packets"]])
+        print()
+        classes = [c.name for c in TrafficClass]
+        print_table(["TENANT", "NAME", "PACKETS", "PASSED", "DROPPED", *[c.upper() for c in classes]],
+                     [[t["tenant_id"], t["name"] or "?", t["packets"], t["passed_packets"], t["dropped_packets"],
+                       *[t["class_packets"][c] for c in classes]] for t in result["tenants"]])
+
+    return emit(args, result, human)
 
 
 # --- argument parsing --------------------------------------------------------
@@ -550,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", type=int)
     p.add_argument("--iface")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--wide", action="store_true", help="a column for every verdict reason, and bytes")
     p.add_argument("--watch", action="store_true", help="live per-tenant rates, refreshed in place")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (--watch)")
     p.add_argument("--top", type=int, default=20, help="tenants shown, busiest first (--watch)")
@@ -566,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tag")
     p.set_defaults(func=cmd_lab_down)
 
-    from agent.flood import FLOOD_TYPES
+    from agent.lab.flood import FLOOD_TYPES
     p = sub.add_parser("flood", help="send a bounded attack flood with XDP live frames (from the lab's attacker)")
     p.add_argument("type", choices=sorted(FLOOD_TYPES),
                    help="; ".join(f"{name}: {kind.description}" for name, kind in sorted(FLOOD_TYPES.items())))

@@ -39,7 +39,7 @@ from agent.datapath.apply import apply_policy_to_maps  # noqa: E402
 from agent.datapath.private import PrivateDatapath  # noqa: E402
 from agent.pcap import read_frames  # noqa: E402
 from agent.policy import Policy  # noqa: E402
-from agent.policy.compile import GLOBAL_TABLES  # noqa: E402
+from agent.datapath.compile import GLOBAL_TABLES  # noqa: E402
 
 SECTION_TITLE = "## Block lists"
 CAPTURES = REPO.parent / "shared" / "captures"
@@ -84,7 +84,7 @@ from agent.datapath.apply import apply_policy_to_maps
 from agent.datapath.blocktables import SwappableTable
 from agent.datapath.private import PrivateDatapath
 from agent.policy import Policy
-from agent.policy.compile import GLOBAL_TABLES, BLOCK_TABLES
+from agent.datapath.compile import GLOBAL_TABLES, BLOCK_TABLES
 
 def memlock(fd):
     for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():

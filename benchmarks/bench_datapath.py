@@ -65,6 +65,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from frames import tcp_ipv4_frame, udp_ipv4_frame  # noqa: E402  (tests/frames.py)
 
 from agent.datapath.private import PrivateDatapath  # noqa: E402
+from native.bpf_build import compile_bpf  # noqa: E402
 from agent.datapath.syscalls import obj_get, prog_fd_by_id, prog_info, test_run  # noqa: E402
 from agent.policy import policy_from_document  # noqa: E402
 
@@ -211,8 +212,7 @@ def load_baseline(stack: ExitStack, name: str, workdir: Path, token: str) -> int
     return an fd; the pin is removed on exit (the fd keeps it alive meanwhile)."""
     source = BASELINE_SOURCES / f"{name}.bpf.c"
     obj = workdir / f"{name}.bpf.o"
-    run(["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu",
-         "-Wall", "-c", str(source), "-o", str(obj)])
+    compile_bpf(source, obj)
     pin = BPFFS / f"ewbench-{token}-{name}"
     run(["bpftool", "prog", "load", str(obj), str(pin)])
     stack.callback(_unlink_quietly, pin)

@@ -33,10 +33,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO))
 from results_file import machine_facts, publish  # noqa: E402
 
-from agent.flood import FLOOD_TYPES  # noqa: E402
+from agent.lab.flood import FLOOD_TYPES  # noqa: E402
 from agent.lab import EdgeLab, FloodLab, in_namespace, run, victim_policy  # noqa: E402
+from native.bpf_build import compile_bpf  # noqa: E402
 
 SECTION_TITLE = "## Load tests"
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -154,8 +156,7 @@ class Subject:
         elif self.name == "xdp_drop":
             obj = self.workdir / "xdp_drop.bpf.o"
             if not obj.exists():
-                run(["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c",
-                     str(REPO / "benchmarks" / "bpf" / "xdp_drop.bpf.c"), "-o", str(obj)])
+                compile_bpf(REPO / "benchmarks" / "bpf" / "xdp_drop.bpf.c", obj)
             EdgeLab.ns(self.lab.ns["edge"], ["ip", "link", "set", "dev", edge_if, "xdpdrv", "obj", str(obj),
                                              "sec", "xdp"])
         else:

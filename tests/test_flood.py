@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 from agent._libbpf import ffi, lib
 from agent.datapath.abi import AMPLIFICATION_PORTS, TrafficClass, VerdictReason
 from agent.datapath.private import PrivateDatapath
-from agent.datapath.syscalls import BpfMap, check, test_run
+from agent.datapath.bpf_object import BpfObject
+from agent.datapath.syscalls import test_run
 from agent.policy import policy_from_document
 from agent.reference import ReferenceBuckets, TokenBucket
 from frames import ipv4_fragment_frame, tcp_ipv4_frame, udp_ipv4_frame
+from native.bpf_build import compile_bpf
 from oracle import Oracle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,18 +29,10 @@ VIP, CLIENT = "203.0.113.10", "198.51.100.9"
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
-    obj = tmp_path_factory.mktemp("harness") / "bucket_harness.bpf.o"
-    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-Wall", "-Werror", f"-I{REPO / 'bpf'}",
-                    f"-I{REPO / 'native' / 'include'}", "-I/usr/include/x86_64-linux-gnu",
-                    "-c", str(REPO / "tests" / "bpf" / "bucket_harness.bpf.c"), "-o", str(obj)], check=True)
-    bpf_obj = lib.bpf_object__open_file(str(obj).encode(), ffi.NULL)
-    assert bpf_obj != ffi.NULL
-    check(lib.bpf_object__load(bpf_obj), "loading the bucket harness")
-    prog_fd = lib.bpf_program__fd(lib.bpf_object__find_program_by_name(bpf_obj, b"bucket_harness"))
-    buckets = BpfMap(lib.bpf_map__fd(lib.bpf_object__find_map_by_name(bpf_obj, b"ew_buckets")), "ew_buckets",
-                     "__u32", "struct ew_bucket", owns_fd=False)
-    yield prog_fd, buckets
-    lib.bpf_object__close(bpf_obj)
+    obj = compile_bpf(REPO / "tests" / "bpf" / "bucket_harness.bpf.c",
+                      tmp_path_factory.mktemp("harness") / "bucket_harness.bpf.o")
+    with BpfObject(obj) as harness_object:
+        yield harness_object.program_fd("bucket_harness"), harness_object.map("ew_buckets", "__u32", "struct ew_bucket")
 
 
 def take(harness, now, rate, burst, units, generation=1):

@@ -14,7 +14,7 @@ import pytest
 
 from agent._libbpf import lib
 from agent.datapath.syscalls import test_run
-from agent.flood import FLOOD_TYPES, FloodGenerator, template_frame
+from agent.lab.flood import FLOOD_TYPES, FloodGenerator, template_frame
 from agent.lab import EdgeLab, FloodLab, victim_policy
 from frames import checksum
 
@@ -87,7 +87,7 @@ def test_generated_ipv6_frames_are_well_formed(name):
 def test_an_ipv6_fragment_flood_or_mixed_families_are_refused():
     with pytest.raises(ValueError, match="IPv4 only"):
         template_frame(FLOOD_TYPES["fragment"], bytes(6), bytes(6), "2001:db8::1", 80)
-    from agent.flood import flood
+    from agent.lab.flood import flood
     with pytest.raises(ValueError, match="different address families"):
         flood("udp", "lo", "2001:db8::1", "02:00:00:00:00:01", source="203.0.113.0/24", packets=1, seconds=1)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.lab import EdgeLab
+from native.bpf_build import compile_bpf
 from agent.policy import policy_from_document, policy_to_document, policy_to_toml
 
 ALLOWED, TENANT_BLOCKED, GLOBAL_BLOCKED = "198.51.100.1", "198.51.100.70", "198.51.100.200"
@@ -172,8 +173,7 @@ def test_foreign_program_is_not_replaced(tmp_path):
                       'SEC("xdp") int foreign(struct xdp_md *ctx) { return XDP_PASS; }\n'
                       'char LICENSE[] SEC("license") = "GPL";\n')
     obj = tmp_path / "foreign.bpf.o"
-    subprocess.run(["clang", "-O2", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c", str(source),
-                    "-o", str(obj)], check=True)
+    compile_bpf(source, obj)
     with EdgeLab() as lab:
         EdgeLab.ns(lab.edge_ns, ["ip", "link", "set", "dev", lab.edge_if, "xdpgeneric", "obj", str(obj), "sec", "xdp"])
         result = lab.edgewarden("attach", lab.edge_if, check=False)
@@ -213,3 +213,15 @@ def test_syn_cookies_for_a_service_on_the_edge_itself(lab, tmp_path):
     finally:
         lab.edgewarden("policy", "apply", str(lab.policy_file), "--iface", lab.edge_if)
     assert "edgewarden_" not in lab.ns(lab.edge_ns, ["nft", "list", "tables"]).stdout
+
+
+def test_stats_table_fits_a_terminal_and_wide_shows_every_reason(lab):
+    assert not lab.ping(GLOBAL_BLOCKED, SHOP, count=2)
+    narrow = lab.edgewarden("stats", "--iface", lab.edge_if).stdout.splitlines()
+    header = narrow[1].split()
+    assert header[:6] == ["TENANT", "NAME", "STATE", "PACKETS", "PASSED", "DROPPED"]
+    assert max(len(line) for line in narrow) <= 100
+    shop_row = next(line for line in narrow[2:] if line.split()[1] == "shop")
+    assert "global_block=" in shop_row
+    wide = lab.edgewarden("stats", "--iface", lab.edge_if, "--wide").stdout.splitlines()
+    assert {"DROP_GLOBAL_BLOCK", "PASS_ALLOWED", "BYTES"} <= set(wide[1].split())

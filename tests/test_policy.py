@@ -36,7 +36,7 @@ from agent.policy import (
     policy_to_toml,
     save_policy,
 )
-from agent.policy.compile import (
+from agent.datapath.compile import (
     BLOCK_TABLES,
     POLICY_MAPS,
     SlotsExhausted,

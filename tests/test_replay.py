@@ -12,7 +12,7 @@ import pytest
 from agent.lab import FloodLab
 from agent.policy import policy_from_document, policy_to_toml
 from agent.reference import judge
-from agent.replay import prepare
+from agent.lab.replay import prepare
 from frames import checksum
 
 VIP = "203.0.113.10"

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from agent._libbpf import ffi, lib
+from agent.policy import model
 
 
 def _enum_from_c(name: str, c_type: str, prefix: str, *, skip: tuple[str, ...] = ()) -> type[enum.IntEnum]:
@@ -73,12 +74,9 @@ SYNACK_TTL = lib.EW_SYNACK_TTL
 SYNPROXY_WSCALE = lib.EW_SYNPROXY_WSCALE
 BucketKind = _enum_from_c("BucketKind", "enum ew_bucket_kind", "EW_BUCKET_", skip=("EW_BUCKET_KINDS",))
 BUCKET_KINDS = lib.EW_BUCKET_KINDS
-# Amplification source port -> its bit in ew_flood_policy.amplification_allowed.
-AMPLIFICATION_PORTS: dict[int, int] = {
-    int(name.removeprefix("EW_AMP_PORT_")): bit
-    for bit, name in ffi.typeof("enum ew_amplification_port").elements.items()
-    if name != "EW_AMP_PORT_COUNT"
-}
+# Amplification source port -> its bit in ew_flood_policy.amplification_allowed
+# (derived from the header in the pure-Python policy package, which needs it).
+AMPLIFICATION_PORTS = model.AMPLIFICATION_PORTS
 
 # Map name -> (key C type, value C type), as declared in bpf/maps.h.
 MAP_LAYOUTS: dict[str, tuple[str, str]] = {

@@ -13,7 +13,7 @@ from agent._prefixes import PrefixSet
 from agent.datapath import abi
 from agent.datapath.blocktables import SwappableTable
 from agent.datapath.syscalls import BpfMap
-from agent.policy.compile import BLOCK_TABLES, POLICY_MAPS, CompiledPolicy, compile_policy, pack_u32
+from agent.datapath.compile import BLOCK_TABLES, POLICY_MAPS, CompiledPolicy, compile_policy, pack_u32
 from agent.policy.model import Policy
 
 CONFIG_MAP = "ew_config"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent._prefixes import PrefixSet
+from agent.datapath.scope import state_dir_for
 
 LIST_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 POLICY_LIST = "policy"      # reserved: the policy document's own blocked_sources
@@ -89,3 +90,11 @@ def scope_unions(lists: dict[ListId, PrefixSet]) -> dict[int | None, PrefixSet]:
         current = unions.get(list_id.tenant_id)
         unions[list_id.tenant_id] = prefixes if current is None else current.union(prefixes)
     return unions
+
+
+def list_store(ifname: str) -> ListStore:
+    return ListStore(state_dir_for(ifname) / "lists")
+
+
+def named_list_unions(ifname: str) -> dict[int | None, PrefixSet]:
+    return scope_unions(list_store(ifname).load_all())

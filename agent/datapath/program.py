@@ -4,29 +4,31 @@ maps for classification and tests."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from importlib import resources
 from pathlib import Path
 
-from agent._libbpf import ffi, lib
+from agent._libbpf import ffi
 from agent.datapath import abi
 from agent.datapath.blocktables import SwappableTable
-from agent.datapath.syscalls import BpfError, BpfMap, check, take_libbpf_log
+from agent.datapath.errors import InterfaceError
+from agent.datapath.scope import pin_dir_for
+from agent.datapath.bpf_object import BpfObject
+from agent.datapath.syscalls import BpfMap
 
 PROGRAM_NAME = "edgewarden_xdp"
 OBJECT_NAME = "edgewarden.bpf.o"
 
 
 def object_path() -> Path:
-    path = Path(str(resources.files("agent.datapath") / OBJECT_NAME))
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: build the project first (make build, or pip install -e .)")
-    return path
+    return Path(str(resources.files("agent.datapath") / OBJECT_NAME))
 
 
 class LoadedProgram:
-    """A loaded bpf_object: the program fd and a BpfMap per map. close() drops
-    our references only; an attached program and pinned maps live on."""
+    """The datapath object loaded: the program fd and a BpfMap per map of the
+    ABI. close() drops our references only; an attached program and pinned
+    maps live on."""
 
     def __init__(self, pin_dir: Path | None = None, capacities: dict[str, int] | None = None,
                  tenant_capacity: int | None = None):
@@ -36,30 +38,13 @@ class LoadedProgram:
             capacities = {**(capacities or {}), "ew_counters": tenant_capacity, "ew_tenants": tenant_capacity,
                           "ew_flood_policies": tenant_capacity,
                           "ew_buckets": tenant_capacity * abi.BUCKET_KINDS}
-        take_libbpf_log()
-        self._obj = lib.bpf_object__open_file(str(object_path()).encode(), ffi.NULL)
-        if self._obj == ffi.NULL:
-            raise BpfError(ffi.errno or 22, f"opening {object_path()}", take_libbpf_log())
+        pins = {name: pin_dir / name for name in abi.MAP_LAYOUTS} if pin_dir is not None else None
+        self._object = BpfObject(object_path(), max_entries=capacities, pin_paths=pins)
         try:
-            for name in abi.MAP_LAYOUTS:
-                bpf_map = lib.bpf_object__find_map_by_name(self._obj, name.encode())
-                if bpf_map == ffi.NULL:
-                    raise BpfError(2, f"{object_path()} has no map {name}: object and agent disagree")
-                if capacities and name in capacities:
-                    check(lib.bpf_map__set_max_entries(bpf_map, capacities[name]), f"sizing {name}")
-                if pin_dir is not None:
-                    check(lib.bpf_map__set_pin_path(bpf_map, str(pin_dir / name).encode()), f"pin path of {name}")
-            check(lib.bpf_object__load(self._obj), f"loading {object_path()}")
-            prog = lib.bpf_object__find_program_by_name(self._obj, PROGRAM_NAME.encode())
-            if prog == ffi.NULL:
-                raise BpfError(2, f"{object_path()} has no program {PROGRAM_NAME}")
-            self._prog = prog
-            self.prog_fd = lib.bpf_program__fd(prog)
-            self.maps: dict[str, BpfMap] = {}
-            for name, (key_type, value_type) in abi.MAP_LAYOUTS.items():
-                fd = lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, name.encode()))
-                self.maps[name] = BpfMap(fd, name, key_type, value_type,
-                                         percpu=name in abi.PERCPU_MAPS, owns_fd=False)
+            self.prog_fd = self._object.program_fd(PROGRAM_NAME)
+            self.maps: dict[str, BpfMap] = {
+                name: self._object.map(name, key_type, value_type, percpu=name in abi.PERCPU_MAPS)
+                for name, (key_type, value_type) in abi.MAP_LAYOUTS.items()}
             # A new (not adopted) swappable table starts with an empty inner table.
             for name in abi.SWAPPABLE_TABLES:
                 SwappableTable(self.maps[name]).ensure_inner()
@@ -68,14 +53,10 @@ class LoadedProgram:
             raise
 
     def pin_program(self, path: Path) -> None:
-        if path.exists():
-            path.unlink()
-        check(lib.bpf_program__pin(self._prog, str(path).encode()), f"pinning the program at {path}")
+        self._object.pin_program(PROGRAM_NAME, path)
 
     def close(self) -> None:
-        if self._obj not in (None, ffi.NULL):
-            lib.bpf_object__close(self._obj)
-        self._obj = None
+        self._object.close()
 
     def __enter__(self) -> "LoadedProgram":
         return self
@@ -101,6 +82,24 @@ def open_pinned_maps(pin_dir: Path) -> dict[str, BpfMap]:
 def close_maps(maps: dict[str, BpfMap]) -> None:
     for m in maps.values():
         m.close()
+
+
+@contextlib.contextmanager
+def live_maps(ifname: str):
+    """The pinned maps of a managed interface, closed on exit."""
+    pin_dir = pin_dir_for(ifname)
+    if not pin_dir.is_dir():
+        raise InterfaceError(f"{ifname} is not managed by edgewarden (no {pin_dir}); run: edgewarden attach {ifname}")
+    maps = open_pinned_maps(pin_dir)
+    try:
+        yield maps
+    finally:
+        close_maps(maps)
+
+
+def read_revision(maps) -> int:
+    raw = maps["ew_config"].lookup((0).to_bytes(4, "little"))
+    return ffi.from_buffer("struct ew_config *", raw).policy_revision if raw else 0
 
 
 def ensure_bpffs(root: Path) -> None:

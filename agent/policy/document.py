@@ -12,9 +12,8 @@ from typing import Any
 
 import tomli_w
 
-from agent.datapath.abi import AMPLIFICATION_PORTS
 from agent.policy.model import (
-    PROTOCOL_NUMBERS, FloodPolicy, FragmentPolicy, Policy, PortRule, Rate, SynAckPolicy, Tenant, TenantState, Vip,
+    AMPLIFICATION_PORTS, PROTOCOL_NUMBERS, FloodPolicy, FragmentPolicy, Policy, PortRule, Rate, SynAckPolicy, Tenant, TenantState, Vip,
 )
 
 MAX_TENANT_ID = 2**32 - 1

@@ -1,6 +1,7 @@
 """The policy document: tenants with their VIPs, state and block rules, the
 global block list, and a revision. Immutable values; built and validated by
-agent.policy.document, compiled into map contents by agent.policy.compile."""
+agent.policy.document, compiled into map contents by agent.datapath.compile (outside this
+package, which stays pure Python so a controller validates policies without libbpf)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ import enum
 import ipaddress
 from dataclasses import dataclass, replace
 from functools import cached_property
+
+from agent import abi_constants
+
+# Amplification source port -> its bit in ew_flood_policy.amplification_allowed.
+AMPLIFICATION_PORTS: dict[int, int] = {
+    int(name.removeprefix("EW_AMP_PORT_")): bit
+    for name, bit in abi_constants.EW_AMPLIFICATION_PORT.items() if name != "EW_AMP_PORT_COUNT"
+}
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

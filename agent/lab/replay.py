@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.checksum import internet_checksum
-from agent.flood import interface_mac
+from agent.lab.flood import interface_mac
 from agent.pcap import LINKTYPE_ETHERNET, ethernet_frame, read_frames
 
 MAX_FRAME = 1514        # larger captured frames (offloaded super-packets) cannot be sent on a 1500 MTU link

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from agent._libbpf import ffi, lib
+from agent._libbpf import lib
 from agent.checksum import internet_checksum
-from agent.datapath.syscalls import BpfError, BpfMap, check
+from agent.datapath.bpf_object import BpfObject
+from agent.datapath.syscalls import BpfError
 
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
 TCP_SYN, TCP_ACK = 0x02, 0x10
@@ -109,21 +110,13 @@ class FloodGenerator:
     """The generator program with its config and counter maps."""
 
     def __init__(self):
-        path = Path(str(resources.files("agent.datapath") / "flood_gen.bpf.o"))
-        self._obj = lib.bpf_object__open_file(str(path).encode(), ffi.NULL)
-        if self._obj == ffi.NULL:
-            raise BpfError(2, f"opening {path} (build the project first)")
-        check(lib.bpf_object__load(self._obj), f"loading {path}")
-        self.prog_fd = lib.bpf_program__fd(lib.bpf_object__find_program_by_name(self._obj, b"flood_gen"))
-        self.config = BpfMap(lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, b"gen_config")),
-                             "gen_config", "__u32", f"char[{GEN_CONFIG_SIZE}]", owns_fd=False)
-        self.sent = BpfMap(lib.bpf_map__fd(lib.bpf_object__find_map_by_name(self._obj, b"gen_sent")),
-                           "gen_sent", "__u32", "__u64", percpu=True, owns_fd=False)
+        self._object = BpfObject(Path(str(resources.files("agent.lab") / "flood_gen.bpf.o")))
+        self.prog_fd = self._object.program_fd("flood_gen")
+        self.config = self._object.map("gen_config", "__u32", f"char[{GEN_CONFIG_SIZE}]")
+        self.sent = self._object.map("gen_sent", "__u32", "__u64", percpu=True)
 
     def close(self) -> None:
-        if self._obj is not None:
-            lib.bpf_object__close(self._obj)
-            self._obj = None
+        self._object.close()
 
     def __enter__(self) -> "FloodGenerator":
         return self
