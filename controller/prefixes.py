@@ -3,6 +3,7 @@ stores normalised CIDR text and compiles and diffs it natively."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from typing import Iterable
 
@@ -16,8 +17,17 @@ def prefix_set(texts: Iterable[str]) -> PrefixSet:
     return parse_blocklist(data).prefixes if data else PrefixSet()
 
 
+def _v6_text(raw: bytes) -> str:
+    # inet_ntop writes IPv4-mapped and -compatible addresses with a dotted quad
+    # (::ffff:1.2.3.4); agent.policy's documents are written by ipaddress
+    # (::ffff:102:304), and the controller's must be the same text
+    text = socket.inet_ntop(socket.AF_INET6, raw)
+    return str(ipaddress.IPv6Address(raw)) if "." in text else text
+
+
 def prefix_texts(prefixes: PrefixSet) -> list[str]:
-    """CIDR texts, IPv4 first, then IPv6, sorted by address (the set's order)."""
-    v4, v6, ntop = socket.AF_INET, socket.AF_INET6, socket.inet_ntop
-    return [f"{ntop(v4 if len(raw) == 4 else v6, raw)}/{length}" for raw, length in prefixes.to_list()]
+    """CIDR texts as agent.policy writes them, IPv4 first, then IPv6, sorted
+    by address (the set's order)."""
+    v4, ntop = socket.AF_INET, socket.inet_ntop
+    return [f"{ntop(v4, raw) if len(raw) == 4 else _v6_text(raw)}/{length}" for raw, length in prefixes.to_list()]
 

@@ -183,3 +183,12 @@ def test_bulk_import_stores_compiled_prefixes(engine):
     with reading(engine) as conn:
         assert conn.execute(select(func.count()).select_from(schema.block_entries)).scalar() == 30001
         assert len(revisions.load_document(conn, out["revision"])["global"]["blocked_sources"]) == 30001
+
+
+@pytest.mark.parametrize("text", ["::ffff:1.2.3.4", "::1.2.3.4", "2001:db8::", "2001:db8:0:1::", "::", "1:0:0:1::1",
+                                  "2001:db8:0:0:1:0:0:1", "fe80::1:2:3:4"])
+def test_prefix_texts_are_written_as_agent_policy_writes_them(text):
+    import ipaddress
+
+    from controller.prefixes import prefix_set, prefix_texts
+    assert prefix_texts(prefix_set([text])) == [str(ipaddress.ip_network(text))]
