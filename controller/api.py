@@ -27,6 +27,11 @@ from controller.tokens import Role
 log = logging.getLogger("edgewarden.controller.api")
 MAX_IMPORT_BYTES = 512 * 1024 * 1024
 ERRORS = {code: {"model": ErrorOut} for code in (401, 403, 404, 409, 422, 429)}
+MAX_ROW_ID = 2**63 - 1          # BIGINT: a larger number must be a 422, not a database error
+TenantId = Annotated[int, Path(ge=1, le=2**32 - 1, description="tenant id")]
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+NO_NUL = r"^[^\x00]*$"
+RevisionRef = Annotated[str, Path(pattern=r"^(latest|[0-9]{1,18})$", description="a revision number or 'latest'")]
 
 
 class Caller:
@@ -142,12 +147,12 @@ def create_app(engine: Engine, *, limiter: FailedAuthLimiter | None = None) -> F
         return Response(registry.export_json(records).encode(), media_type="application/json")
 
     @app.get("/tenants/{tenant_id}", tags=["tenants"], responses=ERRORS)
-    def get_tenant(tenant_id: int, who: Who) -> TenantOut:
+    def get_tenant(tenant_id: TenantId, who: Who) -> TenantOut:
         with reading(engine) as conn:
             return registry.get_tenant(conn, tenant_id)
 
     @app.patch("/tenants/{tenant_id}", tags=["tenants"], responses=ERRORS)
-    def update_tenant(tenant_id: int, body: TenantPatch, who: Who) -> TenantChanged:
+    def update_tenant(tenant_id: TenantId, body: TenantPatch, who: Who) -> TenantChanged:
         who.need(Role.OPERATOR)
         changing()
         with writing(engine) as (conn, head):
@@ -156,7 +161,7 @@ def create_app(engine: Engine, *, limiter: FailedAuthLimiter | None = None) -> F
         return TenantChanged(tenant=record, revision=revision)
 
     @app.get("/tenants/{tenant_id}/history", tags=["tenants"], responses=ERRORS)
-    def tenant_history(tenant_id: int, who: Who) -> list[dict]:
+    def tenant_history(tenant_id: TenantId, who: Who) -> list[dict]:
         with reading(engine) as conn:
             registry.get_tenant(conn, tenant_id)
             return registry.state_history(conn, tenant_id)
@@ -167,7 +172,7 @@ def create_app(engine: Engine, *, limiter: FailedAuthLimiter | None = None) -> F
     def list_entries(who: Who, scope: Annotated[str, Query(pattern=r"^(all|global|[1-9][0-9]{0,9})$",
                                                            description="all, global or a tenant id")] = "all",
                      kind: Literal["source", "port"] | None = None, include_ended: bool = False,
-                     after_id: Annotated[int, Query(ge=0)] = 0,
+                     after_id: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
                      limit: Annotated[int, Query(ge=1, le=100000)] = 1000) -> list[BlockEntryOut]:
         with reading(engine) as conn:
             return blocklists.list_entries(conn, scope=scope, kind=kind, active_only=not include_ended,
@@ -187,11 +192,12 @@ def create_app(engine: Engine, *, limiter: FailedAuthLimiter | None = None) -> F
               openapi_extra={"requestBody": {"required": True, "content": {"text/plain": {"schema": {
                   "type": "string", "description": "a block-list file, as `edgewarden block load` reads it"}}}}})
     async def import_list(request: Request, who: Who,
-                          reason: Annotated[str, Query(min_length=1, max_length=2000)],
+                          reason: Annotated[str, Query(min_length=1, max_length=2000, pattern=NO_NUL)],
                           tenant_id: Annotated[int | None, Query(ge=1, le=2**32 - 1)] = None,
-                          source: Annotated[str, Query(max_length=500)] = "upload", strict: bool = False,
+                          source: Annotated[str, Query(max_length=500, pattern=NO_NUL)] = "upload",
+                          strict: bool = False,
                           expires_at: dt.datetime | None = None,
-                          evidence: Annotated[str | None, Query(max_length=500)] = None,
+                          evidence: Annotated[str | None, Query(max_length=500, pattern=NO_NUL)] = None,
                           emergency: bool = False) -> BatchOut:
         who.need(Role.OPERATOR)
         if int(request.headers.get("content-length") or 0) > MAX_IMPORT_BYTES:
@@ -207,7 +213,7 @@ def create_app(engine: Engine, *, limiter: FailedAuthLimiter | None = None) -> F
         return await run_in_threadpool(run)
 
     @app.post("/lists/entries/{entry_id}/remove", tags=["lists"], responses=ERRORS)
-    def remove_entry(entry_id: int, body: Removal, who: Who) -> dict:
+    def remove_entry(entry_id: RowId, body: Removal, who: Who) -> dict:
         who.need(Role.OPERATOR)
         changing()
         with writing(engine) as (conn, head):
@@ -215,7 +221,7 @@ def create_app(engine: Engine, *, limiter: FailedAuthLimiter | None = None) -> F
                                            reason=body.reason)
 
     @app.post("/lists/batches/{batch_id}/remove", tags=["lists"], responses=ERRORS)
-    def remove_batch(batch_id: int, body: Removal, who: Who) -> dict:
+    def remove_batch(batch_id: RowId, body: Removal, who: Who) -> dict:
         who.need(Role.OPERATOR)
         changing()
         with writing(engine) as (conn, head):
@@ -231,13 +237,12 @@ def create_app(engine: Engine, *, limiter: FailedAuthLimiter | None = None) -> F
 
     @app.get("/policy/{revision}", tags=["policy"], responses=ERRORS,
              description="The policy document of a revision, as agent.policy reads it ('latest' for the newest).")
-    def get_policy(revision: Annotated[str, Path(pattern=r"^(latest|[0-9]{1,19})$")], who: Who) -> dict:
+    def get_policy(revision: RevisionRef, who: Who) -> dict:
         with reading(engine) as conn:
             return revisions.load_document(conn, _revision_number(conn, revision))
 
     @app.get("/policy/{old}/diff/{new}", tags=["policy"], responses=ERRORS)
-    def diff_policy(old: Annotated[str, Path(pattern=r"^(latest|[0-9]{1,19})$")],
-                    new: Annotated[str, Path(pattern=r"^(latest|[0-9]{1,19})$")], who: Who) -> dict:
+    def diff_policy(old: RevisionRef, new: RevisionRef, who: Who) -> dict:
         with reading(engine) as conn:
             return revisions.diff_documents(revisions.load_document(conn, _revision_number(conn, old)),
                                             revisions.load_document(conn, _revision_number(conn, new)))
@@ -245,9 +250,10 @@ def create_app(engine: Engine, *, limiter: FailedAuthLimiter | None = None) -> F
     # --- audit ----------------------------------------------------------------
 
     @app.get("/audit", tags=["audit"], responses=ERRORS)
-    def list_audit(who: Who, tenant_id: int | None = None, operator: str | None = None,
+    def list_audit(who: Who, tenant_id: Annotated[int | None, Query(ge=1, le=2**32 - 1)] = None,
+                   operator: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
                    since: dt.datetime | None = None, until: dt.datetime | None = None,
-                   after_seq: Annotated[int, Query(ge=0)] = 0,
+                   after_seq: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
                    limit: Annotated[int, Query(ge=1, le=10000)] = 100) -> list[AuditEntry]:
         with reading(engine) as conn:
             return audit.list_entries(conn, tenant_id=tenant_id, operator=operator, since=since, until=until,
@@ -276,7 +282,7 @@ def create_app(engine: Engine, *, limiter: FailedAuthLimiter | None = None) -> F
         return TokenCreated(token=token, record=record)
 
     @app.post("/tokens/{name}/revoke", tags=["tokens"], responses=ERRORS)
-    def revoke_token(name: str, body: Removal, who: Who) -> TokenOut:
+    def revoke_token(name: Annotated[str, Path(max_length=200, pattern=NO_NUL)], body: Removal, who: Who) -> TokenOut:
         who.need(Role.ADMIN)
         with writing(engine) as (conn, head):
             return tokens.revoke_token(conn, head, name=name, operator=who.name, reason=body.reason)

@@ -25,8 +25,26 @@ _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _URL = re.compile(r"https?://[^\s/?#]+[^\s]*")
 
 
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*")
+    @classmethod
+    def no_nul(cls, value):
+        # PostgreSQL text cannot hold NUL; refuse it the same on every store
+        if _has_nul(value):
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 Reason = Field(min_length=1, max_length=2000, description="why: required on every changing call, kept in the audit trail")
