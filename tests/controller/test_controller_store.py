@@ -15,7 +15,7 @@ from controller.models import TenantCreate, TenantPatch
 from controller.store import check_migrated, migrate, reading, utcnow, writing
 from controller.tokens import Role, authenticate, create_token, hash_token, revoke_token
 
-from helpers import tenant_body
+from controller_support import tenant_body
 
 
 def _populate(engine, n=5):

@@ -17,7 +17,7 @@ from controller.api import create_app
 from controller.ratelimit import FailedAuthLimiter
 from controller.store import reading
 
-from helpers import auth, make_token, tenant_body
+from controller_support import auth, make_token, tenant_body
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Shared bits of the controller tests: a registered tenant's body, a token."""
+"""Shared bits of the controller tests (named so it cannot clash with tests/ modules): a registered tenant's body, a token."""
 
 from controller.store import writing
 from controller.tokens import Role, create_token

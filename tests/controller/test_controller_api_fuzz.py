@@ -11,7 +11,7 @@ from controller.api import create_app
 from controller.ratelimit import FailedAuthLimiter
 from controller.store import reading
 
-from helpers import auth, make_token, tenant_body
+from controller_support import auth, make_token, tenant_body
 
 json_scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
