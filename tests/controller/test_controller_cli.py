@@ -145,3 +145,19 @@ def test_controller_check_names_the_bad_key(tmp_path):
     bad.write_text('[controller]\nlisten = "nowhere"\nlog_lvl = "info"\n')
     r = cli("controller", "--config", str(bad), "--check", check=False)
     assert r.returncode == 2 and "controller.log_lvl: unknown key" in r.stderr and "controller.listen" in r.stderr
+
+
+def test_the_running_controller_expires_entries_by_itself(controller):
+    env = controller["env"]
+    out = cli("lists", "add", "--source", "192.0.2.0/24", "--reason", "short block", "--expires", "2s", "--json", env=env)
+    added = json.loads(out.stdout)["revision"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        revisions = json.loads(cli("revision", "list", "--json", env=env).stdout)
+        if revisions[0]["revision"] > added:
+            break
+        time.sleep(0.5)
+    newest = revisions[0]
+    assert newest["revision"] == added + 1 and newest["operator"] == "controller" and "short block" in newest["reason"]
+    assert json.loads(cli("revision", "show", "latest", env=env).stdout)["global"]["blocked_sources"] == []
+    assert json.loads(cli("lists", "show", "--json", env=env).stdout) == []
