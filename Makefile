@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool xdp-tools \
-	iproute2 iputils-ping ethtool tshark tcpreplay nftables util-linux gcc g++ make
+	iproute2 iputils-ping ethtool tshark tcpreplay nftables util-linux gcc g++ make \
+	postgresql
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.py native/*.pyx native/*.cpp native/include/*.h bpf/*.c bpf/*.h bpf/lab/*.c)
 
 .PHONY: all setup os-packages build demo test bench loadtest clean
