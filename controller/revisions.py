@@ -49,6 +49,8 @@ def compile_document(conn: Connection, revision: int) -> dict:
         flood = json.loads(row["flood"])
         if flood:
             doc["flood"] = flood
+        if row["watch"]:   # the watch list (controller.workflow), for the agents' sampling
+            doc["watch"] = True
         tenants.append(doc)
     return {"revision": revision, "global": {"blocked_sources": prefix_texts(prefix_set(sources[None]))},
             "tenants": tenants}

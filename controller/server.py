@@ -44,6 +44,7 @@ class ControllerServer(uvicorn.Server):
             log.info("controller serving on %s:%d, store %s", host, port, backend(self.engine))
             sd_notify("READY=1\nSTATUS=serving")
             asyncio.get_running_loop().create_task(self._expiry_loop())
+            asyncio.get_running_loop().create_task(self._workflow_loop())
 
     async def _expiry_loop(self):
         while not self.should_exit:
@@ -56,13 +57,28 @@ class ControllerServer(uvicorn.Server):
             await asyncio.sleep(self.settings.expiry_interval_seconds)
 
 
+    async def _workflow_loop(self):
+        """The enforcement workflow's deadlines and notification outbox (controller.workflow)."""
+        workflow = self.config.app.state.workflow
+        while not self.should_exit:
+            try:
+                done = await asyncio.to_thread(workflow.tick)
+                if done["deadlines"]:
+                    log.info("workflow deadlines acted on: %s", done["deadlines"])
+            except Exception:   # the loop must outlive one bad pass; the next one retries
+                log.exception("workflow pass failed")
+            await asyncio.sleep(self.settings.workflow_interval_seconds)
+
+
 def run(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     engine = open_engine(settings.database)
     log.info("store schema at %s", migrate(engine))
     limiter = FailedAuthLimiter(settings.max_failures, settings.failure_window_seconds)
-    app = create_app(engine, limiter=limiter)
+    from controller.workflow import RuleBook, Workflow
+    workflow = Workflow(engine, RuleBook.from_file(settings.rules or None))
+    app = create_app(engine, limiter=limiter, workflow=workflow)
     host, port = settings.host_port
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", log_level=settings.log_level,
                             access_log=False, proxy_headers=False)
