@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import re
 import sys
+import unicodedata
 from pathlib import Path
 
 from controller.client import Api, ClientError, resolve_target, upload_chunks
@@ -46,11 +47,16 @@ def parse_expiry(text: str | None) -> str | None:
     return (when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)).isoformat()
 
 
+def _width(text: str) -> int:
+    """Terminal columns: CJK characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
 def print_table(headers: list[str], rows: list[list]) -> None:
     rows = [["-" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(x) for x in col) for col in zip(headers, *rows)]
+    widths = [max(_width(x) for x in col) for col in zip(headers, *rows)]
     for row in [headers, *rows]:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        print("  ".join(v + " " * (w - _width(v)) for v, w in zip(row, widths)).rstrip())
 
 
 def _short_time(value: str | None) -> str | None:
@@ -253,8 +259,8 @@ def cmd_lists_show(args) -> int:
 
 
 def _batch_summary(out) -> None:
-    scope = "global list" if out["tenant_id"] is None else f"tenant {out['tenant_id']}"
-    print(f"batch {out['batch_id']}: {out['entries']} entries on the {scope}; policy revision "
+    scope = "the global list" if out["tenant_id"] is None else f"tenant {out['tenant_id']}'s list"
+    print(f"batch {out['batch_id']}: {out['entries']} entries on {scope}; policy revision "
           f"{out['revision'] if out['revision'] is not None else 'unchanged'}")
 
 

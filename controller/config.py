@@ -108,9 +108,13 @@ def load_settings(path: str | Path | None, *, listen: str | None = None, databas
                     errors.append(f"{section}.{key}: expected {type(default).__name__}, got {value!r}")
                     continue
                 values[key] = value
-        if errors:
-            raise ConfigError(source, errors)
         settings = Settings(**values)
+        if errors:   # report the values' problems too, all in one go
+            try:
+                validate(settings, source)
+            except ConfigError as more:
+                errors += more.errors
+            raise ConfigError(source, errors)
     if listen is not None:
         settings = replace(settings, listen=listen)
     if database is not None:

@@ -20,3 +20,4 @@ def prefix_texts(prefixes: PrefixSet) -> list[str]:
     """CIDR texts, IPv4 first, then IPv6, sorted by address (the set's order)."""
     v4, v6, ntop = socket.AF_INET, socket.AF_INET6, socket.inet_ntop
     return [f"{ntop(v4 if len(raw) == 4 else v6, raw)}/{length}" for raw, length in prefixes.to_list()]
+

@@ -13,11 +13,12 @@ from collections import defaultdict
 
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 
+from agent._prefixes import PrefixSet
 from agent.policy import PolicyError, policy_from_document, policy_to_document
 from controller import audit, schema
 from controller.errors import Invalid, NotFound, Problem
 from controller.prefixes import prefix_set, prefix_texts
-from controller.store import utcnow, writing
+from controller.store import reading, utcnow, writing
 
 SYSTEM_OPERATOR = "controller"
 # the registry's states the policy model does not have: a terminated tenant's traffic is dropped
@@ -31,8 +32,10 @@ def _active_entries(kind: str):
             .where(e.kind == kind, e.removed_at.is_(None), b.expired_at.is_(None)))
 
 
-def compile_document(conn: Connection, revision: int) -> dict:
-    """The policy document of the registry as it is in this transaction."""
+def compile_document(conn: Connection, revision: int) -> tuple[dict, dict]:
+    """The policy document of the registry as it is in this transaction, with
+    the source lists left empty, and those lists as compiled PrefixSets by
+    tenant id (None: the global list)."""
     sources: dict[int | None, list[str]] = defaultdict(list)
     for tenant_id, prefix, *_ in conn.execute(_active_entries("source")):
         sources[tenant_id].append(prefix)
@@ -44,16 +47,15 @@ def compile_document(conn: Connection, revision: int) -> dict:
         doc = {"id": row["id"], "name": row["name"], "state": POLICY_STATE[row["state"]],
                "vips": json.loads(row["vips"]),
                # global port blocks apply to every tenant
-               "blocked_ports": sorted(ports[row["id"]] | ports[None]),
-               "blocked_sources": prefix_texts(prefix_set(sources[row["id"]]))}
+               "blocked_ports": sorted(ports[row["id"]] | ports[None]), "blocked_sources": []}
         flood = json.loads(row["flood"])
         if flood:
             doc["flood"] = flood
         if row["watch"]:   # the watch list (controller.workflow), for the agents' sampling
             doc["watch"] = True
         tenants.append(doc)
-    return {"revision": revision, "global": {"blocked_sources": prefix_texts(prefix_set(sources[None]))},
-            "tenants": tenants}
+    sets = {scope: prefix_set(texts) for scope, texts in sources.items()}
+    return {"revision": revision, "global": {"blocked_sources": []}, "tenants": tenants}, sets
 
 
 _LOCATION = re.compile(r"^tenants\[(\d+)\](?: \('[^']*'\))?(\.[^:]*)?: (.*)$", re.S)
@@ -75,13 +77,24 @@ def policy_problems(err: PolicyError, tenant_ids: list[int]) -> list[Problem]:
 
 
 def validated_document(conn: Connection, revision: int) -> dict:
-    doc = compile_document(conn, revision)
+    """The registry compiled into agent.policy's model, validated by it, and
+    written out as its canonical document. The source lists are the native
+    list parser's compiled sets, valid by construction, and go into the
+    document as that set's CIDR texts: parsing a million of them again into
+    ipaddress objects would be nearly all the time a revision takes (the
+    tests hold every stored revision to policy_from_document)."""
+    doc, sets = compile_document(conn, revision)
     try:
         policy = policy_from_document(doc, f"revision {revision}")
     except PolicyError as err:
         raise Invalid(policy_problems(err, [t["id"] for t in doc["tenants"]]),
                       "the change would make a policy the agents refuse; nothing was changed") from None
-    return policy_to_document(policy)
+    out = policy_to_document(policy)
+    empty = PrefixSet()
+    out["global"]["blocked_sources"] = prefix_texts(sets.get(None, empty))
+    for tenant in out["tenants"]:
+        tenant["blocked_sources"] = prefix_texts(sets.get(tenant["id"], empty))
+    return out
 
 
 def _digest(doc: dict) -> str:
@@ -164,6 +177,10 @@ def expire_due(engine: Engine) -> list[int]:
     so no other change's revision carries an expiry with it."""
     made = []
     b = schema.block_batches.c
+    due = and_(b.expired_at.is_(None), b.expires_at.is_not(None), b.expires_at <= utcnow())
+    with reading(engine) as conn:   # the loop runs every second: take the write lock only when there is work
+        if conn.execute(select(b.id).where(due).limit(1)).first() is None:
+            return made
     while True:
         with writing(engine) as (conn, head):
             row = conn.execute(select(schema.block_batches).where(
