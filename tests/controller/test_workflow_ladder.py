@@ -241,3 +241,42 @@ def test_the_shipped_rule_file_is_the_agreements_defaults():
     assert rules.kinds == DEFAULT_RULES.kinds and rules.strikes == DEFAULT_RULES.strikes
     assert rules.kind("virus").grace_minutes == 30
     assert rules.kind("spam").blocked_ports == ("tcp/25", "tcp/465", "tcp/587")
+
+
+def test_a_relapse_on_a_remediating_case_warns_again_with_a_new_grace_period(engine):
+    add_tenant(engine)
+    clock = ManualClock()
+    wf = workflow(engine, clock=clock)
+    case = wf.report(virus(), reported_by="alice")
+    clock.advance(minutes=5)
+    wf.remediate(case["id"], operator="alice", reason="host cleaned")
+    clock.advance(minutes=20)
+    again = wf.report(virus(), reported_by="agent-bj-01")
+    assert again["id"] == case["id"] and again["state"] == "warned"
+    assert (again["next_deadline"]["due_at"] - clock.now()).total_seconds() == 30 * 60
+    clock.advance(minutes=30)
+    assert [a["done"] for a in wf.run_due()] == [["suspend"]]
+    assert actions(engine, case["id"]).count("case.warned") == 2
+    assert_chain_intact(engine)
+
+
+def test_the_watch_flag_is_part_of_the_policy_document():
+    from agent.policy import PolicyError, policy_from_document, policy_to_document
+    doc = {"tenants": [{"id": 1, "name": "shop", "vips": ["203.0.113.1"], "watch": True}]}
+    policy = policy_from_document(doc)
+    assert policy.tenant(1).watch and policy_to_document(policy)["tenants"][0]["watch"] is True
+    plain = policy_to_document(policy_from_document({"tenants": [{"id": 1, "name": "shop"}]}))
+    assert "watch" not in plain["tenants"][0]          # documents without a watch list read and write as before
+    with pytest.raises(PolicyError, match="watch 'yes' must be true or false"):
+        policy_from_document({"tenants": [{"id": 1, "name": "shop", "watch": "yes"}]})
+
+
+def test_the_demo_climbs_the_ladder_and_leaves_the_chain_intact(tmp_path):
+    from controller.workflow.demo import run_demo
+    lines = []
+    result = run_demo(out=lines.append, store_dir=str(tmp_path))
+    text = "\n".join(lines)
+    assert result["audit"]["intact"] and result["case"]["resolution"] == "terminated"
+    for expected in ("not remediated in 30 minutes -> suspend", "case 3 escalated", "never terminated by the controller",
+                     "needs the admin role", "admin root: terminate --confirm"):
+        assert expected in text

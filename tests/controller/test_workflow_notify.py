@@ -198,3 +198,29 @@ def test_a_relay_that_is_down_never_holds_up_a_suspension(engine, receivers):
     [mail] = [n for n in wf.show_case(case["id"])["notifications"] if n["channel"] == "email"]
     assert mail["status"] == "pending" and "SMTP relay" in mail["last_error"]
     assert tenant(engine)["state"] == "suspended"
+
+
+def test_two_senders_deliver_each_notification_once(postgres_cluster, receivers):
+    """Two senders (threads, each its own connections) on one PostgreSQL outbox."""
+    from controller.store import migrate, open_engine
+    url = postgres_cluster.create_database("ew_two_senders", template="ew_template")
+    engine = open_engine(url)
+    migrate(engine)
+    hook = receivers(fail=0)
+    rules = dataclasses.replace(DEFAULT_RULES, notify=Notify(channels=("webhook",), max_attempts=3))
+    wf = workflow(engine, rules=rules)
+    for t in range(1, 16):
+        add_tenant(engine, t, webhook_url=hook.url)
+        wf.report(IncidentReport(tenant_id=t, kind="spam", summary="open relay"), reported_by="alice")
+    results = []
+    senders = [threading.Thread(target=lambda: results.append(workflow(engine, rules=rules).deliver()))
+               for _ in range(2)]
+    for s in senders:
+        s.start()
+    for s in senders:
+        s.join(timeout=120)
+    assert sum(r["sent"] for r in results) == 15
+    ids = [r["headers"][DELIVERY_HEADER] for r in hook.requests]
+    assert len(ids) == 15 and len(set(ids)) == 15
+    print(f"sent by sender 1: {results[0]['sent']}, sender 2: {results[1]['sent']}")
+    engine.dispose()
