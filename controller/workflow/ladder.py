@@ -537,8 +537,3 @@ class Workflow:
         """One scheduler pass: deadlines first (enforcement never waits on delivery), then the outbox."""
         return {"deadlines": self.run_due(), "notifications": self.deliver()}
 
-
-def due_deadlines(conn: Connection, now: dt.datetime) -> list[dict]:
-    d = schema.deadlines.c
-    return [dict(r) for r in conn.execute(select(schema.deadlines).where(
-        and_(d.done_at.is_(None), d.cancelled_at.is_(None), d.due_at <= now))).mappings()]

@@ -83,3 +83,16 @@ def test_two_controller_processes_act_on_each_deadline_once(postgres_cluster, tm
         assert tenant(engine, t)["state"] == "suspended"
     assert_chain_intact(engine)
     engine.dispose()
+
+
+def test_the_workflow_migration_comes_after_the_controllers_and_reverses(engine):
+    from alembic import command
+    from sqlalchemy import inspect
+    from controller.store import _alembic_config, migrate
+    with engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), "0001")
+    names = inspect(engine).get_table_names()
+    assert "deadlines" not in names and "tenants" in names
+    assert "watch" not in {c["name"] for c in inspect(engine).get_columns("tenants")}
+    assert migrate(engine) == "0002"
+    assert {"cases", "incidents", "deadlines", "notifications"} <= set(inspect(engine).get_table_names())
