@@ -44,7 +44,10 @@ class ControllerServer(uvicorn.Server):
             log.info("controller serving on %s:%d, store %s", host, port, backend(self.engine))
             sd_notify("READY=1\nSTATUS=serving")
             asyncio.get_running_loop().create_task(self._expiry_loop())
-            asyncio.get_running_loop().create_task(self._workflow_loop())
+            # deadlines and deliveries in loops of their own: a relay that hangs until its
+            # timeout must not hold up a suspension that is due
+            asyncio.get_running_loop().create_task(self._workflow_loop("deadlines", "run_due"))
+            asyncio.get_running_loop().create_task(self._workflow_loop("notifications", "deliver"))
 
     async def _expiry_loop(self):
         while not self.should_exit:
@@ -56,17 +59,16 @@ class ControllerServer(uvicorn.Server):
                 log.exception("expiry pass failed")
             await asyncio.sleep(self.settings.expiry_interval_seconds)
 
-
-    async def _workflow_loop(self):
-        """The enforcement workflow's deadlines and notification outbox (controller.workflow)."""
-        workflow = self.config.app.state.workflow
+    async def _workflow_loop(self, what: str, method: str):
+        """The enforcement workflow's due deadlines, or its notification outbox (controller.workflow)."""
+        step = getattr(self.config.app.state.workflow, method)
         while not self.should_exit:
             try:
-                done = await asyncio.to_thread(workflow.tick)
-                if done["deadlines"]:
-                    log.info("workflow deadlines acted on: %s", done["deadlines"])
+                done = await asyncio.to_thread(step)
+                if done and what == "deadlines":
+                    log.info("workflow deadlines acted on: %s", done)
             except Exception:   # the loop must outlive one bad pass; the next one retries
-                log.exception("workflow pass failed")
+                log.exception("workflow %s pass failed", what)
             await asyncio.sleep(self.settings.workflow_interval_seconds)
 
 
