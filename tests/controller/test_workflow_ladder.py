@@ -171,7 +171,8 @@ def test_a_suspension_another_case_holds_is_not_lifted(engine):
 def test_repeat_offender_escalated_and_terminated_only_on_an_admins_confirmation(engine):
     add_tenant(engine)
     clock = ManualClock()
-    rules = dataclasses.replace(DEFAULT_RULES, strikes=Strikes(window_days=30, limit=2))
+    rules = dataclasses.replace(DEFAULT_RULES, strikes=Strikes(window_days=30, limit=2),
+                                notify=dataclasses.replace(DEFAULT_RULES.notify, operator_email="noc@cdn.example.net"))
     wf = workflow(engine, rules=rules, clock=clock)
     for n in range(2):
         case = wf.report(virus(), reported_by="alice")
@@ -182,6 +183,9 @@ def test_repeat_offender_escalated_and_terminated_only_on_an_admins_confirmation
     third = wf.report(virus(), reported_by="alice")
     assert third["state"] == "escalated" and third["termination_proposed"] and third["strikes_before"] == 2
     assert actions(engine, third["id"])[-1] == "case.escalated"
+    escalations = [n for n in wf.show_case(third["id"])["notifications"] if "案件升级" in n["subject"]]
+    assert {n["recipient"] for n in escalations} == {"security@example.cn", "http://127.0.0.1:9/unused",
+                                                     "noc@cdn.example.net"}
     # the ladder keeps running on the escalated case, and never terminates by itself
     for _ in range(5):
         clock.advance(minutes=24 * 60)
