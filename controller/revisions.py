@@ -32,13 +32,23 @@ def _active_entries(kind: str):
             .where(e.kind == kind, e.removed_at.is_(None), b.expired_at.is_(None)))
 
 
+ACTIVE_SOURCES_SQL = ("SELECT e.tenant_id, e.prefix FROM block_entries e JOIN block_batches b ON e.batch_id = b.id "
+                      "WHERE e.kind = 'source' AND e.removed_at IS NULL AND b.expired_at IS NULL")
+
+
 def compile_document(conn: Connection, revision: int) -> tuple[dict, dict]:
     """The policy document of the registry as it is in this transaction, with
     the source lists left empty, and those lists as compiled PrefixSets by
     tenant id (None: the global list)."""
     sources: dict[int | None, list[str]] = defaultdict(list)
-    for tenant_id, prefix, *_ in conn.execute(_active_entries("source")):
-        sources[tenant_id].append(prefix)
+    # a million rows: straight from the driver's cursor, no Row object each
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(ACTIVE_SOURCES_SQL)
+        for tenant_id, prefix in cursor.fetchall():
+            sources[tenant_id].append(prefix)
+    finally:
+        cursor.close()
     ports: dict[int | None, set[str]] = defaultdict(set)
     for tenant_id, _, protocol, first, last in conn.execute(_active_entries("port")):
         ports[tenant_id].add(f"{protocol}/{first}" if first == last else f"{protocol}/{first}-{last}")

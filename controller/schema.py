@@ -96,7 +96,9 @@ block_batches = Table(
 block_entries = Table(
     "block_entries", metadata,
     Column("id", RowId, primary_key=True, autoincrement=True),
-    Column("batch_id", BigInteger, ForeignKey("block_batches.id"), nullable=False, index=True),
+    # No foreign key: its per-row check (a trigger on PostgreSQL) would be most of a
+    # million-row COPY. Entries are written only with their batch, in its transaction.
+    Column("batch_id", BigInteger, nullable=False, index=True),
     Column("tenant_id", BigInteger),                                 # copied from the batch: the policy is compiled per tenant
     Column("kind", String(6), nullable=False),                       # "source" | "port"
     Column("prefix", String(43)),                                    # kind source: normalised CIDR
@@ -105,7 +107,6 @@ block_entries = Table(
     Column("last_port", Integer),
     Column("removed_at", DateTime),
     Column("removed_by", String(200)),
-    Index("ix_block_entries_scope", "tenant_id", "kind", "removed_at"),
 )
 
 audit = Table(

@@ -6,7 +6,12 @@ import itertools
 
 import pytest
 
-from controller.store import migrate, open_engine
+from sqlalchemy import select
+
+from agent.policy import policy_from_document, policy_to_document
+from controller import schema
+from controller.revisions import load_document
+from controller.store import migrate, open_engine, reading
 from controller.throwaway_pg import PostgresUnavailable, ThrowawayPostgres
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -43,4 +48,9 @@ def engine(store_url):
     engine = open_engine(store_url)
     migrate(engine)
     yield engine
+    # every revision a test made is a document the agent accepts, as it stands
+    with reading(engine) as conn:
+        for row in conn.execute(select(schema.revisions.c.revision)).all():
+            doc = load_document(conn, row.revision)
+            assert policy_to_document(policy_from_document(doc)) == doc, f"revision {row.revision}"
     engine.dispose()

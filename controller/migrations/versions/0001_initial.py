@@ -130,11 +130,9 @@ def upgrade() -> None:
     sa.Column('last_port', sa.Integer(), nullable=True),
     sa.Column('removed_at', sa.DateTime(), nullable=True),
     sa.Column('removed_by', sa.String(length=200), nullable=True),
-    sa.ForeignKeyConstraint(['batch_id'], ['block_batches.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index(op.f('ix_block_entries_batch_id'), 'block_entries', ['batch_id'], unique=False)
-    op.create_index('ix_block_entries_scope', 'block_entries', ['tenant_id', 'kind', 'removed_at'], unique=False)
 
     # the head row every write locks; the audit chain starts from the genesis hash
     op.bulk_insert(sa.table("controller_head", sa.column("id", sa.Integer), sa.column("audit_seq", sa.BigInteger),
@@ -143,7 +141,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index('ix_block_entries_scope', table_name='block_entries')
     op.drop_index(op.f('ix_block_entries_batch_id'), table_name='block_entries')
     op.drop_table('block_entries')
     op.drop_index(op.f('ix_tenant_state_history_tenant_id'), table_name='tenant_state_history')
