@@ -60,8 +60,13 @@ def _problem_field(loc) -> str:
     return out or "request"
 
 
-def create_app(engine: Engine, *, limiter: FailedAuthLimiter | None = None) -> FastAPI:
+def create_app(engine: Engine, *, limiter: FailedAuthLimiter | None = None, workflow=None) -> FastAPI:
+    """`workflow`: the enforcement workflow (controller.workflow.Workflow) to serve; default one on the
+    system clock with the agreement's default rules."""
+    from controller.workflow import Workflow
+    from controller.workflow.api import workflow_router
     limiter = limiter or FailedAuthLimiter()
+    workflow = workflow or Workflow(engine)
     app = FastAPI(title="edgewarden controller", version="1",
                   description="Tenant registry, block lists, operators, audit and policy revisions. "
                               "Authenticate with `Authorization: Bearer TOKEN`.")
@@ -102,6 +107,8 @@ def create_app(engine: Engine, *, limiter: FailedAuthLimiter | None = None) -> F
         return Caller(name, role)
 
     Who = Annotated[Caller, Depends(caller)]
+    app.state.workflow = workflow
+    app.include_router(workflow_router(workflow, caller))
 
     def changing():
         """Expiries that are due go first, each its own revision, so the

@@ -502,7 +502,8 @@ def add_commands(sub) -> None:
     _tenant_field_args(p)
     p.add_argument("--version", type=int, help="the version you read (default: read it now)")
     p.add_argument("--reason", required=True)
-    for verb, state in (("suspend", "suspended"), ("resume", "active"), ("terminate", "terminated")):
+    # terminate is the workflow's (admin, --confirm): controller.workflow.cli
+    for verb, state in (("suspend", "suspended"), ("resume", "active")):
         p = _cmd(tenant, verb, cmd_tenant_state, f"set a tenant's state to {state}"
                  + (" (admin)" if state == "terminated" else ""))
         p.add_argument("id", type=int)
@@ -514,6 +515,9 @@ def add_commands(sub) -> None:
     p = _cmd(tenant, "export", cmd_tenant_export, "tenant records for the authorities (JSON, or CSV with BOM)")
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--output", "-o", metavar="FILE")
+
+    from controller.workflow.cli import add_commands as add_workflow_commands
+    add_workflow_commands(sub, tenant)
 
     # lists
     lists = sub.add_parser("lists", help="the controller's block lists, global or per tenant (over the API; "

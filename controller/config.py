@@ -18,6 +18,7 @@ DEFAULT_DATABASE = "sqlite:////var/lib/edgewarden/controller.db"
 SECTIONS = {
     "controller": {"listen", "database", "log_level", "expiry_interval_seconds"},
     "auth": {"max_failures", "failure_window_seconds"},
+    "workflow": {"rules", "workflow_interval_seconds"},
 }
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -36,6 +37,8 @@ class Settings:
     expiry_interval_seconds: float = 1.0
     max_failures: int = 10
     failure_window_seconds: float = 60.0
+    rules: str = ""                          # the enforcement rule file; "" = the agreement's defaults
+    workflow_interval_seconds: float = 1.0   # how often deadlines and the notification outbox are served
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -67,6 +70,8 @@ def validate(settings: Settings, source: str = "<settings>") -> Settings:
         errors.append("controller.expiry_interval_seconds: must be in 0.05..3600")
     if not 1 <= settings.max_failures <= 100000:
         errors.append("auth.max_failures: must be in 1..100000")
+    if not 0.05 <= settings.workflow_interval_seconds <= 3600:
+        errors.append("workflow.workflow_interval_seconds: must be in 0.05..3600")
     if not 1 <= settings.failure_window_seconds <= 86400:
         errors.append("auth.failure_window_seconds: must be in 1..86400")
     if errors:

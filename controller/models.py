@@ -181,6 +181,7 @@ class TenantOut(BaseModel):
     vips: list[Vip]
     flood: dict[str, Any]
     contacts: list[Contact]
+    watch: bool = Field(default=False, description="on the watch list (clause 七.4), set by the enforcement workflow")
     version: int
     created_at: UtcTime
     updated_at: UtcTime

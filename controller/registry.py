@@ -66,7 +66,7 @@ def _tenant_record(conn: Connection, row) -> dict:
                                               .where(c.tenant_id == row["id"]).order_by(c.position)).mappings()]
     return {"id": row["id"], "name": row["name"], "state": row["state"], "icp_filing": row["icp_filing"],
             "domains": domains, "vips": json.loads(row["vips"]), "flood": json.loads(row["flood"]),
-            "contacts": contacts, "version": row["version"], "created_at": row["created_at"],
+            "contacts": contacts, "watch": bool(row["watch"]), "version": row["version"], "created_at": row["created_at"],
             "updated_at": row["updated_at"]}
 
 

@@ -61,6 +61,8 @@ def compile_document(conn: Connection, revision: int) -> tuple[dict, dict]:
         flood = json.loads(row["flood"])
         if flood:
             doc["flood"] = flood
+        if row["watch"]:   # the watch list (controller.workflow), for the agents' sampling
+            doc["watch"] = True
         tenants.append(doc)
     sets = {scope: prefix_set(texts) for scope, texts in sources.items()}
     return {"revision": revision, "global": {"blocked_sources": []}, "tenants": tenants}, sets

@@ -4,7 +4,7 @@ controller/migrations create exactly these; times are naive UTC."""
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text,
+    false, BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text,
 )
 
 metadata = MetaData()
@@ -42,6 +42,8 @@ tenants = Table(
     Column("icp_filing", String(64), nullable=False),
     Column("vips", Text, nullable=False),       # JSON list in the policy document's VIP form
     Column("flood", Text, nullable=False),      # JSON table in the policy document's flood form
+    # on the watch list (clause 七.4): agents sample its traffic; set by the workflow (migration 0002)
+    Column("watch", Boolean, nullable=False, server_default=false()),
     Column("version", Integer, nullable=False),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),

@@ -44,6 +44,10 @@ class ControllerServer(uvicorn.Server):
             log.info("controller serving on %s:%d, store %s", host, port, backend(self.engine))
             sd_notify("READY=1\nSTATUS=serving")
             asyncio.get_running_loop().create_task(self._expiry_loop())
+            # deadlines and deliveries in loops of their own: a relay that hangs until its
+            # timeout must not hold up a suspension that is due
+            asyncio.get_running_loop().create_task(self._workflow_loop("deadlines", "run_due"))
+            asyncio.get_running_loop().create_task(self._workflow_loop("notifications", "deliver"))
 
     async def _expiry_loop(self):
         while not self.should_exit:
@@ -55,6 +59,18 @@ class ControllerServer(uvicorn.Server):
                 log.exception("expiry pass failed")
             await asyncio.sleep(self.settings.expiry_interval_seconds)
 
+    async def _workflow_loop(self, what: str, method: str):
+        """The enforcement workflow's due deadlines, or its notification outbox (controller.workflow)."""
+        step = getattr(self.config.app.state.workflow, method)
+        while not self.should_exit:
+            try:
+                done = await asyncio.to_thread(step)
+                if done and what == "deadlines":
+                    log.info("workflow deadlines acted on: %s", done)
+            except Exception:   # the loop must outlive one bad pass; the next one retries
+                log.exception("workflow %s pass failed", what)
+            await asyncio.sleep(self.settings.workflow_interval_seconds)
+
 
 def run(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
@@ -62,7 +78,9 @@ def run(settings: Settings) -> int:
     engine = open_engine(settings.database)
     log.info("store schema at %s", migrate(engine))
     limiter = FailedAuthLimiter(settings.max_failures, settings.failure_window_seconds)
-    app = create_app(engine, limiter=limiter)
+    from controller.workflow import RuleBook, Workflow
+    workflow = Workflow(engine, RuleBook.from_file(settings.rules or None))
+    app = create_app(engine, limiter=limiter, workflow=workflow)
     host, port = settings.host_port
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", log_level=settings.log_level,
                             access_log=False, proxy_headers=False)

@@ -4,7 +4,9 @@ import subprocess
 import sys
 
 MODULES = ["controller.api", "controller.cli", "controller.server", "controller.demo", "controller.registry",
-           "controller.blocklists", "controller.revisions", "controller.audit", "controller.tokens"]
+           "controller.blocklists", "controller.revisions", "controller.audit", "controller.tokens",
+           "controller.workflow.ladder", "controller.workflow.api", "controller.workflow.cli",
+           "controller.workflow.notify", "controller.workflow.demo"]
 
 
 def test_controller_never_imports_the_datapath():
