@@ -7,7 +7,7 @@ from controller.store import reading, writing
 from controller.workflow import ManualClock, RuleBook, Workflow
 from controller.workflow.rules import DEFAULT_RULES
 
-from helpers import tenant_body
+from controller_support import tenant_body
 
 
 def add_tenant(engine, tenant_id=1, name=None, webhook_url="http://127.0.0.1:9/unused", email="security@example.cn"):
