@@ -35,8 +35,15 @@ $(VENV)/.stamp-build: $(VENV)/.stamp-deps $(BUILD_INPUTS)
 
 build: os-packages $(VENV)/.stamp-build
 
+# The datapath in a lab, then the controller on SQLite (tenants, filings,
+# a block list, the revision), then one case up the enforcement ladder.
 demo: setup
 	$(PY) -m agent.lab.demo
+	@workdir=$$(mktemp -d /tmp/edgewarden-demo.XXXXXX); \
+	echo; echo "== controller on SQLite in $$workdir"; \
+	$(PY) -m controller.demo "$$workdir" && rc=0 || rc=$$?; rm -rf "$$workdir"; exit $$rc
+	@echo; echo "== the enforcement ladder, with injected time"
+	$(PY) -m controller.workflow.demo
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: setup
