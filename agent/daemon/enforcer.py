@@ -137,9 +137,13 @@ class Enforcer:
                      revision=new.revision)
         return {"revision": new.revision, "changed": True, "interfaces": results}
 
+    def watched(self) -> frozenset[int]:
+        """The watch list: the config's and the policy's (`watch = true` tenants)."""
+        return frozenset(self.config.watch_list) | {t.id for t in self.policy.tenants if getattr(t, "watch", False)}
+
     @property
     def sampled(self) -> frozenset[int]:
-        return frozenset(self.config.watch_list) | self.incident_tenants
+        return self.watched() | self.incident_tenants
 
     def set_incident_tenants(self, tenants: frozenset[int]) -> bool:
         """Tenants under incident get sampled; True if that changed the maps."""

@@ -69,6 +69,10 @@ class AgentDaemon:
         if self.evidence is not None:
             self.evidence.watch(ifname, maps)
 
+    def _sync_watch(self) -> None:
+        if self.evidence is not None:
+            self.evidence.set_watch(self.enforcer.watched())
+
     def _sync_maps(self) -> None:
         for ifname, state in self.enforcer.interfaces.items():
             if state.attached and ifname not in self._maps:
@@ -91,6 +95,7 @@ class AgentDaemon:
             raise StartError("no configured interface could be enforced: " + "; ".join(
                 f"{n}: {s.error}" for n, s in self.enforcer.interfaces.items()))
         self._start_evidence()
+        self._sync_watch()
         self._sync_maps()
         host, port = self.config.metrics_host_port
         self.metrics.serve(host, port)
@@ -222,6 +227,7 @@ class AgentDaemon:
             for ifname in [i for i in self._maps if i not in self.enforcer.interfaces]:
                 self.accounting.forget(ifname)
             self._sync_maps()
+            self._sync_watch()
             self.metrics.reloads.labels("applied").inc()
             journal.info("reloaded", event="reloaded", revision=policy.revision, interfaces=results)
             return {"reloaded": True, "revision": policy.revision, "interfaces": results}
@@ -281,6 +287,7 @@ class AgentDaemon:
         raise ValueError(f"unknown command {command!r}")
 
     def _after_change(self) -> None:
+        self._sync_watch()
         self.metrics.revision.set(self.enforcer.policy.revision)
         self.notifier.status(self._status())
 

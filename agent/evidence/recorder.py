@@ -55,6 +55,7 @@ class EvidenceRecorder:
         self._sample_maps: dict[str, dict] = {}
         self.stopped_for_disk = False
         self.bytes_written = 0
+        self.watched = frozenset(config.watch_list)
         self._set_watch(config.watch_list)
 
     # -- which tenants are recorded -------------------------------------------
@@ -65,6 +66,15 @@ class EvidenceRecorder:
                 if tenant_id not in self._by_tenant:
                     self.sets[key] = EvidenceSet(key, tenant_id, "watch list")
                     self._by_tenant[tenant_id] = key
+
+    def set_watch(self, tenants) -> None:
+        """The watch list changed (reload, policy change): sets for newly
+        watched tenants, and the sets of tenants no longer watched sealed."""
+        with self._lock:
+            for key in [k for k, s in self.sets.items() if k.startswith("watch:") and s.tenant_id not in tenants]:
+                self._close_set(key)
+            self._set_watch(tenants)
+            self.watched = frozenset(tenants)
 
     def set_incidents(self, open_incidents: dict) -> None:
         with self._lock:
@@ -81,7 +91,7 @@ class EvidenceRecorder:
             with self._lock:
                 if event.incident.id in self.sets:
                     self._close_set(event.incident.id)
-                if event.incident.tenant_id in self.config.watch_list:
+                if event.incident.tenant_id in self.watched:
                     self._set_watch([event.incident.tenant_id])
 
     def _close_set(self, key: str) -> None:
