@@ -279,8 +279,12 @@ for i in range(count):
 """
 
 
-def test_watched_tenant_is_sampled_and_tshark_reads_the_bytes_unchanged(lab, tmp_path):
-    config, notify, daemon = _start(lab, tmp_path, extra="[watch]\ntenants = [1]\n")
+@pytest.mark.parametrize("watched_by", ["config", "policy"])
+def test_watched_tenant_is_sampled_and_tshark_reads_the_bytes_unchanged(lab, tmp_path, watched_by):
+    if watched_by == "config":
+        config, notify, daemon = _start(lab, tmp_path, extra="[watch]\ntenants = [1]\n")
+    else:
+        config, notify, daemon = _start(lab, tmp_path, policy=POLICY + "watch = true\n")
     try:
         notify.wait_for("READY", "1")
         sent = 200
