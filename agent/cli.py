@@ -527,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", type=int)
     p.add_argument("--iface")
     p.set_defaults(func=cmd_block_unload)
+    from controller.distribution.cli import add_emergency_command
+    add_emergency_command(block)   # through the controller, never this node's maps
     p = block.add_parser("diff", help="prefixes added and removed between two block-list files")
     p.add_argument("old")
     p.add_argument("new")

@@ -109,6 +109,9 @@ def create_app(engine: Engine, *, limiter: FailedAuthLimiter | None = None, work
     Who = Annotated[Caller, Depends(caller)]
     app.state.workflow = workflow
     app.include_router(workflow_router(workflow, caller))
+    from controller.distribution.api import fleet_router
+    app.state.distributor = None    # set by controller.server when it serves agents
+    app.include_router(fleet_router(engine, caller, lambda: app.state.distributor))
 
     def changing():
         """Expiries that are due go first, each its own revision, so the

@@ -486,6 +486,8 @@ def add_commands(sub) -> None:
     t.add_argument("--name", required=True)
     t.add_argument("--reason", required=True)
     t.set_defaults(func=_guarded(cmd_local_token_revoke))
+    from controller.distribution.cli import add_controller_commands
+    add_controller_commands(csub, _store_args, _guarded)
 
     # tenant
     tenant = sub.add_parser("tenant", help="the controller's tenant registry (over the API)"
@@ -518,6 +520,8 @@ def add_commands(sub) -> None:
 
     from controller.workflow.cli import add_commands as add_workflow_commands
     add_workflow_commands(sub, tenant)
+    from controller.distribution.cli import add_fleet_commands
+    add_fleet_commands(sub, tenant, _cmd)
 
     # lists
     lists = sub.add_parser("lists", help="the controller's block lists, global or per tenant (over the API; "

@@ -19,6 +19,8 @@ SECTIONS = {
     "controller": {"listen", "database", "log_level", "expiry_interval_seconds"},
     "auth": {"max_failures", "failure_window_seconds"},
     "workflow": {"rules", "workflow_interval_seconds"},
+    # keys of [distribution] are Settings fields named distribution_KEY
+    "distribution": {"listen", "ca_dir", "signing_key", "name", "digest_interval_seconds"},
 }
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -39,6 +41,12 @@ class Settings:
     failure_window_seconds: float = 60.0
     rules: str = ""                          # the enforcement rule file; "" = the agreement's defaults
     workflow_interval_seconds: float = 1.0   # how often deadlines and the notification outbox are served
+    # pushing policy to the fleet (controller.distribution); "" = no distribution server
+    distribution_listen: str = ""
+    distribution_ca_dir: str = "/var/lib/edgewarden/fleet-ca"
+    distribution_signing_key: str = "/var/lib/edgewarden/signing.key"
+    distribution_name: str = "controller"    # its certificate's name (CN), in the agents' welcome
+    distribution_digest_interval_seconds: float = 30.0
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -74,6 +82,13 @@ def validate(settings: Settings, source: str = "<settings>") -> Settings:
         errors.append("workflow.workflow_interval_seconds: must be in 0.05..3600")
     if not 1 <= settings.failure_window_seconds <= 86400:
         errors.append("auth.failure_window_seconds: must be in 1..86400")
+    if settings.distribution_listen:
+        try:
+            split_listen(settings.distribution_listen)
+        except ValueError as err:
+            errors.append(f"distribution.listen: {err}")
+    if not 0.5 <= settings.distribution_digest_interval_seconds <= 86400:
+        errors.append("distribution.digest_interval_seconds: must be in 0.5..86400")
     if errors:
         raise ConfigError(source, errors)
     return settings
@@ -100,14 +115,15 @@ def load_settings(path: str | Path | None, *, listen: str | None = None, databas
             for key in sorted(set(table) - keys):
                 errors.append(f"{section}.{key}: unknown key (expected one of: {', '.join(sorted(keys))})")
             for key in keys & set(table):
-                default = getattr(Settings(), key)
+                field_name = f"distribution_{key}" if section == "distribution" else key
+                default = getattr(Settings(), field_name)
                 value = table[key]
                 if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
                     value = float(value)
                 if type(value) is not type(default):
                     errors.append(f"{section}.{key}: expected {type(default).__name__}, got {value!r}")
                     continue
-                values[key] = value
+                values[field_name] = value
         settings = Settings(**values)
         if errors:   # report the values' problems too, all in one go
             try:

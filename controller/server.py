@@ -42,12 +42,23 @@ class ControllerServer(uvicorn.Server):
         if self.started:
             host, port = self.settings.host_port
             log.info("controller serving on %s:%d, store %s", host, port, backend(self.engine))
+            if self.settings.distribution_listen:
+                # agents are served before READY: a unit that is ready pushes policy
+                from controller.distribution.server import start_distribution
+                self.config.app.state.distributor = await start_distribution(
+                    self.settings, self.engine, self.config.app.state.workflow)
             sd_notify("READY=1\nSTATUS=serving")
             asyncio.get_running_loop().create_task(self._expiry_loop())
             # deadlines and deliveries in loops of their own: a relay that hangs until its
             # timeout must not hold up a suspension that is due
             asyncio.get_running_loop().create_task(self._workflow_loop("deadlines", "run_due"))
             asyncio.get_running_loop().create_task(self._workflow_loop("notifications", "deliver"))
+
+    async def shutdown(self, sockets=None):
+        distributor = getattr(self.config.app.state, "distributor", None)
+        if distributor is not None:
+            await distributor.close()
+        await super().shutdown(sockets)
 
     async def _expiry_loop(self):
         while not self.should_exit:

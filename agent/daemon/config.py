@@ -59,6 +59,24 @@ class EvidenceConfig:
 
 
 @dataclass(frozen=True)
+class ControllerConfig:
+    """Controller mode: the policy comes from the controller (signed), local changes are refused."""
+
+    address: str                  # HOST:PORT of the controller's distribution server
+    ca: Path                      # the fleet CA's certificate
+    cert: Path                    # this node's own client certificate (edgewarden controller node add NAME)
+    key: Path
+    trusted_keys: tuple[Path, ...]   # public keys revisions may be signed with (two during a rotation)
+    server_name: str = ""         # the name in the controller's certificate; default the address's host
+    report_interval: float = 5.0  # seconds between counter summaries
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.address.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     source: str
     node: str
@@ -75,6 +93,12 @@ class AgentConfig:
     metrics_top_tenants: int = 20
     detach_on_stop: bool = False
     evidence: EvidenceConfig = EvidenceConfig()
+    controller: ControllerConfig | None = None
+
+    @property
+    def revision_path(self) -> Path:
+        """The last good signed revision from the controller (agent.wire.revision_file)."""
+        return self.state_dir / "revision.ewr"
 
     def thresholds_for(self, tenant_id: int) -> Thresholds:
         return dict(self.tenant_thresholds).get(tenant_id, self.thresholds)
@@ -143,7 +167,7 @@ def config_from_document(doc: dict, source: str, base: Path | None = None) -> Ag
     errs = _Errors()
     base = base or Path.cwd()
     _check_keys(doc, {"node", "policy_file", "state_dir", "control_socket", "detach_on_stop", "interfaces",
-                      "accounting", "thresholds", "watch", "metrics", "evidence"}, "", errs)
+                      "accounting", "thresholds", "watch", "metrics", "evidence", "controller"}, "", errs)
 
     def path(value: str) -> Path:
         p = Path(value)
@@ -173,8 +197,9 @@ def config_from_document(doc: dict, source: str, base: Path | None = None) -> Ag
         interfaces.append(InterfaceConfig(name, mode, bool(_take(table, "allow_generic", bool, False, where, errs))))
 
     policy_file = _take(doc, "policy_file", str, "", "", errs)
-    if not policy_file:
-        errs.add("policy_file", "is required: the policy document (TOML) the agent enforces")
+    if not policy_file and "controller" not in doc:
+        errs.add("policy_file", "is required: the policy document (TOML) the agent enforces "
+                                "(or a [controller] section: the controller sends it)")
 
     accounting = _take(doc, "accounting", dict, {}, "", errs)
     _check_keys(accounting, {"interval_seconds", "incident_end_after_seconds"}, "accounting", errs)
@@ -230,19 +255,43 @@ def config_from_document(doc: dict, source: str, base: Path | None = None) -> Ag
         if ev_values[k] <= 0:
             errs.add(f"evidence.{k}", "must be > 0")
 
+    controller = None
+    ctl = _take(doc, "controller", dict, None, "", errs)
+    if ctl is not None:
+        _check_keys(ctl, {"address", "ca", "cert", "key", "trusted_keys", "server_name", "report_interval_seconds"},
+                    "controller", errs)
+        address = _take(ctl, "address", str, "", "controller", errs)
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            errs.add("controller.address", f"must be HOST:PORT of the controller's distribution server, not {address!r}")
+        files = {k: _take(ctl, k, str, "", "controller", errs) for k in ("ca", "cert", "key")}
+        for k, v in files.items():
+            if not v:
+                errs.add(f"controller.{k}", "is required (the files `edgewarden controller node add NAME` printed)")
+        keys = _take(ctl, "trusted_keys", list, [], "controller", errs)
+        if not keys or not all(isinstance(k, str) and k for k in keys):
+            errs.add("controller.trusted_keys", "must list the controller's public signing key file(s)")
+            keys = []
+        interval = float(_take(ctl, "report_interval_seconds", (int, float), 5.0, "controller", errs))
+        if not 0.5 <= interval <= 3600:
+            errs.add("controller.report_interval_seconds", "must be between 0.5 and 3600")
+        if not errs.items:
+            controller = ControllerConfig(address, path(files["ca"]), path(files["cert"]), path(files["key"]),
+                                          tuple(path(k) for k in keys),
+                                          _take(ctl, "server_name", str, "", "controller", errs), interval)
     node = _take(doc, "node", str, "", "", errs)
     if errs.items:
         raise ConfigError(f"{source}: " + "; ".join(errs.items))
     import socket
     return AgentConfig(
         source=source, node=node or socket.gethostname(), interfaces=tuple(interfaces),
-        policy_file=path(policy_file),
+        policy_file=path(policy_file) if policy_file else Path("/nonexistent/edgewarden-no-policy-file"),
         state_dir=path(_take(doc, "state_dir", str, "/var/lib/edgewarden", "", errs)),
         control_socket=path(doc["control_socket"]) if isinstance(doc.get("control_socket"), str) else _default_socket(),
         accounting_interval=interval, incident_end_after=end_after, thresholds=thresholds,
         tenant_thresholds=tuple(per_tenant), watch_list=tuple(watch_list), metrics_address=address,
         metrics_top_tenants=top, detach_on_stop=bool(_take(doc, "detach_on_stop", bool, False, "", errs)),
-        evidence=EvidenceConfig(**ev_values),
+        evidence=EvidenceConfig(**ev_values), controller=controller,
     )
 
 

@@ -25,6 +25,8 @@ from agent.daemon.spool import IncidentSpool
 from agent.policy import PolicyError, TenantState, load_policy, policy_from_document
 
 FILL_EVERY_SCANS = 10        # map fill is counted every this many scans
+# control-socket commands that change the policy: refused in controller mode
+LOCAL_CHANGES = ("policy_apply", "block_add", "block_del", "suspend", "resume", "block_load", "block_unload")
 
 
 class StartError(RuntimeError):
@@ -86,10 +88,19 @@ class AgentDaemon:
 
     # -- start -------------------------------------------------------------
     async def start(self) -> None:
-        policy = load_policy(self.config.policy_file)
+        self.controller = None
+        restored = None
+        if self.config.controller is not None:
+            from agent.daemon.controller_link import ControllerMode, bundle_policy
+            self.controller = ControllerMode(self, self.config)
+            restored = self.controller.restore()
+        # controller mode: the last good signed revision first, enforced before the controller is reached
+        policy = bundle_policy(restored) if restored is not None else self._boot_policy()
         self.enforcer = Enforcer(self.config, policy)
         self.enforcer.incident_tenants = frozenset(self.tracker.tenants_under_incident())
         await self.in_writer(self.enforcer.attach_all)
+        if restored is not None:
+            await self.in_writer(self.controller.apply_restored_lists)
         if not self.enforcer.enforced():
             # Not ready, and not pretending: systemd restarts us (Restart=on-failure).
             raise StartError("no configured interface could be enforced: " + "; ".join(
@@ -113,9 +124,17 @@ class AgentDaemon:
         journal.info("agent ready", event="ready", status=status, control_socket=str(self.config.control_socket),
                      metrics=self.config.metrics_address)
         self._tasks = [asyncio.create_task(self._accounting_loop(), name="accounting")]
+        if self.controller is not None:
+            self._tasks.append(asyncio.create_task(self.controller.run(), name="controller"))
         interval = watchdog_interval()
         if interval:
             self._tasks.append(asyncio.create_task(self._heartbeat(interval), name="watchdog"))
+
+    def _boot_policy(self):
+        """The policy file; in controller mode without one, an empty policy until the first revision."""
+        if self.config.controller is not None and not self.config.policy_file.is_file():
+            return policy_from_document({"revision": 0, "global": {}, "tenants": []}, "<no revision yet>")
+        return load_policy(self.config.policy_file)
 
     def _start_evidence(self) -> None:
         try:
@@ -238,7 +257,8 @@ class AgentDaemon:
         """Read and apply in the writer thread: a CLI change written to the
         file just before is in what is read, none can slip in between."""
         config = load_config(self.config_path)
-        policy = load_policy(config.policy_file)
+        # controller mode: the controller's revision stays; the file is not the source of truth
+        policy = self.enforcer.policy if config.controller is not None else load_policy(config.policy_file)
         return config, policy, self.enforcer.reload(config, policy)
 
     # -- the control socket ----------------------------------------------------
@@ -247,10 +267,17 @@ class AgentDaemon:
         e = self.enforcer
         if command == "status":
             return {"status": self._status(), "revision": e.policy.revision,
+                    "controller": None if self.controller is None else {
+                        "address": self.controller.address, "connected": self.controller.connected,
+                        "applied_revision": self.controller.verifier.applied_revision},
                     "interfaces": {n: vars(s) for n, s in e.interfaces.items()},
                     "open_incidents": [i.as_record() for i in self.tracker.open.values()]}
         if command == "reload":
             return await self.reload()
+        if self.controller is not None and command in LOCAL_CHANGES:
+            raise ValueError(f"this agent is in controller mode: its policy comes from the controller at "
+                             f"{self.controller.address}; make the change there (edgewarden lists add ..., "
+                             f"edgewarden block emergency ...), not on the node")
         if command == "policy_apply":
             document = request["document"]
             import tomllib
@@ -324,7 +351,8 @@ def run_agent(config_path: Path) -> int:
     journal.setup()
     try:
         config = load_config(config_path)
-        load_policy(config.policy_file)
+        if config.controller is None or config.policy_file.is_file():
+            load_policy(config.policy_file)
     except (ConfigError, PolicyError) as err:
         journal.error(f"cannot start: {err}", event="start_failed")
         return 1

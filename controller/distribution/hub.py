@@ -1,0 +1,322 @@
+"""The distribution server: every connected agent is brought to the latest
+revision, a delta when it holds the one before (or any revision still
+cached), else the revision's snapshot, encoded once and shared. One revision
+in flight per agent: the next is sent after its Ack or Reject. A rejected
+revision is recorded and never pushed to that node again. Emergency blocks
+overtake everything queued. Digest requests find drift and resync it.
+Reports (incidents, evidence, counters) are stored and acknowledged.
+
+It runs in the controller's event loop; the store is used from threads.
+New revisions are found by watching the store's head revision, so whatever
+made one (the API, the expiry loop, the workflow) is pushed the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, select, update
+
+from agent.wire import (
+    Ack, BundleSigner, ConnectionClosed, CounterSummary, DigestReport, DigestRequest, EmergencyAck, EvidenceAck,
+    EvidenceManifest, IncidentAck, IncidentReport, PolicyBundle, Reject, SnapshotCache, Welcome, fits_in_frame,
+)
+from agent.wire.connection import LocalProtocolError
+from agent.wire.frames import PROTOCOL_VERSION
+from controller import schema as cschema
+from controller.distribution import nodes, reports, schema
+from controller.revisions import load_document
+from controller.store import reading, utcnow, writing
+
+log = logging.getLogger("edgewarden.distribution")
+WATCH_INTERVAL = 0.02        # seconds between looks at the store's head revision
+FLUSH_INTERVAL = 0.25        # node state (acks, last seen) is written to the store in batches
+BUNDLES_KEPT = 4             # revisions kept decoded, to make deltas from
+
+
+@dataclass
+class Session:
+    link: object
+    node: str
+    acked: int = 0                  # the revision the agent applied (0: none we know)
+    acked_digest: bytes = b""
+    in_flight: int | None = None    # sent, no Ack/Reject yet
+    rejected: int | None = None     # never pushed to this node again
+    connected_at: float = field(default_factory=time.time)
+
+
+class Distributor:
+    def __init__(self, engine: Engine, signer: BundleSigner, *, name: str, workflow=None,
+                 digest_interval: float = 30.0):
+        self.engine, self.signer, self.name, self.workflow = engine, signer, name, workflow
+        self.digest_interval = digest_interval
+        self.cache = SnapshotCache(signer)
+        self.bundles: OrderedDict[int, PolicyBundle] = OrderedDict()
+        self.deltas: OrderedDict[tuple[int, int], object] = OrderedDict()
+        self.latest: PolicyBundle | None = None
+        self.sessions: dict[str, Session] = {}
+        self.dirty: dict[str, dict] = {}       # node -> columns to write at the next flush
+        self.emergencies: dict[str, object] = {}   # emergency id -> EmergencyBlock not yet carried by a revision
+        self._nonce = itertools.count(1)
+        self._tasks: list[asyncio.Task] = []
+        self.server = None
+
+    # -- start and stop ---------------------------------------------------------
+    async def start(self, host: str, port: int, ssl_context) -> None:
+        from agent.wire.asyncio_server import serve
+        await self._refresh()
+        await asyncio.to_thread(self._mark_all_disconnected)
+        self.server = await serve(self._handle, host, port, ssl_context=ssl_context, controller=self.name,
+                                  authorize=self._authorize)
+        self._tasks = [asyncio.create_task(self._watch_loop(), name="distribution-watch"),
+                       asyncio.create_task(self._flush_loop(), name="distribution-flush"),
+                       asyncio.create_task(self._digest_loop(), name="distribution-digest")]
+        log.info("distribution serving agents on %s:%d (revision %s)", host, port,
+                 self.latest.revision if self.latest else "none")
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.server is not None:
+            self.server.close()
+        for session in list(self.sessions.values()):
+            await session.link.close()
+        await asyncio.to_thread(self._flush)
+
+    @property
+    def port(self) -> int:
+        return self.server.sockets[0].getsockname()[1]
+
+    # -- revisions ----------------------------------------------------------------
+    def _load_bundle(self, revision: int) -> PolicyBundle:
+        with reading(self.engine) as conn:
+            document = load_document(conn, revision)
+        return PolicyBundle.from_document(document)
+
+    async def bundle(self, revision: int) -> PolicyBundle | None:
+        if revision in self.bundles:
+            self.bundles.move_to_end(revision)
+            return self.bundles[revision]
+        if revision <= 0:
+            return None
+        try:
+            bundle = await asyncio.to_thread(self._load_bundle, revision)
+        except Exception:
+            return None
+        self.bundles[revision] = bundle
+        while len(self.bundles) > BUNDLES_KEPT:
+            self.bundles.popitem(last=False)
+        return bundle
+
+    def _head_revision(self) -> int:
+        with reading(self.engine) as conn:
+            return conn.execute(select(cschema.head.c.revision).where(cschema.head.c.id == 1)).scalar_one()
+
+    async def _refresh(self) -> bool:
+        head = await asyncio.to_thread(self._head_revision)
+        if head == 0 or (self.latest is not None and self.latest.revision == head):
+            return False
+        bundle = await self.bundle(head)
+        if bundle is None:
+            return False
+        self.latest = bundle
+        self.cache.get(bundle)   # encoded once, here, before any connection asks
+        # an emergency block a revision now carries needs no separate resend to new agents
+        carried = {cidr for lst in bundle.lists.values() for cidr in lst.cidrs()}
+        for eid, block in list(self.emergencies.items()):
+            if all(p in carried for p in block.prefixes):
+                del self.emergencies[eid]
+        return True
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            try:
+                if await self._refresh():
+                    log.info("revision %d: pushing to %d connected agent(s)", self.latest.revision,
+                             len(self.sessions))
+                    for session in list(self.sessions.values()):
+                        await self._sync(session)
+            except Exception:   # the loop outlives one bad pass
+                log.exception("distribution watch pass failed")
+
+    def _delta(self, base: PolicyBundle, target: PolicyBundle):
+        key = (base.revision, target.revision)
+        delta = self.deltas.get(key)
+        if delta is None:
+            delta = self.signer.make_delta(base, target)   # made and signed once for every agent at `base`
+            if not fits_in_frame(delta):
+                delta = False
+            self.deltas[key] = delta
+            while len(self.deltas) > 16:
+                self.deltas.popitem(last=False)
+        return delta or None
+
+    async def _sync(self, session: Session) -> None:
+        """Send the agent the latest revision if it lacks it and nothing is in flight."""
+        target = self.latest
+        if target is None or session.in_flight is not None or session.acked == target.revision:
+            return
+        if session.rejected == target.revision or session.node not in self.sessions:
+            return
+        base = await self.bundle(session.acked) if session.acked else None
+        if session.in_flight is not None or self.latest is not target:
+            return   # something else moved while the base was read
+        delta = self._delta(base, target) if base is not None and base.digest == session.acked_digest \
+            and base.revision < target.revision else None
+        try:
+            if delta is not None:
+                session.link.send(delta)
+            else:
+                session.link.send_snapshot(self.cache.get(target))
+        except LocalProtocolError as err:   # the connection closed under us; its handler cleans up
+            log.info("agent %s: revision %d not sent: %s", session.node, target.revision, err)
+            return
+        session.in_flight = target.revision
+
+    # -- one agent's connection ---------------------------------------------------
+    def _authorize(self, node: str) -> str | None:
+        with reading(self.engine) as conn:
+            return nodes.refusal(conn, node)
+
+    def _node_row(self, node: str) -> dict:
+        with reading(self.engine) as conn:
+            row = conn.execute(select(schema.nodes).where(schema.nodes.c.name == node)).mappings().one()
+        return dict(row)
+
+    async def _handle(self, link) -> None:
+        hello = link.hello
+        row = await asyncio.to_thread(self._node_row, link.node)
+        session = Session(link, link.node, rejected=row["rejected_revision"])
+        previous = self.sessions.get(link.node)
+        if previous is not None:   # a node reconnecting before its old connection timed out
+            await previous.link.close()
+        self.sessions[link.node] = session
+        # what the agent says it enforces counts only with a digest we signed for that revision
+        claimed = await self.bundle(hello.applied_revision) if hello.applied_revision else None
+        if claimed is not None and claimed.digest == hello.policy_digest:
+            session.acked, session.acked_digest = hello.applied_revision, hello.policy_digest
+        self.dirty.setdefault(link.node, {}).update(
+            connected=True, last_seen=utcnow(), agent_version=hello.agent_version[:64],
+            attach_modes=json.dumps(hello.attach_modes, sort_keys=True),
+            **({"applied_revision": session.acked, "applied_digest": session.acked_digest.hex()}
+               if session.acked else {}))
+        link.send(Welcome(PROTOCOL_VERSION, self.name, self.latest.revision if self.latest else 0))
+        for block in self.emergencies.values():
+            link.send(block)
+        await self._sync(session)
+        try:
+            while True:
+                event = await link.next_event()
+                if isinstance(event, ConnectionClosed):
+                    log.info("agent %s: connection closed (%s: %s)", link.node, event.reason, event.message)
+                    return
+                self.dirty.setdefault(link.node, {})["last_seen"] = utcnow()
+                await self._on_event(session, event)
+        finally:
+            if self.sessions.get(link.node) is session:
+                del self.sessions[link.node]
+                self.dirty.setdefault(link.node, {})["connected"] = False
+
+    async def _on_event(self, session: Session, event) -> None:
+        node = session.node
+        if isinstance(event, Ack):
+            session.acked, session.acked_digest = event.revision, event.digest
+            if session.in_flight == event.revision:
+                session.in_flight = None
+            self.dirty.setdefault(node, {}).update(applied_revision=event.revision, applied_digest=event.digest.hex(),
+                                                  acked_at=utcnow())
+            await self._sync(session)
+        elif isinstance(event, Reject):
+            log.warning("agent %s rejected revision %d (%s): %s", node, event.revision, event.reason, event.message)
+            if event.revision:
+                session.rejected = event.revision
+                if session.in_flight == event.revision:
+                    session.in_flight = None
+            self.dirty.setdefault(node, {}).update(
+                rejected_revision=event.revision, rejected_reason=event.reason[:40],
+                rejected_message=event.message[:2000], rejected_at=utcnow())
+            if event.reason == "wrong_base" and event.revision:
+                # the agent holds another base than we thought: a snapshot of that revision it can take
+                session.acked, session.acked_digest, session.rejected = 0, b"", None
+                await self._sync(session)
+        elif isinstance(event, DigestReport):
+            if self.latest is not None and session.in_flight is None and (
+                    event.revision != session.acked or event.digest != session.acked_digest
+                    or (event.revision == self.latest.revision and event.digest != self.latest.digest)):
+                log.warning("agent %s drifted (reports revision %d, digest %s): resync by snapshot", node,
+                            event.revision, event.digest.hex()[:16])
+                session.acked, session.acked_digest = 0, b""
+                if session.rejected != self.latest.revision:
+                    session.link.send_snapshot(self.cache.get(self.latest))
+                    session.in_flight = self.latest.revision
+        elif isinstance(event, IncidentReport):
+            await asyncio.to_thread(reports.store_incident, self.engine, self.workflow, node, event.incident_id,
+                                    event.incident)
+            session.link.send(IncidentAck(event.incident_id))
+        elif isinstance(event, EvidenceManifest):
+            await asyncio.to_thread(reports.store_evidence, self.engine, node, event.evidence_id, event.incident_id,
+                                    event.manifest)
+            session.link.send(EvidenceAck(event.evidence_id))
+        elif isinstance(event, CounterSummary):
+            await asyncio.to_thread(reports.store_counters, self.engine, node, event.interval_start, event.seconds,
+                                    event.tenants)
+        elif isinstance(event, EmergencyAck):
+            log.info("agent %s enforces emergency block %s", node, event.emergency_id)
+
+    # -- emergency ------------------------------------------------------------------
+    def emergency(self, emergency_id: str, prefixes: list[str], reason: str, tenant_id: int = 0) -> int:
+        """Send a signed emergency block ahead of everything queued on every
+        connection (call in the loop); returns how many agents it went to."""
+        block = self.signer.emergency(emergency_id, prefixes, reason, priority=0, tenant_id=tenant_id)
+        self.emergencies[emergency_id] = block
+        sent = 0
+        for session in list(self.sessions.values()):
+            try:
+                session.link.send(block)
+                sent += 1
+            except LocalProtocolError:
+                pass
+        return sent
+
+    # -- drift ------------------------------------------------------------------------
+    async def _digest_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.digest_interval)
+            for session in list(self.sessions.values()):
+                if session.in_flight is None:
+                    try:
+                        session.link.send(DigestRequest(next(self._nonce)))
+                    except Exception:
+                        pass
+
+    # -- node state into the store ------------------------------------------------------
+    def _mark_all_disconnected(self) -> None:
+        with writing(self.engine) as (conn, _head):
+            conn.execute(update(schema.nodes).values(connected=False))
+
+    def _flush(self) -> None:
+        dirty, self.dirty = self.dirty, {}
+        if not dirty:
+            return
+        with writing(self.engine) as (conn, _head):
+            for node, values in dirty.items():
+                conn.execute(update(schema.nodes).where(schema.nodes.c.name == node).values(**values))
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await asyncio.to_thread(self._flush)
+            except Exception:
+                log.exception("writing the fleet's node state failed")
+
+    # -- what the fleet view reads ---------------------------------------------------------
+    def live(self) -> dict[str, dict]:
+        return {name: {"connected": True, "in_flight": s.in_flight, "acked": s.acked}
+                for name, s in self.sessions.items()}
