@@ -126,6 +126,7 @@ class StreamPeer:
 
     async def _finish(self) -> None:
         self._reader_task.cancel()
+        self._arrived.set()    # a next_event() waiting for bytes returns the close instead of waiting forever
         self._wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(self._writer_task), FLUSH_TIMEOUT)
