@@ -51,6 +51,8 @@ class Controller:
     digest_interval: float = 1.0
     process: subprocess.Popen | None = None
     token: str = ""
+    netns: str | None = None            # run inside this network namespace (the lab tests)
+    hosts: tuple[str, ...] = ("127.0.0.1",)   # what agents dial (the controller certificate's names)
 
     @property
     def config(self) -> Path:
@@ -72,17 +74,17 @@ class Controller:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config.write_text(f"""
 [controller]
-listen = "127.0.0.1:{self.api_port}"
+listen = "{'0.0.0.0' if self.netns else '127.0.0.1'}:{self.api_port}"
 database = "sqlite:///{self.directory / 'controller.db'}"
 log_level = "info"
 
 [distribution]
-listen = "127.0.0.1:{self.agent_port}"
+listen = "{'0.0.0.0' if self.netns else '127.0.0.1'}:{self.agent_port}"
 ca_dir = "{self.ca_dir}"
 signing_key = "{self.directory / 'signing.key'}"
 digest_interval_seconds = {self.digest_interval}
 """)
-        cli("controller", "keygen", "--config", str(self.config), "--host", "127.0.0.1")
+        cli("controller", "keygen", "--config", str(self.config), *[a for h in self.hosts for a in ("--host", h)])
         self.token = cli("controller", "token", "create", "--config", str(self.config), "--name", "admin",
                          "--role", "admin").stdout.strip()
         return self
@@ -93,17 +95,23 @@ digest_interval_seconds = {self.digest_interval}
 
     def start(self) -> "Controller":
         log = open(self.directory / "controller.log", "ab")
-        self.process = subprocess.Popen([PYTHON, "-m", "agent.cli", "controller", "--config", str(self.config)],
-                                        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        prefix = ["nsenter", f"--net=/var/run/netns/{self.netns}"] if self.netns else []
+        self.process = subprocess.Popen([*prefix, PYTHON, "-m", "agent.cli", "controller", "--config",
+                                         str(self.config)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"controller exited {self.process.returncode}:\n{self.log()}")
             try:
+                if self.netns:
+                    if "distribution serving agents" in self.log():
+                        self.api("GET", "/health")
+                        return self
+                    raise OSError("not yet")
                 with socket.create_connection(("127.0.0.1", self.agent_port), timeout=0.2):
                     self.api("GET", "/health")
                     return self
-            except OSError:
+            except (OSError, AssertionError):
                 time.sleep(0.05)
         raise AssertionError(f"controller did not come up within 30 s:\n{self.log()}")
 
@@ -122,6 +130,16 @@ digest_interval_seconds = {self.digest_interval}
         return path.read_text(errors="replace")[-6000:] if path.exists() else ""
 
     def api(self, method: str, path: str, body=None):
+        if self.netns:   # from inside the controller's namespace
+            cmd = ["nsenter", f"--net=/var/run/netns/{self.netns}", "curl", "-sS", "-X", method, "-H",
+                   f"Authorization: Bearer {self.token}", "-H", "Content-Type: application/json",
+                   "-w", "\n%{http_code}", *(["-d", json.dumps(body)] if body is not None else []),
+                   f"http://127.0.0.1:{self.api_port}{path}"]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            text, _, code = out.stdout.rpartition("\n")
+            if out.returncode != 0 or not code.startswith("2"):
+                raise AssertionError(f"{method} {path}: {code} {text} {out.stderr}")
+            return json.loads(text or "null")
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.url + path, data=data, method=method, headers={
             "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})

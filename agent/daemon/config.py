@@ -260,10 +260,10 @@ def config_from_document(doc: dict, source: str, base: Path | None = None) -> Ag
     if ctl is not None:
         _check_keys(ctl, {"address", "ca", "cert", "key", "trusted_keys", "server_name", "report_interval_seconds"},
                     "controller", errs)
-        address = _take(ctl, "address", str, "", "controller", errs)
-        host, _, port = address.rpartition(":")
+        ctl_address = _take(ctl, "address", str, "", "controller", errs)
+        host, _, port = ctl_address.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            errs.add("controller.address", f"must be HOST:PORT of the controller's distribution server, not {address!r}")
+            errs.add("controller.address", f"must be HOST:PORT of the controller's distribution server, not {ctl_address!r}")
         files = {k: _take(ctl, k, str, "", "controller", errs) for k in ("ca", "cert", "key")}
         for k, v in files.items():
             if not v:
@@ -276,7 +276,7 @@ def config_from_document(doc: dict, source: str, base: Path | None = None) -> Ag
         if not 0.5 <= interval <= 3600:
             errs.add("controller.report_interval_seconds", "must be between 0.5 and 3600")
         if not errs.items:
-            controller = ControllerConfig(address, path(files["ca"]), path(files["cert"]), path(files["key"]),
+            controller = ControllerConfig(ctl_address, path(files["ca"]), path(files["cert"]), path(files["key"]),
                                           tuple(path(k) for k in keys),
                                           _take(ctl, "server_name", str, "", "controller", errs), interval)
     node = _take(doc, "node", str, "", "", errs)

@@ -250,17 +250,23 @@ class ControllerMode:
         loop = asyncio.get_running_loop()
         next_summary = time.monotonic() + self.settings.report_interval
         while True:
-            pending = await loop.run_in_executor(None, self.daemon.spool.pending, 500)
-            for report_id, document in pending:
-                incident_id = f"{document['id']}/{document.get('report', 'started')}"
-                if incident_id not in self._sent_incidents:
-                    self._sent_incidents[incident_id] = report_id
-                    await link.send(IncidentReport(incident_id, document))
-            if time.monotonic() >= next_summary:
-                next_summary += self.settings.report_interval
-                summary = self._counter_summary()
-                if summary is not None:
-                    await link.send(summary)
+            try:
+                pending = await loop.run_in_executor(None, self.daemon.spool.pending, 500)
+                for report_id, document in pending:
+                    incident_id = f"{document['id']}/{document.get('report', 'started')}"
+                    if incident_id not in self._sent_incidents:
+                        self._sent_incidents[incident_id] = report_id
+                        await link.send(IncidentReport(incident_id, document))
+                if time.monotonic() >= next_summary:
+                    next_summary = time.monotonic() + self.settings.report_interval
+                    summary = self._counter_summary()
+                    if summary is not None:
+                        await link.send(summary)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:   # a report that cannot be sent must not stop the others
+                journal.error(f"report to the controller failed: {type(err).__name__}: {err}",
+                              event="report_failed")
             await asyncio.sleep(INCIDENT_RESEND_SECONDS)
 
     def _counter_summary(self) -> CounterSummary | None:
