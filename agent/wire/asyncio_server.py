@@ -33,6 +33,10 @@ class AsyncioAgentLink:
     def send(self, msg) -> None:
         self._peer.queue(msg)
 
+    def put_frames(self, frames, priority: int) -> None:
+        """Ready frames shared by many connections (a delta encoded once); the caller checked they may be sent."""
+        self._peer.put_frames(frames, priority)
+
     def send_snapshot(self, encoded) -> None:
         self._peer.put_frames(self._peer.conn.snapshot_frames(encoded), PRIORITY_POLICY)
 
