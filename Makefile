@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool xdp-tools \
-	iproute2 iputils-ping ethtool tshark tcpreplay nftables util-linux gcc g++ make
-BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.py native/*.pyx native/*.cpp native/include/*.h bpf/*.c bpf/*.h bpf/lab/*.c)
+	iproute2 iputils-ping ethtool tshark tcpreplay nftables util-linux gcc g++ make \
+	libdpdk-dev dpdk-dev
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.py native/*.pyx native/*.cpp native/include/*.h native/dpdk/*.[ch] native/dpdk/*.py bpf/*.c bpf/*.h bpf/lab/*.c)
 
 .PHONY: all setup os-packages build demo test bench loadtest clean
 
@@ -46,6 +47,7 @@ bench: setup
 	$(PY) benchmarks/bench_datapath.py --write-results
 	$(PY) benchmarks/bench_blocklist.py --write-results
 	$(PY) benchmarks/bench_counters.py --write-results
+	$(PY) benchmarks/bench_dpdk.py --write-results
 
 # Attack floods against the lab: a few minutes; writes benchmarks/results/.
 loadtest: setup

@@ -602,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", required=True, metavar="FILE")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_classify)
+
+    from agent.dpdk.cli import add_commands as add_dpdk_commands
+    add_dpdk_commands(sub)
     return parser
 
 

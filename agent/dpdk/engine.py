@@ -1,0 +1,191 @@
+"""The DPDK engine: the EAL started in this process, the worker's ports and
+poll loops (native/dpdk/, through agent._dpdk), and policies applied as
+whole snapshots built from the same compiled map contents the XDP path
+gets (agent.datapath.compile). One engine per process: the EAL starts once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent._dpdk import ffi, lib
+from agent.datapath import abi
+from agent.datapath.compile import POLICY_MAPS, CompiledPolicy, compile_policy
+from agent.dpdk.config import DpdkConfig
+from agent.policy.model import Policy, SynAckPolicy
+
+
+class DpdkError(OSError):
+    """The engine could not start or change; the message says what and where."""
+
+
+def _last_error() -> str:
+    return ffi.string(lib.ew_last_error()).decode(errors="replace")
+
+
+_eal_started_by: str | None = None
+
+
+def start_eal(config: DpdkConfig) -> None:
+    """rte_eal_init with the config's arguments; a process gets one EAL."""
+    global _eal_started_by
+    if _eal_started_by is not None:
+        raise DpdkError(f"the DPDK EAL already runs in this process (started for {_eal_started_by}); "
+                        "DPDK allows one EAL per process: run another engine in another process")
+    argv = [ffi.new("char[]", arg.encode()) for arg in config.eal_argv()]
+    if lib.ew_eal_init(len(argv), ffi.new("char *[]", argv)) < 0:
+        raise DpdkError(f"{config.source}: {_last_error()} (arguments: {' '.join(config.eal_argv()[1:])})")
+    _eal_started_by = config.source
+
+
+def unsupported_features(policy: Policy) -> list[str]:
+    """What the policy asks of the kernel that the DPDK engine cannot give:
+    SYN cookies and SYN-ACK tracking need conntrack and the kernel's cookie
+    secret (bpf/tcp_state.h), which a DPDK port bypasses."""
+    problems = []
+    for tenant in policy.tenants:
+        if tenant.flood.syn_cookies:
+            problems.append(f"tenant {tenant.id} ({tenant.name}): syn_cookies")
+        if tenant.flood.syn_ack is SynAckPolicy.TRACK:
+            problems.append(f"tenant {tenant.id} ({tenant.name}): syn_ack = \"track\"")
+    return problems
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    received: int
+    passed: int
+    dropped: int
+    answered: int
+    tx_failed: int
+    swaps: int
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class DpdkEngine:
+    def __init__(self, config: DpdkConfig):
+        if not config.ports:
+            raise DpdkError(f"{config.source}: no [[ports]]: the engine needs a port to receive on")
+        self.config = config
+        start_eal(config)
+        self._worker = lib.ew_worker_new(config.tenant_capacity, config.mbufs, config.burst, config.source_buckets)
+        if self._worker == ffi.NULL:
+            raise DpdkError(f"{config.source}: {_last_error()}")
+        self.slot_capacity = config.tenant_capacity
+        self.lcores = lib.ew_worker_lcores(self._worker)
+        self.port_ids = {port.name: self._port_id(port.name) for port in config.ports}
+        for port in config.ports:
+            if lib.ew_worker_add_port(self._worker, self.port_ids[port.name],
+                                      self.port_ids[port.pass_to or port.name], int(port.judge)) < 0:
+                raise DpdkError(f"{config.source}: {_last_error()}")
+        self.compiled: CompiledPolicy | None = None
+        self.policy: Policy | None = None
+        self._started = False
+
+    def _port_id(self, name: str) -> int:
+        port = ffi.new("uint16_t *")
+        if lib.ew_port_by_name(name.encode(), port) < 0:
+            raise DpdkError(f"{self.config.source}: {_last_error()}")
+        return port[0]
+
+    # --- policy ------------------------------------------------------------
+
+    def apply(self, policy: Policy, named_lists=None) -> CompiledPolicy:
+        """Compiles the policy as for XDP and swaps it in whole: a burst is
+        judged by the old snapshot or the new one, never a mix. A policy
+        the engine cannot enforce changes nothing."""
+        problems = unsupported_features(policy)
+        if problems:
+            raise DpdkError("the DPDK engine cannot enforce " + "; ".join(problems) +
+                            ": they need the kernel's conntrack and SYN-cookie secret. Use syn_ack = \"drop\" "
+                            "or the XDP engine for these tenants; nothing was applied")
+        live = self.compiled.slots if self.compiled else {}
+        compiled = compile_policy(policy, live, self.slot_capacity, named_lists)
+        snapshot = lib.ew_snapshot_new(self.slot_capacity)
+        if snapshot == ffi.NULL:
+            raise DpdkError("out of memory for a policy snapshot; nothing was applied")
+        try:
+            for name in POLICY_MAPS:
+                key_type, value_type = abi.MAP_LAYOUTS[name]
+                entries = compiled.maps[name]
+                self._fill(snapshot, name, b"".join(entries), b"".join(entries.values()), len(entries),
+                           ffi.sizeof(key_type), ffi.sizeof(value_type))
+            for name, table in compiled.tables.items():
+                self._fill(snapshot, name, table.keys_packed(), table.values_packed(), len(table),
+                           table.key_size, table.value_size)
+        except BaseException:
+            lib.ew_snapshot_free(snapshot)
+            raise
+        # A counter slot is zeroed when a tenant takes it, before any VIP points at it.
+        old_slots = live
+        for tenant_id, slot in compiled.slots.items():
+            if old_slots.get(tenant_id) != slot:
+                lib.ew_worker_zero_counters(self._worker, slot)
+        if lib.ew_worker_publish(self._worker, snapshot) < 0:
+            raise DpdkError(_last_error())
+        self.compiled, self.policy = compiled, policy
+        return compiled
+
+    @staticmethod
+    def _fill(snapshot, name: str, keys: bytes, values: bytes, count: int, key_size: int, value_size: int) -> None:
+        error = ffi.new("char[]", 512)
+        if lib.ew_snapshot_fill(snapshot, name.encode(), keys, values, count, key_size, value_size, error, 512) < 0:
+            raise DpdkError(f"policy table {name}: {ffi.string(error).decode()}; nothing was applied")
+
+    # --- running -----------------------------------------------------------
+
+    def start(self, max_packets: int = 0) -> None:
+        if lib.ew_worker_start(self._worker, max_packets) < 0:
+            raise DpdkError(f"{self.config.source}: {_last_error()}")
+        self._started = True
+
+    def running(self) -> bool:
+        return bool(lib.ew_worker_running(self._worker))
+
+    def stop(self) -> None:
+        """Stops the poll loops, then the ports (net_pcap writes its file here)."""
+        if self._started:
+            lib.ew_worker_stop(self._worker)
+            lib.ew_worker_wait(self._worker)
+            self._started = False
+
+    def close(self) -> None:
+        self.stop()
+        if self._worker != ffi.NULL:
+            lib.ew_worker_free(self._worker)
+            self._worker = ffi.NULL
+
+    def stats(self) -> WorkerStats:
+        out = ffi.new("struct ew_worker_stats *")
+        lib.ew_worker_stats(self._worker, out)
+        return WorkerStats(out.received, out.passed, out.dropped, out.answered, out.tx_failed,
+                           lib.ew_worker_swaps(self._worker))
+
+    # --- counters ----------------------------------------------------------
+
+    def read_counter_slot(self, slot: int) -> bytes:
+        out = ffi.new("char[]", self.lcores * ffi.sizeof("struct ew_counters"))
+        if lib.ew_worker_read_counters(self._worker, slot, out) < 0:
+            raise DpdkError(_last_error())
+        return bytes(ffi.buffer(out))
+
+    def maps(self) -> dict:
+        """The maps agent.datapath.counters reads, with the BpfMap interface."""
+        from agent.dpdk.maps import engine_maps
+        return engine_maps(self)
+
+    def counters(self):
+        from agent.datapath.counters import read_counters
+        return read_counters(self.maps())
+
+    def __enter__(self) -> "DpdkEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def set_test_clock(ns: int) -> None:
+    """Fix the datapath's clock (bpf_ktime_get_ns) for tests; 0 returns to the TSC."""
+    lib.ew_set_test_clock(ns)
