@@ -11,7 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from agent.lab.topology import LAB_PEER_OBJECT, NETNS_DIR, Topology, cli_in, in_namespace, in_netns, remove_namespace, run
+from agent.lab.topology import LAB_PEER_OBJECT, NETNS_DIR, Topology, TopologyLab, cli_in, in_namespace, in_netns, remove_namespace, run
 from agent.policy import policy_from_document, policy_to_toml
 
 __all__ = ["EdgeLab", "FloodLab", "LAB_PEER_OBJECT", "NETNS_DIR", "VICTIM_VIP", "VICTIM_VIP_V6", "cli_in",
@@ -29,7 +29,7 @@ def victim_policy(revision: int = 1, **flood) -> str:
 
 
 @dataclass
-class EdgeLab:
+class EdgeLab(TopologyLab):
     """peer namespace --veth--> edge namespace (XDP goes on `edge_if`).
 
     The peer owns the source addresses traffic is sent from; the edge owns
@@ -67,20 +67,6 @@ class EdgeLab:
         t.route("peer", "203.0.113.0/24", self.edge_link_v4)
         if self.vips_v6:
             t.route("peer", "2001:db8:10::/48", self.edge_link_v6)
-
-    # -- lifecycle ---------------------------------------------------------
-    def up(self) -> "EdgeLab":
-        self.topology.up()
-        return self
-
-    def down(self) -> None:
-        self.topology.down()
-
-    def __enter__(self) -> "EdgeLab":
-        return self.up()
-
-    def __exit__(self, *exc) -> None:
-        self.down()
 
     # -- acting inside ---------------------------------------------------------
     @staticmethod
@@ -149,7 +135,7 @@ except OSError as e:
 
 
 @dataclass
-class FloodLab:
+class FloodLab(TopologyLab):
     """attacker ns --veth--> edge ns --veth--> server ns, and client ns --veth--> edge ns.
 
     The edge routes between them with edgewarden attached (native) on its
@@ -200,19 +186,6 @@ class FloodLab:
     @property
     def edge_ingress(self) -> list[str]:
         return [self.links["attacker"][0], self.links["client"][0]]
-
-    def up(self) -> "FloodLab":
-        self.topology.up()
-        return self
-
-    def down(self) -> None:
-        self.topology.down()
-
-    def __enter__(self) -> "FloodLab":
-        return self.up()
-
-    def __exit__(self, *exc) -> None:
-        self.down()
 
     def mac_of(self, role: str, interface: str) -> str:
         return self.topology.run_in(role, ["cat", f"/sys/class/net/{interface}/address"]).stdout.strip()

@@ -15,7 +15,7 @@ from pathlib import Path
 from agent.lab import EdgeLab
 from agent.policy import load_policy, policy_to_toml
 
-POLICY = Path(__file__).resolve().parent.parent / "configs" / "policy.example.toml"
+POLICY = Path(__file__).resolve().parents[2] / "configs" / "policy.example.toml"
 
 ALLOWED, TENANT_BLOCKED, GLOBAL_BLOCKED = "198.51.100.1", "198.51.100.70", "198.51.100.200"
 SHOP_VIP, SHOP_VIP_V6, SUSPENDED_VIP = "203.0.113.10", "2001:db8:10::10", "203.0.113.30"

@@ -108,3 +108,23 @@ class Topology:
 
     def run_in(self, role: str, cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
         return in_netns(self.ns[role], cmd, **kwargs)
+
+
+class TopologyLab:
+    """Lifecycle of a lab built on a Topology (set as `self.topology`):
+    up() builds it, down() removes it; a context manager."""
+
+    topology: Topology
+
+    def up(self):
+        self.topology.up()
+        return self
+
+    def down(self) -> None:
+        self.topology.down()
+
+    def __enter__(self):
+        return self.up()
+
+    def __exit__(self, *exc) -> None:
+        self.down()
