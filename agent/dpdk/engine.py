@@ -58,6 +58,7 @@ class WorkerStats:
     answered: int
     tx_failed: int
     swaps: int
+    cpu_seconds: float      # of the poll loops, once they ended
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -160,7 +161,7 @@ class DpdkEngine:
         out = ffi.new("struct ew_worker_stats *")
         lib.ew_worker_stats(self._worker, out)
         return WorkerStats(out.received, out.passed, out.dropped, out.answered, out.tx_failed,
-                           lib.ew_worker_swaps(self._worker))
+                           lib.ew_worker_swaps(self._worker), out.cpu_ns / 1e9)
 
     # --- counters ----------------------------------------------------------
 

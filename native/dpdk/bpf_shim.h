@@ -4,8 +4,8 @@
  * accounting, not a copy of them.
  *
  *  - <bpf/bpf_helpers.h> is kept out (its helpers are BPF call numbers);
- *    SEC() is empty, so the map definitions of bpf/maps.h become ordinary
- *    variables whose addresses name the maps.
+ *    SEC() names no section, so the map definitions of bpf/maps.h become
+ *    ordinary (hidden) variables whose addresses name the maps.
  *  - Map helpers keep their signatures; datapath.c defines them as lookups
  *    in the lcore's current policy snapshot, its counters and its buckets.
  *  - struct xdp_md becomes struct ew_frame, whose data and data_end are
@@ -31,7 +31,10 @@
 #ifndef __weak
 #define __weak __attribute__((weak))
 #endif
-#define SEC(name)
+/* Hidden: map addresses are link-time constants, so comparing a map
+ * pointer with one costs no GOT load, and lookups in a named map fold to a
+ * direct table lookup. */
+#define SEC(name) __attribute__((visibility("hidden")))
 #define __ksym
 #define __uint(name, val) int (*name)[val]
 #define __type(name, val) typeof(val) *name
@@ -42,10 +45,11 @@ struct ew_frame {
     unsigned long data;
     unsigned long data_end;
     uint32_t buff_len;      /* the whole packet, all segments */
+    void *packet;           /* the rte_mbuf, for reads past the first segment */
 };
 #define xdp_md ew_frame
 
-static inline void *bpf_map_lookup_elem(void *map, const void *key);
+static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map, const void *key);
 static inline long bpf_map_update_elem(void *map, const void *key, const void *value, __u64 flags);
 static inline __u64 bpf_ktime_get_ns(void);
 static inline void bpf_spin_lock(struct bpf_spin_lock *lock);
@@ -55,6 +59,10 @@ static inline __u32 bpf_xdp_get_buff_len(struct ew_frame *ctx)
 {
     return ctx->buff_len;
 }
+
+/* Reads and writes by offset, across segments as across XDP frags. */
+static inline long bpf_xdp_load_bytes(struct ew_frame *ctx, __u32 offset, void *buf, __u32 len);
+static inline long bpf_xdp_store_bytes(struct ew_frame *ctx, __u32 offset, void *buf, __u32 len);
 
 /* Kernel-state helpers: see above; defined in datapath.c. */
 struct iphdr;

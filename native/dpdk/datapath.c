@@ -7,29 +7,29 @@
 #include "edgewarden.bpf.c"
 
 #include <errno.h>
-#include "tables.h"
+#include "table_lookup.h"
 
 /* The view of the lcore running this thread (initial-exec: one %fs load). */
 static __thread const struct ew_view *current_view __attribute__((tls_model("initial-exec")));
 
-static inline void *bpf_map_lookup_elem(void *map, const void *key)
+static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map, const void *key)
 {
     const struct ew_view *v = current_view;
     const struct ew_snapshot *s = v->snapshot;
     __u32 index;
 
     if (map == (void *)&ew_vips_v4)
-        return ew_table_lookup(s->vips_v4, key);
+        return ew_exact_lookup_n(s->vips_v4, key, 4);
     if (map == (void *)&ew_vip_ports_v4)
-        return ew_table_lookup(s->vip_ports_v4, key);
+        return ew_exact_lookup_n(s->vip_ports_v4, key, 8);
     if (map == (void *)&ew_vips_v6)
-        return ew_table_lookup(s->vips_v6, key);
+        return ew_exact_lookup_n(s->vips_v6, key, 16);
     if (map == (void *)&ew_vip_ports_v6)
-        return ew_table_lookup(s->vip_ports_v6, key);
+        return ew_exact_lookup_n(s->vip_ports_v6, key, 20);
     if (map == (void *)&ew_port_blocks)
-        return ew_table_lookup(s->port_blocks, key);
+        return ew_exact_lookup_n(s->port_blocks, key, 8);
     if (map == (void *)&ew_tenants)
-        return ew_table_lookup(s->tenants, key);
+        return ew_exact_lookup_n(s->tenants, key, 4);
     if (map == (void *)&ew_config)
         return *(const __u32 *)key == 0 ? (void *)&s->config : NULL;
     /* Outer map-in-map slot 0: the inner table of this snapshot. */
@@ -56,7 +56,7 @@ static inline void *bpf_map_lookup_elem(void *map, const void *key)
     if (map == (void *)&ew_source_buckets)
         return ew_source_cache_lookup(v->sources, key);
     /* An inner table returned by one of the outer lookups above. */
-    return ew_table_lookup(map, key);
+    return ew_table_find(map, key);
 }
 
 static inline long bpf_map_update_elem(void *map, const void *key, const void *value, __u64 flags)
@@ -83,6 +83,24 @@ static inline void bpf_spin_lock(struct bpf_spin_lock *lock)
 static inline void bpf_spin_unlock(struct bpf_spin_lock *lock)
 {
     __atomic_store_n(&lock->val, 0, __ATOMIC_RELEASE);
+}
+
+static inline long bpf_xdp_load_bytes(struct ew_frame *ctx, __u32 offset, void *buf, __u32 len)
+{
+    if ((uint64_t)offset + len <= ctx->data_end - ctx->data) {
+        __builtin_memcpy(buf, (const char *)ctx->data + offset, len);
+        return 0;
+    }
+    return ew_packet_read(ctx->packet, offset, len, buf) ? 0 : -EFAULT;
+}
+
+static inline long bpf_xdp_store_bytes(struct ew_frame *ctx, __u32 offset, void *buf, __u32 len)
+{
+    if ((uint64_t)offset + len <= ctx->data_end - ctx->data) {
+        __builtin_memcpy((char *)ctx->data + offset, buf, len);
+        return 0;
+    }
+    return -EFAULT;     /* only the cookie answer writes, and the engine refuses cookie policies */
 }
 
 /* Kernel state the host does not have. The engine refuses policies that
@@ -163,6 +181,7 @@ void ew_judge_burst(const struct ew_view *view, struct ew_frame_ref *frames, uin
             .data = (unsigned long)frames[i].data,
             .data_end = (unsigned long)frames[i].data + frames[i].length,
             .buff_len = frames[i].packet_length,
+            .packet = frames[i].packet,
         };
 
         frames[i].action = edgewarden_xdp(&ctx);

@@ -42,6 +42,7 @@ struct ew_worker_stats {
     uint64_t dropped;
     uint64_t answered;
     uint64_t tx_failed;
+    uint64_t cpu_ns;
 };
 
 int ew_eal_init(int argc, char **argv);

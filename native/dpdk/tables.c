@@ -5,53 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tables.h"
-
-static uint64_t hash_bytes(const uint8_t *p, uint32_t n)
-{
-    uint64_t h = 0x9e3779b97f4a7c15ULL ^ n;
-
-    while (n >= 8) {
-        uint64_t w;
-
-        memcpy(&w, p, 8);
-        h = (h ^ w) * 0xff51afd7ed558ccdULL;
-        h ^= h >> 32;
-        p += 8;
-        n -= 8;
-    }
-    if (n) {
-        uint64_t w = 0;
-
-        memcpy(&w, p, n);
-        h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
-    }
-    h ^= h >> 29;
-    h *= 0xbf58476d1ce4e5b9ULL;
-    return h ^ (h >> 32);
-}
-
-static void *probe(const struct ew_table *t, const void *key, int *found)
-{
-    uint32_t i = (uint32_t)hash_bytes(key, t->key_size) & t->mask;
-
-    while (t->used[i]) {
-        if (memcmp(t->keys + (size_t)i * t->key_size, key, t->key_size) == 0) {
-            *found = 1;
-            return (void *)(uintptr_t)i;
-        }
-        i = (i + 1) & t->mask;
-    }
-    *found = 0;
-    return (void *)(uintptr_t)i;
-}
+#include "table_lookup.h"
 
 static void *exact_lookup(const struct ew_table *t, const void *key)
 {
-    int found;
-    uint32_t i = (uint32_t)(uintptr_t)probe(t, key, &found);
-
-    return found ? t->values + (size_t)i * t->value_size : NULL;
+    return ew_exact_lookup_n(t, key, t->key_size);
 }
 
 /* Host bits past `bits` cleared in a prefix of `size` bytes. */
@@ -118,7 +76,7 @@ struct ew_table *ew_table_build(uint32_t kind, uint32_t key_size, uint32_t value
                 t->lengths[t->nlengths++] = bits;
             }
         }
-        i = (uint32_t)(uintptr_t)probe(t, key, &found);
+        i = ew_table_slot(t, key, key_size, &found);
         if (!found) {
             t->used[i] = 1;
             t->count++;
@@ -141,7 +99,7 @@ void ew_table_free(struct ew_table *t)
 }
 
 /* An LPM trie lookup: the key's prefixlen bounds the match, as in the kernel. */
-static void *lpm_lookup(const struct ew_table *t, const void *key)
+void *ew_lpm_lookup(const struct ew_table *t, const void *key)
 {
     uint8_t probe_key[64];
     uint32_t limit, data_size = t->key_size - 4;
@@ -167,7 +125,7 @@ void *ew_table_lookup(const struct ew_table *t, const void *key)
 {
     if (!t)
         return NULL;
-    return t->kind == EW_TABLE_LPM ? lpm_lookup(t, key) : exact_lookup(t, key);
+    return ew_table_find(t, key);
 }
 
 int ew_source_cache_init(struct ew_source_cache *c, uint32_t entries)
@@ -189,7 +147,7 @@ void ew_source_cache_free(struct ew_source_cache *c)
 
 static struct ew_source_entry *source_set(struct ew_source_cache *c, const struct ew_source_key *key)
 {
-    return c->entries + ((uint32_t)hash_bytes((const uint8_t *)key, sizeof(*key)) & c->mask) * EW_SOURCE_WAYS;
+    return c->entries + ((uint32_t)ew_hash_key(key, sizeof(*key)) & c->mask) * EW_SOURCE_WAYS;
 }
 
 void *ew_source_cache_lookup(struct ew_source_cache *c, const struct ew_source_key *key)

@@ -85,11 +85,15 @@ void ew_snapshot_free(struct ew_snapshot *snapshot);
 
 /* One received frame and what the XDP program returned for it. */
 struct ew_frame_ref {
+    void *packet;           /* the rte_mbuf */
     void *data;
     uint32_t length;        /* of the first segment, the part parsed */
     uint32_t packet_length; /* of all segments, the part counted */
     uint32_t action;        /* XDP_PASS, XDP_DROP, XDP_TX */
 };
+
+/* worker.c: `length` bytes at `offset` of a (multi-segment) packet; 0 if it is shorter. */
+int ew_packet_read(void *packet, uint32_t offset, uint32_t length, void *out);
 
 /* datapath.c: the XDP program's verdict for each frame of a burst. */
 void ew_judge_burst(const struct ew_view *view, struct ew_frame_ref *frames, uint32_t count);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <rte_common.h>
 #include <rte_cycles.h>
@@ -17,6 +18,7 @@
 #include <rte_lcore.h>
 #include <rte_malloc.h>
 #include <rte_mbuf.h>
+#include <rte_prefetch.h>
 #include <rte_rcu_qsbr.h>
 
 #include <linux/bpf.h>      /* XDP_PASS, XDP_TX: the actions the datapath returns */
@@ -66,6 +68,19 @@ uint64_t ew_clock_ns(void)
     cycles = rte_get_tsc_cycles();
     ns = (cycles / tsc_hz) * 1000000000ULL + (cycles % tsc_hz) * 1000000000ULL / tsc_hz;
     return ns ? ns : 1;
+}
+
+int ew_packet_read(void *packet, uint32_t offset, uint32_t length, void *out)
+{
+    struct rte_mbuf *m = packet;
+    const void *p;
+
+    if (!m || (uint64_t)offset + length > rte_pktmbuf_pkt_len(m))
+        return 0;
+    p = rte_pktmbuf_read(m, offset, length, out);
+    if (p && p != out)
+        memcpy(out, p, length);
+    return p != NULL;
 }
 
 /* ---- EAL ---------------------------------------------------------------- */
@@ -249,7 +264,9 @@ static int lcore_main(void *arg)
         .sources = &ls->sources,
     };
     uint16_t queue = ls->index;
+    struct timespec cpu_start, cpu_end;
 
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu_start);
     rte_rcu_qsbr_thread_register(w->qsbr, ls->index);
     rte_rcu_qsbr_thread_online(w->qsbr, ls->index);
     while (!__atomic_load_n(&w->stop, __ATOMIC_RELAXED)) {
@@ -266,7 +283,11 @@ static int lcore_main(void *arg)
             } else {
                 /* One snapshot for the whole burst; released by the quiescent state below. */
                 view.snapshot = __atomic_load_n(&w->current, __ATOMIC_ACQUIRE);
+                /* Headers of the whole burst on their way into the cache before the first is parsed. */
+                for (uint16_t i = 0; i < n; i++)
+                    rte_prefetch0(rte_pktmbuf_mtod(rx[i], void *));
                 for (uint16_t i = 0; i < n; i++) {
+                    frames[i].packet = rx[i];
                     frames[i].data = rte_pktmbuf_mtod(rx[i], void *);
                     frames[i].length = rte_pktmbuf_data_len(rx[i]);
                     frames[i].packet_length = rte_pktmbuf_pkt_len(rx[i]);
@@ -296,6 +317,8 @@ static int lcore_main(void *arg)
     }
     rte_rcu_qsbr_thread_offline(w->qsbr, ls->index);
     rte_rcu_qsbr_thread_unregister(w->qsbr, ls->index);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu_end);
+    ls->stats.cpu_ns = (uint64_t)(cpu_end.tv_sec - cpu_start.tv_sec) * 1000000000ULL + cpu_end.tv_nsec - cpu_start.tv_nsec;
     return 0;
 }
 
@@ -467,5 +490,6 @@ void ew_worker_stats(struct ew_worker *w, struct ew_worker_stats *out)
         out->dropped += s->dropped;
         out->answered += s->answered;
         out->tx_failed += s->tx_failed;
+        out->cpu_ns += s->cpu_ns;
     }
 }

@@ -51,6 +51,7 @@ struct ew_worker_stats {
     uint64_t dropped;
     uint64_t answered;
     uint64_t tx_failed;     /* passed, but the paired port's queue was full: freed */
+    uint64_t cpu_ns;        /* CPU time of the poll loops (set when they end): pps per lcore on a shared machine */
 };
 void ew_worker_stats(struct ew_worker *w, struct ew_worker_stats *out);
 
