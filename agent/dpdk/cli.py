@@ -94,6 +94,22 @@ def cmd_dpdk_block(args, add: bool) -> int:
     return _change(args, change, f"{'blocked' if add else 'unblocked'} {net} ({scope})")
 
 
+def cmd_dpdk_load_list(args) -> int:
+    from agent.blocklist import read_blocklist
+    loaded = read_blocklist(args.file, strict=args.strict)
+    reply = _control(args, "load_list", name=args.name, tenant=args.tenant,
+                     prefixes=loaded.prefixes.serialize().hex())
+    print(f"{reply['list']}: {loaded.entries_read:,} entries read, {len(loaded.bad_lines):,} bad lines skipped, "
+          f"{len(loaded.prefixes):,} prefixes enforced")
+    return 0
+
+
+def cmd_dpdk_unload_list(args) -> int:
+    reply = _control(args, "unload_list", name=args.name, tenant=args.tenant)
+    print(f"unloaded {reply['list']}")
+    return 0
+
+
 def cmd_dpdk_stats(args) -> int:
     document = _control(args, "stats")
 
@@ -135,6 +151,16 @@ def add_commands(subparsers) -> None:
         p.add_argument("cidr")
         p.add_argument("--tenant", type=int)
         p.set_defaults(func=lambda args, a=add: cmd_dpdk_block(args, a))
+    p = control_parser("block-load", "load a block-list file as a named list (swapped in with the policy)")
+    p.add_argument("file")
+    p.add_argument("--name", default="default")
+    p.add_argument("--tenant", type=int)
+    p.add_argument("--strict", action="store_true", help="refuse the file if any line is bad")
+    p.set_defaults(func=cmd_dpdk_load_list)
+    p = control_parser("block-unload", "remove a named list")
+    p.add_argument("--name", default="default")
+    p.add_argument("--tenant", type=int)
+    p.set_defaults(func=cmd_dpdk_unload_list)
     p = control_parser("stats", "per-tenant counters of the running engine")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dpdk_stats)

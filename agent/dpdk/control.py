@@ -1,8 +1,9 @@
 """The running engine's control socket: one JSON request per connection,
 one JSON reply. Ops: "policy" (the live document), "apply" (a document,
 optionally only if the live revision is still `expect_revision`, so two
-concurrent edits never lose one another), "stats" (worker and per-tenant
-counters). Served from the engine's main thread, between its sleeps."""
+concurrent edits never lose one another), "load_list" / "unload_list" (a
+named block list, as a serialized PrefixSet in hex), "lists", "stats"
+(worker and per-tenant counters). Served from the engine's main thread, between its sleeps."""
 
 from __future__ import annotations
 
@@ -59,11 +60,21 @@ class ControlServer:
             policy = policy_from_document(req["policy"], "control request")
             engine.apply(policy)
             return {"ok": True, "revision": policy.revision}
+        if op in ("load_list", "unload_list"):
+            from agent._prefixes import PrefixSet
+            from agent.datapath.named_lists import ListId, check_list_name
+            list_id = ListId(check_list_name(req["name"]), req.get("tenant"))
+            prefixes = PrefixSet.deserialize(bytes.fromhex(req["prefixes"])) if op == "load_list" else None
+            engine.replace_named_list(list_id, prefixes)
+            return {"ok": True, "list": str(list_id), "revision": engine.policy.revision}
+        if op == "lists":
+            return {"ok": True, "lists": {str(list_id): len(prefixes) for list_id, prefixes in
+                                          sorted(engine.named_lists.items())}}
         if op == "stats":
             counters = engine.counters()
             return {"ok": True, "policy_revision": engine.policy.revision if engine.policy else 0,
                     **engine.stats().as_dict(), "tenants": [counters[t].as_dict() for t in sorted(counters)]}
-        return {"ok": False, "error": f"unknown op {op!r} (policy, apply, stats)"}
+        return {"ok": False, "error": f"unknown op {op!r} (policy, apply, load_list, unload_list, lists, stats)"}
 
     def close(self) -> None:
         self.sock.close()

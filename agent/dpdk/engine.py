@@ -82,6 +82,7 @@ class DpdkEngine:
                 raise DpdkError(f"{config.source}: {_last_error()}")
         self.compiled: CompiledPolicy | None = None
         self.policy: Policy | None = None
+        self.named_lists: dict = {}     # ListId -> PrefixSet, enforced with the policy's own lists
         self._started = False
 
     def _port_id(self, name: str) -> int:
@@ -92,10 +93,12 @@ class DpdkEngine:
 
     # --- policy ------------------------------------------------------------
 
-    def apply(self, policy: Policy, named_lists=None) -> CompiledPolicy:
-        """Compiles the policy as for XDP and swaps it in whole: a burst is
-        judged by the old snapshot or the new one, never a mix. A policy
-        the engine cannot enforce changes nothing."""
+    def apply(self, policy: Policy) -> CompiledPolicy:
+        """Compiles the policy (with the named lists) as for XDP and swaps
+        it in whole: a burst is judged by the old snapshot or the new one,
+        never a mix. A policy the engine cannot enforce changes nothing."""
+        from agent.datapath.named_lists import scope_unions
+        named_lists = scope_unions(self.named_lists)
         problems = unsupported_features(policy)
         if problems:
             raise DpdkError("the DPDK engine cannot enforce " + "; ".join(problems) +
@@ -127,6 +130,27 @@ class DpdkEngine:
             raise DpdkError(_last_error())
         self.compiled, self.policy = compiled, policy
         return compiled
+
+    def replace_named_list(self, list_id, prefixes) -> CompiledPolicy:
+        """Load `prefixes` as the named list `list_id` (agent.datapath.named_lists.ListId),
+        or unload it with None; the policy is swapped in again with it."""
+        if self.policy is None:
+            raise DpdkError("no policy is applied yet: apply one before loading block lists")
+        if list_id.tenant_id is not None and self.policy.tenant(list_id.tenant_id) is None:
+            raise DpdkError(f"tenant {list_id.tenant_id} is not in the live policy; a list for it would not "
+                            "be enforced")
+        if prefixes is None and list_id not in self.named_lists:
+            raise DpdkError(f"no list {list_id} is loaded")
+        previous = dict(self.named_lists)
+        if prefixes is None:
+            del self.named_lists[list_id]
+        else:
+            self.named_lists[list_id] = prefixes
+        try:
+            return self.apply(self.policy)
+        except BaseException:
+            self.named_lists = previous
+            raise
 
     @staticmethod
     def _fill(snapshot, name: str, keys: bytes, values: bytes, count: int, key_size: int, value_size: int) -> None:
