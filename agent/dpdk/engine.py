@@ -75,7 +75,7 @@ class DpdkEngine:
             raise DpdkError(f"{config.source}: {_last_error()}")
         self.slot_capacity = config.tenant_capacity
         self.lcores = lib.ew_worker_lcores(self._worker)
-        self.port_ids = {port.name: self._port_id(port.name) for port in config.ports}
+        self.port_ids = {port.name: self._port_id(port) for port in config.ports}
         for port in config.ports:
             if lib.ew_worker_add_port(self._worker, self.port_ids[port.name],
                                       self.port_ids[port.pass_to or port.name], int(port.judge)) < 0:
@@ -85,10 +85,12 @@ class DpdkEngine:
         self.named_lists: dict = {}     # ListId -> PrefixSet, enforced with the policy's own lists
         self._started = False
 
-    def _port_id(self, name: str) -> int:
+    def _port_id(self, port_config) -> int:
         port = ffi.new("uint16_t *")
-        if lib.ew_port_by_name(name.encode(), port) < 0:
-            raise DpdkError(f"{self.config.source}: {_last_error()}")
+        if lib.ew_port_by_name(port_config.name.encode(), port) < 0:
+            hint = (f"; its vdev {port_config.vdev!r} did not probe (a missing interface or file? the EAL's "
+                    "message above says which)") if port_config.vdev else ""
+            raise DpdkError(f"{self.config.source}: {_last_error()}{hint}")
         return port[0]
 
     # --- policy ------------------------------------------------------------

@@ -25,9 +25,9 @@
 
 #undef __always_inline
 #define __always_inline inline __attribute__((always_inline))
-#ifndef __noinline
-#define __noinline __attribute__((noinline))
-#endif
+/* Global functions are __noinline for the verifier (verified once, not per
+ * caller); the host compiler may inline them. */
+#define __noinline
 #ifndef __weak
 #define __weak __attribute__((weak))
 #endif

@@ -121,13 +121,6 @@ void *ew_lpm_lookup(const struct ew_table *t, const void *key)
     return NULL;
 }
 
-void *ew_table_lookup(const struct ew_table *t, const void *key)
-{
-    if (!t)
-        return NULL;
-    return ew_table_find(t, key);
-}
-
 int ew_source_cache_init(struct ew_source_cache *c, uint32_t entries)
 {
     uint32_t sets = 1;

@@ -68,7 +68,6 @@ struct ew_view {
 struct ew_table *ew_table_build(uint32_t kind, uint32_t key_size, uint32_t value_size, const void *keys,
                                 const void *values, uint32_t count, char *error, size_t error_size);
 void ew_table_free(struct ew_table *table);
-void *ew_table_lookup(const struct ew_table *table, const void *key);
 
 int ew_source_cache_init(struct ew_source_cache *cache, uint32_t entries);
 void ew_source_cache_free(struct ew_source_cache *cache);
