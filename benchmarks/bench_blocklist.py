@@ -11,7 +11,7 @@ Also: a 100-entry delta (50 added, 50 removed) on top of the 1M list, and
 the resident memory of this process and the kernel memory of the maps with
 the list loaded. The list mixes generated prefixes (mostly /32 and /24, as
 reputation lists are) with real ones: the source addresses of the attack
-captures in ../shared/captures. --write-results replaces the "Block lists"
+captures in tests/data/captures. --write-results replaces the "Block lists"
 section of benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/bench_blocklist.py [--prefixes N] [--write-results]
@@ -42,7 +42,7 @@ from agent.policy import Policy  # noqa: E402
 from agent.datapath.compile import GLOBAL_TABLES  # noqa: E402
 
 SECTION_TITLE = "## Block lists"
-CAPTURES = REPO.parent / "shared" / "captures"
+CAPTURES = REPO / "tests" / "data" / "captures"
 
 
 def capture_sources() -> set[int]:

@@ -2,7 +2,7 @@
 """Load tests: real attack floods against the edge of the flood lab, in one run.
 
 For every flood type of `edgewarden flood` and every capture in
-../shared/captures, and for each subject on the edge's attacker-facing
+tests/data/captures, and for each subject on the edge's attacker-facing
 interface (edgewarden with a victim policy; a minimal XDP_DROP program;
 xdp-filter configured as well as it can be for that attack), a real TCP
 client in the client namespace keeps doing short request/response
@@ -42,7 +42,7 @@ from native.bpf_build import compile_bpf  # noqa: E402
 
 SECTION_TITLE = "## Load tests"
 RESULTS_DIR = REPO / "benchmarks" / "results"
-CAPTURES = REPO.parent / "shared" / "captures"
+CAPTURES = REPO / "tests" / "data" / "captures"
 SERVICE_PORT = 8080
 POLICY = victim_policy(fragments="drop", syns_per_second=2000, syn_burst=4000,
                         source_packets_per_second=200, source_packet_burst=400)

@@ -10,7 +10,7 @@ import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO = TESTS_DIR.parent
-CAPTURES = REPO.parent / "shared" / "captures"
+CAPTURES = TESTS_DIR / "data" / "captures"   # see its README: source and licence
 sys.path.insert(0, str(TESTS_DIR))   # tests/frames.py and tests/oracle.py
 
 
@@ -28,5 +28,5 @@ def pytest_sessionstart(session):
 @pytest.fixture(scope="session")
 def captures_dir() -> Path:
     if not CAPTURES.is_dir() or not any(CAPTURES.glob("*.pcap*")):
-        pytest.fail(f"attack captures not found in {CAPTURES} (the shared/ folder beside the repository)")
+        pytest.fail(f"attack captures not found in {CAPTURES}; they are part of the repository (git checkout tests/data)")
     return CAPTURES

@@ -1,8 +1,11 @@
 """Holds the XDP program (through BPF_PROG_TEST_RUN) to the pure-Python
-reference model, packet by packet: same XDP action, same counter deltas."""
+reference model, packet by packet: same XDP action, same counter deltas;
+and observes, for one frame, the action and the counters it moved (for the
+expectations in tests/data that come from no code)."""
 
 import errno
 import time
+from dataclasses import dataclass
 
 import pytest
 
@@ -70,3 +73,37 @@ class Oracle:
             got = delta(before, counters_snapshot(self.datapath))
             assert got == reference_delta(verdict), f"counter deltas differ for {verdict}, frame {frame.hex()}"
         return verdict
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the kernel did with one frame: its XDP action, and the one
+    (tenant, verdict reason, traffic class) whose counters it moved."""
+
+    action: int
+    tenant_id: int | None
+    reason: str | None
+    traffic_class: str | None
+
+    @property
+    def verdict(self) -> str:
+        return ACTION_NAMES.get(self.action, f"action {self.action}")
+
+
+ACTION_NAMES = {lib.XDP_ABORTED: "aborted", lib.XDP_DROP: "drop", lib.XDP_PASS: "pass", lib.XDP_TX: "tx",
+                lib.XDP_REDIRECT: "redirect"}
+
+
+def observe(datapath: PrivateDatapath, frame: bytes) -> Observed:
+    """Runs one frame and reads which counters it moved (exactly one packet
+    for one tenant, reason and class, or the observation says None)."""
+    before = counters_snapshot(datapath)
+    action = datapath.run(frame)
+    moved = delta(before, counters_snapshot(datapath))
+    if len(moved) != 1:
+        return Observed(action, None, None, None)
+    (tenant_id, fields), = moved.items()
+    reasons, classes = fields["reason_packets"], fields["class_packets"]
+    reason = next(iter(reasons)) if list(reasons.values()) == [1] else None
+    traffic_class = next(iter(classes)) if list(classes.values()) == [1] else None
+    return Observed(action, tenant_id, reason, traffic_class)

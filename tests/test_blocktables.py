@@ -378,10 +378,9 @@ def test_entry_table_from_packed_takes_exactly_whole_distinct_entries(layout, co
 
 
 def test_a_table_without_values_round_trips_through_its_packed_form():
-    """BUG: an EntryTable may have 0-byte values (PrefixSet.v6_lpm_entries makes one
-    by default, diff and merged handle them), but from_packed refuses any non-empty
-    such table: with value_size 0 it counts 0 entries in the values, so its own
-    keys_packed()/values_packed() 'do not make whole entries'."""
+    """Regression: an EntryTable may have 0-byte values (PrefixSet.v6_lpm_entries makes
+    one by default); from_packed must accept its own keys_packed()/values_packed() of
+    such a table (with value_size 0 there are no values to count entries by)."""
     table = PrefixSet.from_list([(V6("2001:db8::/32").network_address.packed, 32)]).v6_lpm_entries()
     assert (len(table), table.value_size, table.values_packed()) == (1, 0, b"")
     assert EntryTable.from_packed(table.keys_packed(), table.values_packed(), table.key_size, 0) == table

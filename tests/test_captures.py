@@ -6,28 +6,20 @@ counters as the reference."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from agent._libbpf import lib
 from agent.datapath.private import PrivateDatapath
 from agent.pcap import ethernet_frame, read_frames
-from agent.policy import policy_from_document
+from agent.policy import load_policy
 from agent.reference import ReferenceCounters, judge
 from oracle import FIELDS
 
-VICTIM_POLICY = policy_from_document({
-    "revision": 7,
-    # Blocks chosen to hit real sources in the captures (checked below).
-    "global": {"blocked_sources": ["1.0.0.0/8", "45.0.0.0/8", "2001:db8::/32"]},
-    "tenants": [
-        {"id": 10, "name": "victim", "vips": ["10.10.10.10"],
-         "blocked_ports": ["udp/12294", "tcp/22", "tcp/1194"],
-         "blocked_sources": ["100.0.0.0/6", "180.0.0.0/8"]},
-        {"id": 11, "name": "victim-games", "vips": [{"address": "10.10.10.10", "protocol": "tcp", "port": 25565}],
-         "blocked_sources": ["200.0.0.0/5"]},
-    ],
-}, "tests/test_captures.py")
+# Blocks chosen to hit real sources in the captures (checked below).
+VICTIM_POLICY_FILE = Path(__file__).resolve().parent / "data" / "captures" / "policies" / "blocks.toml"
+VICTIM_POLICY = load_policy(VICTIM_POLICY_FILE)
 
 CAPTURE_NAMES = ["pkt.TCP.synflood.spoofed.pcap", "amp.UDP.snmp.src161.pcapng",
                  "amp.dns.RRSIG.fragmented.pcap", "amp.TCP.reflection.SYNACK.pcap"]
@@ -61,13 +53,10 @@ def test_capture_matches_reference(captures_dir, name):
     assert "pass_allowed" in reasons_seen
 
 
-def test_classify_cli_json_is_stable(captures_dir, tmp_path):
+def test_classify_cli_json_is_stable(captures_dir):
     """`edgewarden classify --json` on a real capture: the documented schema and totals."""
-    policy_file = tmp_path / "policy.toml"
-    from agent.policy import policy_to_toml
-    policy_file.write_text(policy_to_toml(VICTIM_POLICY))
     capture = captures_dir / "amp.UDP.snmp.src161.pcapng"
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "classify", str(capture), "--policy", str(policy_file),
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "classify", str(capture), "--policy", str(VICTIM_POLICY_FILE),
                           "--json"], capture_output=True, text=True, check=True).stdout
     doc = json.loads(out)
     assert set(doc) == {"capture", "policy_revision", "packets", "bytes", "actions", "reasons", "tenants"}

@@ -6,12 +6,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent._libbpf import lib
 from agent.datapath.abi import TrafficClass, VerdictReason
 from agent.datapath.private import PrivateDatapath
 from agent.policy import Policy
 from frames import CASES, MALFORMED_CASES, frames, malformed_frames, tcp_ipv4_frame, udp_ipv6_frame
-from frames import icmp_ipv4_frame, ipv4_fragment_frame, ipv6_fragment_frame, udp, tcp
+from frames import icmp_ipv4_frame, ipv4_fragment_frame, ipv6_fragment_frame, udp
 from oracle import Oracle
 from policies import FIXED_POLICY, policies
 
@@ -141,13 +140,13 @@ def test_truncation_at_every_byte(fixed_oracle, name):
 
 
 def test_program_never_aborts_on_random_bytes(fixed_oracle):
+    """Random bytes get the reference's action, which is never XDP_ABORTED
+    (check() fails on any other action the kernel returns)."""
     import random
     rng = random.Random(7)
     for _ in range(2000):
         frame = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 120)))
-        action = fixed_oracle.check(frame, counters=False)
-        assert action is not None
-    assert lib.XDP_ABORTED == 0
+        fixed_oracle.check(frame, counters=False)
 
 
 @pytest.mark.parametrize("offset_units", [1, 4095, 4096, 8191])

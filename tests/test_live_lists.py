@@ -10,26 +10,34 @@ import time
 import pytest
 
 from agent.lab import EdgeLab
+from waiting import wait_until
 
 IN_BOTH, ONLY_OLD, VIP, PORT = "198.51.100.1", "198.51.100.70", "203.0.113.10", 9999
 pytestmark = pytest.mark.live
 
 # Bounded sender: `count` UDP datagrams from `source`, one every `gap` s, each
-# carrying its monotonic send time (CLOCK_MONOTONIC is shared by namespaces).
-# A fixed source port: an ephemeral one could be 37810, an amplification
-# port that tenants drop by default.
-SENDER = """
+# carrying its monotonic send time (CLOCK_MONOTONIC is shared by namespaces),
+# which it also prints; then a few end markers (index END). A fixed source
+# port: an ephemeral one could be 37810, an amplification port that tenants
+# drop by default.
+END = 0xFFFFFFFF
+SENDER = f"""
 import socket, struct, sys, time
 source, target, port, count, gap = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((source, 45000))
 for i in range(count):
-    s.sendto(struct.pack("!Id", i, time.monotonic()), (target, port))
-    time.sleep(gap)
+    sent_at = time.monotonic()
+    s.sendto(struct.pack("!Id", i, sent_at), (target, port))
+    print(sent_at, flush=True)
+    time.sleep(gap)                 # pacing
+for _ in range(3):
+    s.sendto(struct.pack("!Id", {END}, time.monotonic()), (target, port))
 """
 
-# Bounded receiver: prints "source sent_at" per datagram until `seconds` pass.
-RECEIVER = """
+# Bounded receiver: prints "source sent_at" per datagram, and "end" once an
+# end marker arrives (or gives up after `seconds`).
+RECEIVER = f"""
 import socket, struct, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], int(sys.argv[2])))
@@ -41,12 +49,21 @@ while time.monotonic() < end:
         data, (source, _) = s.recvfrom(64)
     except socket.timeout:
         continue
-    print(source, struct.unpack("!Id", data)[1], flush=True)
+    index, sent_at = struct.unpack("!Id", data)
+    if index == {END}:
+        print("end", flush=True)
+        break
+    print(source, sent_at, flush=True)
 """
 
 
 def write_list(path, prefixes):
     path.write_text("# test list\n" + "\n".join(prefixes) + "\n")
+
+
+def global_block_drops(lab) -> int:
+    stats = json.loads(lab.edgewarden("stats", "--tenant", "1", "--json").stdout)
+    return stats["interfaces"][lab.edge_if]["tenants"][0]["reason_packets"]["drop_global_block"]
 
 
 def filler(rng, n, first_octet):
@@ -79,32 +96,36 @@ def test_new_version_takes_over_under_traffic(lab, tmp_path, path):
     write_list(new, [IN_BOTH] + (filler(rng, 6000, 101) if path == "swapped in whole" else shared))
     lab.edgewarden("block", "load", str(old), "--list", "feed")
 
-    receiver = subprocess.Popen(["ip", "netns", "exec", lab.edge_ns, sys.executable, "-c", RECEIVER, VIP, str(PORT), "6"],
+    receiver = subprocess.Popen(["ip", "netns", "exec", lab.edge_ns, sys.executable, "-c", RECEIVER, VIP, str(PORT), "30"],
                                 stdout=subprocess.PIPE, text=True)
     assert receiver.stdout.readline().strip() == "ready"
-    senders = [subprocess.Popen(["ip", "netns", "exec", lab.peer_ns, sys.executable, "-c", SENDER, src, VIP, str(PORT),
-                                 "400", "0.01"]) for src in (IN_BOTH, ONLY_OLD)]
-    time.sleep(1.5)
+    senders = {src: subprocess.Popen(["ip", "netns", "exec", lab.peer_ns, sys.executable, "-c", SENDER, src, VIP,
+                                      str(PORT), "400", "0.01"], stdout=subprocess.PIPE, text=True)
+               for src in (IN_BOTH, ONLY_OLD)}
+    # Swap while both senders' traffic is reaching the edge (and being dropped).
+    wait_until(lambda: global_block_drops(lab), lambda n: n >= 100, 20, "both senders' datagrams reaching the edge")
     swap_started = time.monotonic()
     out = lab.edgewarden("block", "load", str(new), "--list", "feed").stdout
     swap_done = time.monotonic()
-    for sender in senders:
-        sender.wait(timeout=20)
-    arrivals = [line.split() for line in receiver.communicate(timeout=20)[0].splitlines() if line.strip()]
+    sent = {src: [float(t) for t in sender.communicate(timeout=30)[0].split()] for src, sender in senders.items()}
+    arrivals = [line.split() for line in receiver.communicate(timeout=40)[0].splitlines() if line.strip()]
     assert path in out, out
+    assert ["end"] in arrivals, "the end marker of the source the new version unblocks never arrived"
 
-    from_both = [float(t) for src, t in arrivals if src == IN_BOTH]
-    from_old_only = [float(t) for src, t in arrivals if src == ONLY_OLD]
+    datagrams = [line for line in arrivals if len(line) == 2]
+    from_both = [float(t) for src, t in datagrams if src == IN_BOTH]
+    from_old_only = [float(t) for src, t in datagrams if src == ONLY_OLD]
     assert from_both == [], "a source blocked by both versions got through during the swap"
     assert not [t for t in from_old_only if t < swap_started], "passed before the new version was loaded"
-    after_swap = [t for t in from_old_only if t > swap_done]
-    sent_after_swap = 400 - int((swap_done - (swap_started - 1.5)) / 0.01)
-    assert len(after_swap) >= 0.9 * max(sent_after_swap, 1) and len(after_swap) > 50, \
-        f"only {len(after_swap)} of ~{sent_after_swap} datagrams sent after the swap arrived"
+    sent_after_swap = [t for t in sent[ONLY_OLD] if t > swap_done]
+    arrived_after_swap = [t for t in from_old_only if t > swap_done]
+    assert len(sent_after_swap) > 50, f"the swap took most of the run: only {len(sent_after_swap)} sent after it"
+    assert arrived_after_swap == sent_after_swap, \
+        f"{len(arrived_after_swap)} of the {len(sent_after_swap)} datagrams sent after the swap arrived"
 
     stats = json.loads(lab.edgewarden("stats", "--tenant", "1", "--json").stdout)
     shop = stats["interfaces"][lab.edge_if]["tenants"][0]
-    assert shop["reason_packets"]["drop_global_block"] >= 400      # every datagram from IN_BOTH, at least
+    assert shop["reason_packets"]["drop_global_block"] >= 400 + 3  # every datagram from IN_BOTH, at least
 
 
 @pytest.mark.parametrize("content, message", [

@@ -7,11 +7,11 @@ the agent) turns a returned cookie into a connection to the server."""
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
 from agent.lab import EdgeLab, FloodLab, in_namespace, victim_policy
+from waiting import LineWatcher, wait_until
 
 pytestmark = pytest.mark.live
 
@@ -78,6 +78,11 @@ def client_run(lab: FloodLab, n: int, seconds: float, host: str | None = None) -
     return json.loads(out)
 
 
+def answered_syns(lab: FloodLab, interface: str) -> int:
+    doc = json.loads(lab.edgewarden("stats", "--iface", interface, "--tenant", "1", "--json").stdout)
+    return doc["interfaces"][interface]["tenants"][0]["reason_packets"]["answer_syn_cookie"]
+
+
 def nft_tables(lab: FloodLab) -> str:
     return EdgeLab.ns(lab.ns["edge"], ["nft", "list", "tables"]).stdout
 
@@ -100,8 +105,10 @@ def test_clients_connect_through_a_syn_flood_and_no_spoofed_syn_reaches_the_serv
             capture_file = tmp_path / "server.pcapng"
             capture = subprocess.Popen(in_namespace(lab.ns["server"], [
                 "tshark", "-q", "-i", lab.links["server"][1], "-f", "tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn",
-                "-a", "duration:25", "-w", str(capture_file)]), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            time.sleep(2)                                   # tshark is capturing
+                "-a", "duration:25", "-w", str(capture_file)]), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                text=True)
+            # Until tshark says so, a SYN reaching the server would go unseen.
+            LineWatcher(capture.stderr).wait_for("Capturing on", 20, "tshark on the server's link")
             opens_before = snmp(lab, "server", "Tcp")["PassiveOpens"]
 
             calm = client_run(lab, 20, 15)
@@ -112,7 +119,9 @@ def test_clients_connect_through_a_syn_flood_and_no_spoofed_syn_reaches_the_serv
                 sys.executable, "-m", "agent.cli", "flood", "syn", "--iface", attacker_if, "--target", lab.vip,
                 "--dst-mac", mac, "--dport", str(PORT), "--packets", str(FLOOD_PACKETS), "--seconds", str(FLOOD_SECONDS),
                 "--threads", "1", "--json"]), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(0.5)
+            # The client measures under flood only once the flood reaches the edge.
+            wait_until(lambda: answered_syns(lab, edge_if), lambda n: n >= 1000, FLOOD_SECONDS,
+                       "the flood's SYNs being answered at the edge")
             under_flood = client_run(lab, 10_000, FLOOD_SECONDS - 1)
             out, err = flood.communicate(timeout=60)
             assert flood.returncode == 0, err

@@ -1,4 +1,4 @@
-"""Tests for agent.pcap: the shared captures are cross-checked against tshark and
+"""Tests for agent.pcap: the real attack captures are cross-checked against tshark and
 editcap, and hand-built and malformed files cover what those captures do not."""
 
 import random
@@ -25,7 +25,7 @@ from agent.pcap import (  # noqa: E402
     read_frames,
 )
 
-CAPTURES_DIR = Path(__file__).resolve().parents[2] / "shared" / "captures"
+CAPTURES_DIR = Path(__file__).resolve().parent / "data" / "captures"
 CAPTURES = sorted(CAPTURES_DIR.glob("*.pcap*")) if CAPTURES_DIR.is_dir() else []
 
 SHB_TYPE, IDB, OPB, SPB, EPB = 0x0A0D0D0A, 1, 2, 3, 6
@@ -115,13 +115,13 @@ def write(tmp_path: Path, name: str, content: bytes) -> Path:
     return path
 
 
-# --- the shared real-world captures ------------------------------------------
+# --- the real attack captures (tests/data/captures) ---------------------------
 
 
 @pytest.fixture(params=CAPTURES or [None], ids=lambda p: p.name if p else "missing")
 def capture(request) -> Path:
     if request.param is None:
-        pytest.fail(f"no captures found in {CAPTURES_DIR}; the shared capture set is required")
+        pytest.fail(f"no captures found in {CAPTURES_DIR}; they are part of the repository (git checkout tests/data)")
     return request.param
 
 

@@ -197,7 +197,7 @@ def test_what_cannot_be_answered_or_has_no_connection_is_dropped(cookies, frame)
     assert cookies.check(frame).reason is VerdictReason.drop_bad_cookie
 
 
-def test_the_syn_limit_caps_the_answers(cookies):
+def test_the_syn_limit_caps_the_answers():
     p = policy(syn_cookies=True, syns_per_second=1, syn_burst=2)
     buckets = ReferenceBuckets()
     buckets.apply(p)
