@@ -53,7 +53,10 @@ def run_cli(args: list[str], timeout: float = 90) -> subprocess.CompletedProcess
                           timeout=timeout, cwd=REPO)
 
 
-def run_frames(tmp: Path, policy: Policy, frames: list[bytes], *, test_clock_ns: int | None = None) -> EngineRun:
+def run_frames(tmp: Path, policy: Policy, frames: list[bytes], *, test_clock_ns: int | None = None,
+               trace: bool = False) -> EngineRun:
+    """`trace`: the report's "trace" says, per packet in order, the tenant, reason
+    and class its counters moved (one worker lcore: net_pcap has one queue)."""
     inp, out = tmp / "in.pcap", tmp / "out.pcap"
     write_pcap(inp, frames)
     config = engine_config(tmp, [{"name": "net_pcap0", "vdev": f"net_pcap0,rx_pcap={inp},tx_pcap={out}"}])
@@ -63,6 +66,8 @@ def run_frames(tmp: Path, policy: Policy, frames: list[bytes], *, test_clock_ns:
             "--seconds", "60", "--json"]
     if test_clock_ns:
         args += ["--test-clock-ns", str(test_clock_ns)]
+    if trace:
+        args += ["--trace", str(max(len(frames), 1))]
     done = run_cli(args)
     report = json.loads(done.stdout) if done.returncode == 0 else None
     passed = [f.data for f in read_frames(out)] if done.returncode == 0 and out.exists() else []

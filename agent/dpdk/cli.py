@@ -25,7 +25,7 @@ def cmd_dpdk_run(args) -> int:
     config = _config(args)
     policy = load_policy(args.policy) if args.policy else None
     report = run_engine(config, policy=policy, seconds=args.seconds, packets=args.packets,
-                        test_clock_ns=args.test_clock_ns)
+                        test_clock_ns=args.test_clock_ns, trace=args.trace)
     document = report.as_dict()
 
     def human(doc) -> None:
@@ -132,6 +132,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--packets", type=int, help="stop after this many frames received")
     p.add_argument("--json", action="store_true", help="the final report as JSON")
     p.add_argument("--test-clock-ns", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--trace", type=int, help=argparse.SUPPRESS)     # tests: per-packet tenant, reason, class
     p.set_defaults(func=cmd_dpdk_run)
 
     def control_parser(name: str, help_text: str):

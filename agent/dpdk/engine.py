@@ -189,6 +189,33 @@ class DpdkEngine:
         return WorkerStats(out.received, out.passed, out.dropped, out.answered, out.tx_failed,
                            lib.ew_worker_swaps(self._worker), out.cpu_ns / 1e9)
 
+    # --- tests: packet-by-packet observation -------------------------------
+
+    def enable_trace(self, capacity: int) -> None:
+        """Record, for each lcore's first `capacity` packets, the tenant,
+        reason and class its counters moved (tests hold each packet to the
+        oracles with it, as they read the XDP program's counter deltas)."""
+        if lib.ew_worker_enable_trace(self._worker, capacity) < 0:
+            raise DpdkError(_last_error())
+        self._trace_capacity = capacity
+
+    def trace(self) -> list[dict]:
+        from agent.datapath.abi import TrafficClass, VerdictReason
+        tenant_of_slot = {slot: tenant for tenant, slot in (self.compiled.slots if self.compiled else {}).items()}
+        tenant_of_slot[abi.TENANT_UNASSIGNED] = abi.TENANT_UNASSIGNED
+        capacity = getattr(self, "_trace_capacity", 0)
+        out = ffi.new("struct ew_trace_entry[]", max(capacity, 1))
+        entries = []
+        for lcore in range(self.lcores):
+            count = lib.ew_worker_read_trace(self._worker, lcore, out, capacity)
+            for i in range(max(count, 0)):
+                e = out[i]
+                entries.append({"lcore": lcore, "action": e.action,
+                                "tenant_id": tenant_of_slot.get(e.slot) if e.counted else None,
+                                "reason": VerdictReason(e.reason).name if e.counted else None,
+                                "traffic_class": TrafficClass(e.traffic_class).name if e.counted else None})
+        return entries
+
     # --- counters ----------------------------------------------------------
 
     def read_counter_slot(self, slot: int) -> bytes:

@@ -21,14 +21,18 @@ class RunReport:
     seconds: float
     policy_revision: int
     counters: dict       # tenant id -> TenantCounters
+    trace: list | None = None
 
     def as_dict(self) -> dict:
-        return {"seconds": round(self.seconds, 6), "policy_revision": self.policy_revision, **self.stats.as_dict(),
-                "tenants": [self.counters[t].as_dict() for t in sorted(self.counters)]}
+        doc = {"seconds": round(self.seconds, 6), "policy_revision": self.policy_revision, **self.stats.as_dict(),
+               "tenants": [self.counters[t].as_dict() for t in sorted(self.counters)]}
+        if self.trace is not None:
+            doc["trace"] = self.trace
+        return doc
 
 
 def run_engine(config: DpdkConfig, *, policy: Policy | None = None, seconds: float | None = None,
-               packets: int | None = None, test_clock_ns: int | None = None,
+               packets: int | None = None, test_clock_ns: int | None = None, trace: int | None = None,
                on_running=None) -> RunReport:
     """`on_running(engine)` is called once the poll loops run (tests flip
     policies from it); its return ends the run unless --seconds/--packets
@@ -42,6 +46,8 @@ def run_engine(config: DpdkConfig, *, policy: Policy | None = None, seconds: flo
         with DpdkEngine(config) as engine:
             if test_clock_ns:
                 set_test_clock(test_clock_ns)
+            if trace:
+                engine.enable_trace(trace)
             policy = policy or (load_policy(config.policy) if config.policy else None)
             if policy is not None:
                 engine.apply(policy)
@@ -66,7 +72,8 @@ def run_engine(config: DpdkConfig, *, policy: Policy | None = None, seconds: flo
             engine.stop()
             elapsed = time.monotonic() - started
             revision = engine.policy.revision if engine.policy else 0
-            return RunReport(engine.stats(), elapsed, revision, engine.counters())
+            return RunReport(engine.stats(), elapsed, revision, engine.counters(),
+                             engine.trace() if trace else None)
     finally:
         if server:
             server.close()

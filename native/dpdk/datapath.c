@@ -18,6 +18,9 @@
 
 /* The view of the lcore running this thread (initial-exec: one %fs load). */
 static __thread const struct ew_view *current_view __attribute__((tls_model("initial-exec")));
+/* Tracing: the packet's counters go to a scratch block first, to see what it moved. */
+static __thread struct ew_counters trace_scratch __attribute__((tls_model("initial-exec")));
+static __thread int64_t trace_slot __attribute__((tls_model("initial-exec")));
 
 static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map, const void *key)
 {
@@ -50,7 +53,13 @@ static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map
         return *(const __u32 *)key == 0 ? (void *)s->tblock_v6 : NULL;
     if (map == (void *)&ew_counters) {
         index = *(const __u32 *)key;
-        return index < v->slots ? &v->counters[index] : NULL;
+        if (index >= v->slots)
+            return NULL;
+        if (__builtin_expect(v->trace != NULL, 0)) {
+            trace_slot = index;
+            return &trace_scratch;
+        }
+        return &v->counters[index];
     }
     if (map == (void *)&ew_flood_policies) {
         index = *(const __u32 *)key;
@@ -180,7 +189,32 @@ long bpf_loop(__u32 nr_loops, void *callback_fn, void *callback_ctx, __u64 flags
     return i;
 }
 
-void ew_judge_burst(const struct ew_view *view, struct ew_frame_ref *frames, uint32_t count)
+/* After a traced packet: what it moved, recorded; then added to the real counters. */
+static void trace_packet(struct ew_view *view, uint32_t action)
+{
+    struct ew_trace *trace = view->trace;
+    struct ew_trace_entry entry = { .action = (uint8_t)action };
+    const __u64 *scratch = (const __u64 *)&trace_scratch;
+    __u64 *real;
+
+    if (trace_slot >= 0) {
+        entry.slot = (uint32_t)trace_slot;
+        entry.counted = 1;
+        for (int c = 0; c < EW_CLASS_COUNT; c++)
+            if (trace_scratch.class_packets[c])
+                entry.traffic_class = (uint8_t)c;
+        for (int r = 0; r < EW_REASON_SLOTS; r++)
+            if (trace_scratch.reason_packets[r])
+                entry.reason = (uint8_t)r;
+        real = (__u64 *)&view->counters[entry.slot];
+        for (size_t k = 0; k < sizeof(trace_scratch) / sizeof(__u64); k++)
+            real[k] += scratch[k];
+    }
+    if (trace->count < trace->capacity)
+        trace->entries[trace->count++] = entry;
+}
+
+void ew_judge_burst(struct ew_view *view, struct ew_frame_ref *frames, uint32_t count)
 {
     current_view = view;
     for (uint32_t i = 0; i < count; i++) {
@@ -191,6 +225,13 @@ void ew_judge_burst(const struct ew_view *view, struct ew_frame_ref *frames, uin
             .packet = frames[i].packet,
         };
 
-        frames[i].action = edgewarden_xdp(&ctx);
+        if (__builtin_expect(view->trace != NULL, 0)) {
+            __builtin_memset(&trace_scratch, 0, sizeof(trace_scratch));
+            trace_slot = -1;
+            frames[i].action = edgewarden_xdp(&ctx);
+            trace_packet(view, frames[i].action);
+        } else {
+            frames[i].action = edgewarden_xdp(&ctx);
+        }
     }
 }

@@ -43,6 +43,7 @@ struct ew_worker_stats {
     uint64_t answered;
     uint64_t tx_failed;
     uint64_t cpu_ns;
+    ...;
 };
 
 int ew_eal_init(int argc, char **argv);
@@ -54,6 +55,16 @@ struct ew_worker *ew_worker_new(uint32_t slots, uint32_t mbufs, uint32_t burst, 
 int ew_worker_add_port(struct ew_worker *w, uint16_t port, uint16_t pass_to, int judge);
 int ew_worker_start(struct ew_worker *w, uint64_t max_packets);
 int ew_worker_running(struct ew_worker *w);
+struct ew_trace_entry {
+    uint32_t slot;
+    uint8_t reason;
+    uint8_t traffic_class;
+    uint8_t action;
+    uint8_t counted;
+    ...;
+};
+int ew_worker_enable_trace(struct ew_worker *w, uint32_t capacity);
+int ew_worker_read_trace(struct ew_worker *w, uint32_t lcore, struct ew_trace_entry *out, uint32_t max);
 void ew_worker_stop(struct ew_worker *w);
 int ew_worker_wait(struct ew_worker *w);
 void ew_worker_free(struct ew_worker *w);

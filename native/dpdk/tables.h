@@ -56,6 +56,23 @@ struct ew_snapshot {
     struct ew_config config;
 };
 
+/* One judged packet as its counters saw it: the slot, reason and class it
+ * was counted under (tests observe the engine packet by packet with it, as
+ * they observe the XDP program's counter deltas). */
+struct ew_trace_entry {
+    uint32_t slot;
+    uint8_t reason;
+    uint8_t traffic_class;
+    uint8_t action;
+    uint8_t counted;        /* 0: the packet moved no counter */
+};
+
+struct ew_trace {
+    struct ew_trace_entry *entries;
+    uint32_t capacity;
+    uint32_t count;
+};
+
 /* What one lcore judges with: set by the worker before each burst. */
 struct ew_view {
     const struct ew_snapshot *snapshot;
@@ -63,6 +80,7 @@ struct ew_view {
     uint32_t slots;
     struct ew_bucket *buckets;                  /* the worker's [slots x EW_BUCKET_KINDS] */
     struct ew_source_cache *sources;            /* this lcore's */
+    struct ew_trace *trace;                     /* NULL unless tracing (tests) */
 };
 
 struct ew_table *ew_table_build(uint32_t kind, uint32_t key_size, uint32_t value_size, const void *keys,
@@ -95,7 +113,7 @@ struct ew_frame_ref {
 int ew_packet_read(void *packet, uint32_t offset, uint32_t length, void *out);
 
 /* datapath.c: the XDP program's verdict for each frame of a burst. */
-void ew_judge_burst(const struct ew_view *view, struct ew_frame_ref *frames, uint32_t count);
+void ew_judge_burst(struct ew_view *view, struct ew_frame_ref *frames, uint32_t count);
 
 /* The test clock: when set (nonzero), bpf_ktime_get_ns returns it, so a
  * test can hold rate limits to the reference model's arithmetic. */

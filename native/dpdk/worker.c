@@ -127,6 +127,7 @@ struct lcore_state {
     uint32_t index;                 /* RCU thread id, counter row, queue number */
     struct ew_source_cache sources;
     struct ew_worker_stats stats;
+    struct ew_trace trace;
 } __rte_cache_aligned;
 
 struct ew_worker {
@@ -262,6 +263,7 @@ static int lcore_main(void *arg)
         .slots = w->slots,
         .buckets = w->buckets,
         .sources = &ls->sources,
+        .trace = ls->trace.capacity ? &ls->trace : NULL,
     };
     uint16_t queue = ls->index;
     struct timespec cpu_start, cpu_end;
@@ -375,6 +377,42 @@ int ew_worker_start(struct ew_worker *w, uint64_t max_packets)
     return 0;
 }
 
+int ew_worker_enable_trace(struct ew_worker *w, uint32_t capacity)
+{
+    if (w->started) {
+        set_error("tracing is set before the worker starts");
+        return -1;
+    }
+    for (uint32_t i = 0; i < w->nlcores; i++) {
+        struct ew_trace *t = &w->lcores[i].trace;
+
+        free(t->entries);
+        t->entries = calloc(capacity, sizeof(*t->entries));
+        if (!t->entries) {
+            set_error("out of memory for a trace of %u packets", capacity);
+            return -1;
+        }
+        t->capacity = capacity;
+        t->count = 0;
+    }
+    return 0;
+}
+
+int ew_worker_read_trace(struct ew_worker *w, uint32_t lcore, struct ew_trace_entry *out, uint32_t max)
+{
+    const struct ew_trace *t;
+    uint32_t n;
+
+    if (lcore >= w->nlcores) {
+        set_error("no worker lcore %u", lcore);
+        return -1;
+    }
+    t = &w->lcores[lcore].trace;
+    n = RTE_MIN(t->count, max);
+    memcpy(out, t->entries, n * sizeof(*out));
+    return (int)n;
+}
+
 int ew_worker_running(struct ew_worker *w)
 {
     return w->started && !__atomic_load_n(&w->stop, __ATOMIC_RELAXED);
@@ -412,8 +450,10 @@ void ew_worker_free(struct ew_worker *w)
         ew_worker_wait(w);
     }
     if (w->lcores)
-        for (uint32_t i = 0; i < w->nlcores; i++)
+        for (uint32_t i = 0; i < w->nlcores; i++) {
             ew_source_cache_free(&w->lcores[i].sources);
+            free(w->lcores[i].trace.entries);
+        }
     rte_free(w->lcores);
     rte_free(w->qsbr);
     free(w->counters);

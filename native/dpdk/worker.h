@@ -26,6 +26,9 @@ int ew_worker_add_port(struct ew_worker *w, uint16_t port, uint16_t pass_to, int
  * by ew_worker_stop, or by itself after `max_packets` received (0: never). */
 int ew_worker_start(struct ew_worker *w, uint64_t max_packets);
 int ew_worker_running(struct ew_worker *w);
+/* Tests: record what each of the first `capacity` packets of every lcore moved in the counters. */
+int ew_worker_enable_trace(struct ew_worker *w, uint32_t capacity);
+int ew_worker_read_trace(struct ew_worker *w, uint32_t lcore, struct ew_trace_entry *out, uint32_t max);
 void ew_worker_stop(struct ew_worker *w);
 /* Joins the lcores, stops and closes the ports (net_pcap writes its file). */
 int ew_worker_wait(struct ew_worker *w);
