@@ -44,7 +44,9 @@ class DpdkConfig:
 
     def eal_argv(self) -> list[str]:
         # A file prefix per process, so engines in parallel never share EAL runtime state.
-        argv = ["edgewarden-dpdk", "-l", self.lcores, f"--file-prefix=edgewarden{os.getpid()}", *self.eal_args]
+        # "0,1" is an lcore list (-l); "0@0,1@1,2@1" maps lcores to CPUs (--lcores).
+        lcores = ["--lcores", self.lcores] if "@" in self.lcores else ["-l", self.lcores]
+        argv = ["edgewarden-dpdk", *lcores, f"--file-prefix=edgewarden{os.getpid()}", *self.eal_args]
         if self.memory_mb is not None:
             argv += ["-m", str(self.memory_mb)]
         for port in self.ports:

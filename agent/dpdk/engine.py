@@ -224,6 +224,19 @@ class DpdkEngine:
             raise DpdkError(_last_error())
         return bytes(ffi.buffer(out))
 
+    def packets_per_lcore(self) -> list[int]:
+        """Packets each lcore counted, over every tenant slot in use."""
+        import struct
+        slots = sorted(set((self.compiled.slots if self.compiled else {}).values()) | {abi.TENANT_UNASSIGNED})
+        fields = ffi.sizeof("struct ew_counters") // 8
+        start = abi.COUNTER_LAYOUT["reason_packets"].start
+        totals = [0] * self.lcores
+        for slot in slots:
+            values = struct.unpack(f"={fields * self.lcores}Q", self.read_counter_slot(slot))
+            for lcore in range(self.lcores):
+                totals[lcore] += sum(values[lcore * fields + start:lcore * fields + start + abi.REASON_SLOTS])
+        return totals
+
     def maps(self) -> dict:
         """The maps agent.datapath.counters reads, with the BpfMap interface."""
         from agent.dpdk.maps import engine_maps

@@ -21,10 +21,12 @@ class RunReport:
     seconds: float
     policy_revision: int
     counters: dict       # tenant id -> TenantCounters
+    packets_per_lcore: list[int] | None = None
     trace: list | None = None
 
     def as_dict(self) -> dict:
         doc = {"seconds": round(self.seconds, 6), "policy_revision": self.policy_revision, **self.stats.as_dict(),
+               "packets_per_lcore": self.packets_per_lcore,
                "tenants": [self.counters[t].as_dict() for t in sorted(self.counters)]}
         if self.trace is not None:
             doc["trace"] = self.trace
@@ -72,7 +74,7 @@ def run_engine(config: DpdkConfig, *, policy: Policy | None = None, seconds: flo
             engine.stop()
             elapsed = time.monotonic() - started
             revision = engine.policy.revision if engine.policy else 0
-            return RunReport(engine.stats(), elapsed, revision, engine.counters(),
+            return RunReport(engine.stats(), elapsed, revision, engine.counters(), engine.packets_per_lcore(),
                              engine.trace() if trace else None)
     finally:
         if server:
