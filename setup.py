@@ -18,7 +18,8 @@ from bpf_build import compile_bpf  # noqa: E402
 ABI_HEADER = ROOT / "native" / "include" / "edgewarden_abi.h"
 BPF_SOURCES = sorted((ROOT / "bpf").rglob("*.[ch]")) + [ABI_HEADER]
 # entry file under bpf/ -> the package directory its object is installed in
-BPF_OBJECTS = {"edgewarden.bpf.c": "agent/datapath", "lab/flood_gen.bpf.c": "agent/lab",
+BPF_OBJECTS = {"edgewarden.bpf.c": "agent/datapath", "edgewarden_no_conntrack.bpf.c": "agent/datapath",
+               "lab/flood_gen.bpf.c": "agent/lab",
                "lab/lab_peer.bpf.c": "agent/lab"}
 ABI_CONSTANTS = "agent/abi_constants.py"   # the header's constants for the pure-Python policy package
 

@@ -11,7 +11,10 @@ answered with a cookie > pass. Token buckets are state: ReferenceBuckets
 holds it, with the datapath's exact arithmetic. Which connections conntrack
 knows and which cookies the kernel would accept are the kernel's secrets:
 TcpState says them (by default: none, as in BPF_PROG_TEST_RUN on frames
-with made-up addresses)."""
+with made-up addresses; a conntrack that cannot answer, absent or failing,
+counts as knowing the connection: the datapath leaves such segments to the
+kernel). Headers end where the IP length says: Ethernet padding after the
+datagram is never parsed as a header."""
 
 from __future__ import annotations
 
@@ -94,20 +97,23 @@ def _parse_ipv4(frame: bytes, offset: int) -> PacketFacts:
     if offset + 20 > n or frame[offset] >> 4 != 4:
         return PacketFacts(n)
     ihl = (frame[offset] & 0x0F) * 4
+    total_length = struct.unpack_from("!H", frame, offset + 2)[0]
     proto = frame[offset + 9]
     frag_field = struct.unpack_from("!H", frame, offset + 6)[0]
     base = dict(length=n, family=4, l4_proto=proto,
                 src=ipaddress.IPv4Address(frame[offset + 12:offset + 16]),
                 dst=ipaddress.IPv4Address(frame[offset + 16:offset + 20]))
-    if ihl < 20 or offset + ihl > n:
+    # The datagram ends where tot_len says: what follows is Ethernet padding.
+    if ihl < 20 or total_length < ihl or offset + total_length > n:
         return PacketFacts(**base, malformed=True)
+    end = offset + total_length
     if frag_field & 0x1FFF:
         fragment = "nonfirst"
     elif frag_field & 0x2000:
         fragment = "first"
     else:
         fragment = "none"
-    return _parse_l4(frame, offset + ihl, base, fragment)
+    return _parse_l4(frame, offset + ihl, end, base, fragment)
 
 
 def _parse_ipv6(frame: bytes, offset: int) -> PacketFacts:
@@ -119,14 +125,17 @@ def _parse_ipv6(frame: bytes, offset: int) -> PacketFacts:
                 dst=ipaddress.IPv6Address(frame[offset + 24:offset + 40]))
     next_header = frame[offset + 6]
     pos = offset + 40
+    end = pos + struct.unpack_from("!H", frame, offset + 4)[0]    # payload_len: padding follows
+    if end > n:
+        return PacketFacts(**base, malformed=True)
     fragment = "none"
     for walked in range(MAX_IPV6_EXT_HEADERS):
         if next_header not in IPV6_EXTENSION_HEADERS:
             break
         base["ipv6_extension_headers"] = walked + 1
+        if pos + 8 > end:      # every extension header is at least 8 bytes
+            return PacketFacts(**base, l4_proto=next_header, malformed=True)
         if next_header == 44:
-            if pos + 8 > n:
-                return PacketFacts(**base, l4_proto=next_header, malformed=True)
             following = frame[pos]
             frag_field = struct.unpack_from("!H", frame, pos + 2)[0]
             pos += 8
@@ -136,18 +145,19 @@ def _parse_ipv6(frame: bytes, offset: int) -> PacketFacts:
                 fragment = "first"
             next_header = following
         else:
-            if pos + 2 > n or pos + (frame[pos + 1] + 1) * 8 > n:
+            if pos + (frame[pos + 1] + 1) * 8 > end:
                 return PacketFacts(**base, l4_proto=next_header, malformed=True)
             following = frame[pos]
             pos += (frame[pos + 1] + 1) * 8
             next_header = following
     if next_header in IPV6_EXTENSION_HEADERS:   # chain longer than we walk
         return PacketFacts(**base, l4_proto=next_header, fragment=fragment, malformed=True)
-    return _parse_l4(frame, pos, dict(base, l4_proto=next_header), fragment)
+    return _parse_l4(frame, pos, end, dict(base, l4_proto=next_header), fragment)
 
 
-def _parse_l4(frame: bytes, pos: int, base: dict, fragment: str) -> PacketFacts:
-    n = len(frame)
+def _parse_l4(frame: bytes, pos: int, end: int, base: dict, fragment: str) -> PacketFacts:
+    """The transport header at `pos`, which must fit in the datagram (up to `end`)."""
+    n = end
     proto, family = base["l4_proto"], base["family"]
     if fragment == "nonfirst":
         return PacketFacts(**base, fragment=fragment)
@@ -295,9 +305,14 @@ def flood_reason(tenant, facts: PacketFacts, buckets: ReferenceBuckets | None, n
     nonfirst = facts.fragment == "nonfirst"
     if nonfirst and flood.fragments is FragmentPolicy.DROP:
         return VerdictReason.drop_fragment
-    if facts.l4_parsed and facts.l4_proto == TCP:
-        reason = tcp_state_reason(flood, facts, tcp)
-        if reason is not None:
+    if facts.l4_proto == TCP and (facts.l4_parsed or nonfirst):
+        syn_ack = facts.l4_parsed and facts.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+        if syn_ack and (reason := tcp_state_reason(flood, facts, tcp)) is not None:
+            return reason
+        # Cookie mode: no server needs a TCP fragment before a connection exists.
+        if flood.syn_cookies and facts.fragment != "none":
+            return VerdictReason.drop_bad_cookie
+        if facts.l4_parsed and (reason := tcp_state_reason(flood, facts, tcp)) is not None:
             return reason
     limits = (flood.syns, flood.fragment_rate, flood.packets, flood.bits, flood.per_source)
     if all(r.unlimited for r in limits):

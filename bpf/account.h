@@ -1,11 +1,15 @@
 /* Per-tenant accounting: one per-CPU counter block per tenant slot, updated
- * once per packet with its traffic class and verdict reason. */
+ * once per packet with its traffic class and verdict reason. Indexing a map
+ * value by a variable that is a different constant on different paths
+ * needs CAP_PERFMON (Spectre v1 hardening): the caller passes values that
+ * came out of a global function (ew_packet_verdict), which the verifier
+ * sees as plain integers. */
 #ifndef EW_ACCOUNT_H
 #define EW_ACCOUNT_H
 
 #include "maps.h"
 
-static __always_inline void account_packet(__u32 slot, __u8 traffic_class, __u32 reason, __u32 length)
+static __always_inline void account_packet(__u32 slot, __u32 traffic_class, __u32 reason, __u32 length)
 {
     struct ew_counters *c = bpf_map_lookup_elem(&ew_counters, &slot);
 

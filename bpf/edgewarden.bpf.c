@@ -4,8 +4,42 @@
 #include "account.h"
 #include "verdict.h"
 
-/* Frags-aware: attachable to interfaces with jumbo MTU; headers are always
- * in the linear part that parse.h reads. */
+/* Global functions, defined here so that a header never defines a
+ * non-static function. Each is verified once, with its arguments as plain
+ * values, not once per path of its caller: see verdict.h and tcp_state.h
+ * for why each is one. */
+/* Every packet's reason comes out of this one, IP or not: to the caller it
+ * is then a plain integer, and so are the traffic class and tenant slot it
+ * leaves in *facts and *tenant, which account_packet indexes the counters
+ * by (see account.h). */
+__noinline __u32 ew_packet_verdict(struct xdp_md *ctx, struct packet_facts *facts, struct ew_vip *tenant,
+                                   __u32 parsed)
+{
+    if (!facts || !tenant)
+        return EW_REASON_DROP_MALFORMED;
+    switch (parsed) {
+    case EW_PARSED_IP:
+        return ip_verdict(ctx, facts, tenant);
+    case EW_PARSED_NON_IP:
+        return EW_REASON_PASS_NON_IP;
+    default:
+        return EW_REASON_DROP_MALFORMED;
+    }
+}
+
+__noinline __u32 ew_tcp_state_verdict(struct xdp_md *ctx, __u32 l3_offset, __u32 l4_offset, __u32 family,
+                                      __u32 policy_flags)
+{
+    return tcp_state_checks(ctx, l3_offset, l4_offset, family, policy_flags);
+}
+
+__noinline __u32 ew_answer_syn_cookie(struct xdp_md *ctx, __u32 l3_offset, __u32 l4_offset, __u32 family)
+{
+    return build_syn_cookie_answer(ctx, l3_offset, l4_offset, family);
+}
+
+/* Frags-aware: attachable to interfaces with jumbo MTU; headers are read
+ * from the linear part, or by offset (parse.h). */
 SEC("xdp.frags")
 int edgewarden_xdp(struct xdp_md *ctx)
 {
@@ -13,20 +47,7 @@ int edgewarden_xdp(struct xdp_md *ctx)
     struct ew_vip tenant = {};
     __u32 reason;
 
-    switch (parse_packet(ctx, &facts)) {
-    case EW_PARSED_IP:
-        lookup_tenant(&facts, &tenant);
-        reason = decide_ip_verdict(ctx, &facts, &tenant);
-        if (reason == EW_REASON_ANSWER_SYN_COOKIE)
-            reason = answer_syn_with_cookie(ctx, &facts);
-        break;
-    case EW_PARSED_NON_IP:
-        reason = EW_REASON_PASS_NON_IP;
-        break;
-    default:
-        reason = EW_REASON_DROP_MALFORMED;
-        break;
-    }
+    reason = ew_packet_verdict(ctx, &facts, &tenant, parse_packet(ctx, &facts));
     account_packet(tenant.slot, facts.traffic_class, reason, facts.length);
     return reason_action(reason);
 }

@@ -1,20 +1,16 @@
 /* Flood defences per tenant: UDP from amplification source ports, non-first
  * fragments, TCP state (SYN cookies, SYN-ACKs with no connection: see
  * tcp_state.h), and token-bucket limits (packets/s, bytes/s, SYNs/s,
- * fragments/s). Policies live in ew_flood_policies per tenant slot, so they
- * change at run time without a reload. agent/reference.py TokenBucket is the
- * same arithmetic in Python. */
+ * fragments/s; the buckets are token_bucket.h). Policies live in
+ * ew_flood_policies per tenant slot, so they change at run time without a
+ * reload. */
 #ifndef EW_FLOOD_H
 #define EW_FLOOD_H
 
 #include "maps.h"
 #include "parse.h"
 #include "tcp_state.h"
-
-#define EW_NS_PER_SECOND 1000000000ULL
-/* Below this many ns since the last refill, the refill is a plain multiply
- * (rates are at most 1e10 < 2^34, see policy validation). */
-#define EW_REFILL_MULTIPLY_NS (1ULL << 30)
+#include "token_bucket.h"
 
 /* Bit of an amplification source port in ew_flood_policy.amplification_allowed, or -1. */
 static __always_inline int amplification_port_bit(__u16 sport)
@@ -37,64 +33,6 @@ static __always_inline int amplification_port_bit(__u16 sport)
     case 37810: return EW_AMP_PORT_37810;
     default: return -1;
     }
-}
-
-/* Takes `units` from a bucket (*tokens, *last_ns) if it holds them. A bucket
- * never used (last_ns 0) starts full; a clock that did not move forward
- * refills nothing; a refill is capped at the burst before multiplying, so
- * no product can overflow (rates and bursts are at most 1e10, see policy
- * validation). Returns 1 if the packet may pass. */
-static __always_inline int token_take(__u64 *tokens_p, __u64 *last_ns_p, const struct ew_rate *limit, __u64 now,
-                                      __u64 units)
-{
-    __u64 capacity = limit->burst * EW_NS_PER_SECOND, cost = units * EW_NS_PER_SECOND;
-    __u64 rate = limit->rate, tokens, room, elapsed;
-    int allowed = 0;
-
-    tokens = *tokens_p < capacity ? *tokens_p : capacity;
-    if (*last_ns_p == 0) {
-        tokens = capacity;
-        *last_ns_p = now;
-    } else if (now > *last_ns_p) {
-        elapsed = now - *last_ns_p;
-        room = capacity - tokens;
-        if (elapsed < EW_REFILL_MULTIPLY_NS) {
-            /* The usual case under load: elapsed * rate < 2^30 * 2^34 cannot
-             * overflow, and no division is needed. */
-            __u64 refill = elapsed * rate;
-
-            tokens = refill >= room ? capacity : tokens + refill;
-        } else if (rate && elapsed >= (room + rate - 1) / rate) {
-            tokens = capacity;
-        } else {
-            tokens += elapsed * rate;
-        }
-        *last_ns_p = now;
-    }
-    if (tokens >= cost) {
-        tokens -= cost;
-        allowed = 1;
-    }
-    *tokens_p = tokens;
-    return allowed;
-}
-
-/* A tenant-wide bucket, shared by all CPUs: exact, under its lock. One
- * left by another policy generation starts over, full. */
-static __always_inline int bucket_take(struct ew_bucket *b, const struct ew_rate *limit, __u64 now, __u64 units,
-                                       __u32 generation)
-{
-    int allowed;
-
-    bpf_spin_lock(&b->lock);
-    if (b->generation != generation) {
-        b->generation = generation;
-        b->tokens = 0;
-        b->last_ns = 0;
-    }
-    allowed = token_take(&b->tokens, &b->last_ns, limit, now, units);
-    bpf_spin_unlock(&b->lock);
-    return allowed;
 }
 
 static __always_inline int limit_allows(__u32 slot, const struct ew_flood_policy *policy, __u32 kind, __u64 now,
@@ -133,16 +71,12 @@ static __always_inline int source_allows(const struct packet_facts *f, __u32 slo
     if (policy->per_source.rate == 0 && policy->per_source.burst == 0)
         return 1;
     if (f->family == EW_FAMILY_IPV4) {
-        const struct iphdr *ip = f->l3;
-
         key.prefixlen = policy->source_prefix_v4;
-        __builtin_memcpy(key.prefix, &ip->saddr, 4);
+        __builtin_memcpy(key.prefix, &f->saddr.v4, 4);
         mask_prefix(key.prefix, 4, key.prefixlen);
     } else {
-        const struct ipv6hdr *ip6 = f->l3;
-
         key.prefixlen = policy->source_prefix_v6;
-        __builtin_memcpy(key.prefix, &ip6->saddr, 16);
+        __builtin_memcpy(key.prefix, &f->saddr.v6, 16);
         mask_prefix(key.prefix, 16, key.prefixlen);
     }
     bucket = bpf_map_lookup_elem(&ew_source_buckets, &key);
@@ -179,17 +113,26 @@ static __always_inline __u32 flood_verdict(struct xdp_md *ctx, const struct pack
     }
     if (f->fragment == EW_NONFIRST_FRAGMENT && (policy->flags & EW_FLOOD_DROP_FRAGMENTS))
         return EW_REASON_DROP_FRAGMENT;
-    if ((policy->flags & EW_FLOOD_TCP_STATE) && f->l4_parsed && f->l4_proto == IPPROTO_TCP) {
+    if ((policy->flags & EW_FLOOD_TCP_STATE) && f->l4_proto == IPPROTO_TCP &&
+        (f->l4_parsed || f->fragment == EW_NONFIRST_FRAGMENT)) {
         /* Inline what needs no state; only cookie mode and SYN-ACK tracking
          * pay for the call (conntrack, cookie check). */
-        int syn_ack = is_syn_ack(f->tcp_flags);
+        int syn_ack = f->l4_parsed && is_syn_ack(f->tcp_flags);
+        __u32 reason;
 
         if (syn_ack && (policy->flags & EW_FLOOD_SYN_ACK_DROP))
             return EW_REASON_DROP_SYN_ACK;
-        if ((syn_ack && (policy->flags & EW_FLOOD_SYN_ACK_TRACK)) ||
-            (!syn_ack && (policy->flags & EW_FLOOD_SYN_COOKIES))) {
-            __u32 reason = tcp_state_verdict(ctx, f, policy->flags);
-
+        if (syn_ack && (policy->flags & EW_FLOOD_SYN_ACK_TRACK)) {
+            reason = tcp_state_verdict(ctx, f, policy->flags);
+            if (reason != EW_REASON_PASS_ALLOWED)
+                return reason;
+        }
+        /* No server needs a TCP fragment before a connection exists, and a
+         * non-first one has no header to check a connection or cookie by. */
+        if ((policy->flags & EW_FLOOD_SYN_COOKIES) && f->fragment != EW_NOT_FRAGMENT)
+            return EW_REASON_DROP_BAD_COOKIE;
+        if (!syn_ack && (policy->flags & EW_FLOOD_SYN_COOKIES)) {
+            reason = tcp_state_verdict(ctx, f, policy->flags);
             if (reason != EW_REASON_PASS_ALLOWED)
                 return reason;
         }

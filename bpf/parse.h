@@ -1,7 +1,18 @@
 /* Bounds-checked packet parsers in the xdp-tools cursor style: every parser
  * takes the cursor and data_end, and either advances past one header or
  * fails, so the verifier never sees an unchecked read. parse_packet() turns a
- * frame into the packet_facts that accounting and verdict work from. */
+ * frame into the packet_facts that accounting and verdict work from.
+ *
+ * Headers end where the IP length field says (IPv4 tot_len, IPv6
+ * payload_len), not where the frame does: what follows is Ethernet padding,
+ * never a transport header. An IP length beyond the frame is malformed.
+ *
+ * Loadable with CAP_BPF alone, without CAP_PERFMON: the verifier then
+ * refuses subtracting packet pointers (a pointer leak) and adding a
+ * variable to one (Spectre v1 hardening). So offsets travel as integers
+ * beside the pointers; packet pointers only move by constants; a header
+ * at a variable offset (after IPv4 options, in an IPv6 extension chain) is
+ * copied out with bpf_xdp_load_bytes at its integer offset. */
 #ifndef EW_PARSE_H
 #define EW_PARSE_H
 
@@ -15,15 +26,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "edgewarden_abi.h"
-
-#define ETH_P_8021AD_ 0x88A8
-#define IPV4_MF 0x2000
-#define IPV4_OFFSET_MASK 0x1fff
-#define IPV6_NEXTHDR_HOP 0
-#define IPV6_NEXTHDR_ROUTING 43
-#define IPV6_NEXTHDR_FRAGMENT 44
-#define IPV6_NEXTHDR_DEST 60
-#define IPPROTO_ICMPV6_ 58
+#include "protocols.h"
 
 enum ew_fragment_kind {
     EW_NOT_FRAGMENT = 0,
@@ -31,10 +34,19 @@ enum ew_fragment_kind {
     EW_NONFIRST_FRAGMENT = 2,
 };
 
-/* What the datapath knows about one frame once parsing is done. */
+union ew_address {
+    __be32 v4;
+    struct in6_addr v6;
+};
+
+/* What the datapath knows about one frame once parsing is done: values,
+ * no packet pointers, so that a global function can take it. */
 struct packet_facts {
-    void *l3;             /* struct iphdr * or struct ipv6hdr *, if family != 0 */
+    union ew_address saddr;   /* if family != 0 */
+    union ew_address daddr;
     __u32 length;         /* whole frame with fragments, as counted in bytes counters */
+    __u32 ip_end;         /* offset of the end of the IP datagram (what its length field says), if !malformed */
+    __u16 l3_offset;      /* of the IP header from the frame start, if family != 0 */
     __u16 dport;          /* network byte order, 0 unless a TCP/UDP header was read */
     __u16 sport;          /* network byte order, likewise */
     __u8 family;          /* 0 (not IP or unreadable), EW_FAMILY_IPV4, EW_FAMILY_IPV6 */
@@ -49,8 +61,42 @@ struct packet_facts {
 };
 
 struct hdr_cursor {
-    void *pos;
+    void *pos;            /* valid while `direct` */
+    __u32 offset;         /* from the frame start */
+    __u32 direct;         /* 0 once past a header of variable length: read by offset from there */
 };
+
+/* Moves the cursor by a constant (a packet pointer may only move by one). */
+static __always_inline void cursor_advance(struct hdr_cursor *nh, __u32 bytes)
+{
+    nh->pos += bytes;
+    nh->offset += bytes;
+}
+
+/* Moves the cursor past a header of variable length. */
+static __always_inline void cursor_skip(struct hdr_cursor *nh, __u32 bytes)
+{
+    nh->direct = 0;
+    nh->offset += bytes;
+}
+
+/* The header of `size` (a constant) bytes at the cursor: in the packet
+ * while the cursor points there, else copied into *copy. `ok` says whether
+ * the frame holds it. (Without CAP_PERFMON a packet pointer may not even be
+ * compared with NULL, hence the flag.) */
+#define cursor_header(ctx, nh, data_end, copy, size, ok) ({                                  \
+    void *header_ = (copy);                                                                 \
+    (ok) = 0;                                                                               \
+    if ((nh)->direct) {                                                                     \
+        if ((nh)->pos + (size) <= (data_end)) {                                             \
+            header_ = (nh)->pos;                                                            \
+            (ok) = 1;                                                                       \
+        }                                                                                   \
+    } else if (bpf_xdp_load_bytes((ctx), (nh)->offset, (copy), (size)) == 0) {              \
+        (ok) = 1;                                                                           \
+    }                                                                                       \
+    header_;                                                                                \
+})
 
 static __always_inline int parse_ethhdr(struct hdr_cursor *nh, void *data_end, __u16 *ethertype)
 {
@@ -58,7 +104,7 @@ static __always_inline int parse_ethhdr(struct hdr_cursor *nh, void *data_end, _
 
     if ((void *)(eth + 1) > data_end)
         return -1;
-    nh->pos = eth + 1;
+    cursor_advance(nh, sizeof(*eth));
     *ethertype = eth->h_proto;
     return 0;
 }
@@ -85,31 +131,39 @@ static __always_inline int skip_vlan_tags(struct hdr_cursor *nh, void *data_end,
             return 0;
         if ((void *)(tag + 1) > data_end)
             return -1;
-        nh->pos = tag + 1;
+        cursor_advance(nh, sizeof(*tag));
         *ethertype = tag->encapsulated_proto;
     }
     return is_vlan_tpid(*ethertype) ? -1 : 0;
 }
 
 /* Fixed IPv4 header present and version 4: addresses are known. Problems in
- * the options only mark the packet malformed. */
+ * the options or the total length (shorter than the header, longer than the
+ * frame) only mark the packet malformed. */
 static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end, struct packet_facts *f)
 {
     struct iphdr *ip = nh->pos;
-    __u32 header_len;
+    __u32 header_len, total_len;
     __u16 frag;
 
     if ((void *)(ip + 1) > data_end || ip->version != 4)
         return -1;
     f->family = EW_FAMILY_IPV4;
-    f->l3 = ip;
+    f->saddr.v4 = ip->saddr;
+    f->daddr.v4 = ip->daddr;
+    f->l3_offset = nh->offset;
     f->l4_proto = ip->protocol;
     header_len = ip->ihl * 4;
-    if (header_len < sizeof(*ip) || nh->pos + header_len > data_end) {
+    total_len = bpf_ntohs(ip->tot_len);
+    if (header_len < sizeof(*ip) || total_len < header_len || nh->offset + total_len > f->length) {
         f->malformed = 1;
         return 0;
     }
-    nh->pos += header_len;
+    f->ip_end = nh->offset + total_len;
+    if (header_len == sizeof(*ip))
+        cursor_advance(nh, sizeof(*ip));
+    else
+        cursor_skip(nh, header_len);
     frag = bpf_ntohs(ip->frag_off);
     if (frag & IPV4_OFFSET_MASK)
         f->fragment = EW_NONFIRST_FRAGMENT;
@@ -118,16 +172,13 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end, str
     return 0;
 }
 
-struct ipv6_opt_hdr_ {
+/* The first 8 bytes of an IPv6 extension header: all of a fragment
+ * header, and at least the first 8 of the others. */
+struct ipv6_ext_hdr_ {
     __u8 nexthdr;
-    __u8 hdrlen;          /* in 8-byte units, not counting the first 8 */
-};
-
-struct ipv6_frag_hdr_ {
-    __u8 nexthdr;
-    __u8 reserved;
-    __be16 frag_off;      /* offset << 3 | M */
-    __be32 identification;
+    __u8 hdrlen;          /* options headers: in 8-byte units, not counting the first 8 */
+    __be16 frag_off;      /* fragment header: offset << 3 | M */
+    __be32 rest;
 };
 
 static __always_inline int is_ipv6_ext_header(__u8 nexthdr)
@@ -138,8 +189,10 @@ static __always_inline int is_ipv6_ext_header(__u8 nexthdr)
 
 /* Walks hop-by-hop, routing, destination-options and fragment headers, at
  * most EW_MAX_IPV6_EXT_HEADERS of them; a longer chain is malformed to us,
- * since whatever it hides cannot be inspected. */
-static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end, struct packet_facts *f)
+ * since whatever it hides cannot be inspected. So is a payload length
+ * beyond the frame, or a header that does not fit in the payload. */
+static __always_inline int parse_ipv6(struct xdp_md *ctx, struct hdr_cursor *nh, void *data_end,
+                                      struct packet_facts *f)
 {
     struct ipv6hdr *ip6 = nh->pos;
     __u8 nexthdr;
@@ -147,47 +200,49 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end, str
     if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
         return -1;
     f->family = EW_FAMILY_IPV6;
-    f->l3 = ip6;
-    nh->pos = ip6 + 1;
+    __builtin_memcpy(&f->saddr.v6, &ip6->saddr, sizeof(struct in6_addr));
+    __builtin_memcpy(&f->daddr.v6, &ip6->daddr, sizeof(struct in6_addr));
+    f->l3_offset = nh->offset;
+    cursor_advance(nh, sizeof(*ip6));
+    f->ip_end = nh->offset + bpf_ntohs(ip6->payload_len);
+    if (f->ip_end > f->length) {
+        f->malformed = 1;
+        return 0;
+    }
     nexthdr = ip6->nexthdr;
 
 #pragma unroll
     for (int i = 0; i < EW_MAX_IPV6_EXT_HEADERS; i++) {
+        struct ipv6_ext_hdr_ ext;
+        __u32 len;
+
         if (!is_ipv6_ext_header(nexthdr))
             break;
+        /* Every extension header is at least 8 bytes. */
+        if (nh->offset + sizeof(ext) > f->ip_end || bpf_xdp_load_bytes(ctx, nh->offset, &ext, sizeof(ext))) {
+            f->malformed = 1;
+            return 0;
+        }
         if (nexthdr == IPV6_NEXTHDR_FRAGMENT) {
-            struct ipv6_frag_hdr_ *fh = nh->pos;
-            __u16 frag;
+            __u16 frag = bpf_ntohs(ext.frag_off);
 
-            if ((void *)(fh + 1) > data_end) {
-                f->malformed = 1;
-                return 0;
-            }
-            nh->pos = fh + 1;
-            nexthdr = fh->nexthdr;
-            frag = bpf_ntohs(fh->frag_off);
-            if (frag & 0xfff8) {
+            cursor_skip(nh, sizeof(ext));
+            nexthdr = ext.nexthdr;
+            if (frag & IPV6_FRAG_OFFSET_MASK) {
                 f->fragment = EW_NONFIRST_FRAGMENT;
                 f->l4_proto = nexthdr;
                 return 0;
             }
-            if (frag & 1)
+            if (frag & IPV6_FRAG_MORE)
                 f->fragment = EW_FIRST_FRAGMENT;
         } else {
-            struct ipv6_opt_hdr_ *oh = nh->pos;
-            __u32 len;
-
-            if ((void *)(oh + 1) > data_end) {
+            len = (ext.hdrlen + 1) * 8;
+            if (nh->offset + len > f->ip_end) {
                 f->malformed = 1;
                 return 0;
             }
-            len = (oh->hdrlen + 1) * 8;
-            if (nh->pos + len > data_end) {
-                f->malformed = 1;
-                return 0;
-            }
-            nexthdr = oh->nexthdr;
-            nh->pos += len;
+            nexthdr = ext.nexthdr;
+            cursor_skip(nh, len);
         }
     }
     f->l4_proto = nexthdr;
@@ -197,52 +252,72 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end, str
 }
 
 /* Reads the transport header when there is one to read. A header that does
- * not fit is malformed; protocols we do not parse are left alone. */
-static __always_inline void parse_l4(struct hdr_cursor *nh, void *data, void *data_end, struct packet_facts *f)
+ * not fit, in the frame or in the IP datagram, is malformed; protocols we do
+ * not parse are left alone. */
+static __always_inline void parse_l4(struct xdp_md *ctx, struct hdr_cursor *nh, void *data_end,
+                                     struct packet_facts *f)
 {
     if (f->malformed || f->fragment == EW_NONFIRST_FRAGMENT)
         return;
 
     if (f->l4_proto == IPPROTO_TCP) {
-        struct tcphdr *tcp = nh->pos;
+        struct tcphdr copy;
+        const struct tcphdr *tcp;
 
-        if ((void *)(tcp + 1) > data_end || tcp->doff < 5 ||
-            nh->pos + tcp->doff * 4 > data_end) {
+        if (nh->offset + sizeof(copy) > f->ip_end) {
+            f->malformed = 1;
+            return;
+        }
+        int ok;
+
+        tcp = cursor_header(ctx, nh, data_end, &copy, sizeof(copy), ok);
+        if (!ok || tcp->doff < 5 || nh->offset + tcp->doff * 4 > f->ip_end) {
             f->malformed = 1;
             return;
         }
         f->dport = tcp->dest;
         f->sport = tcp->source;
-        f->tcp_flags = ((__u8 *)tcp)[13];
-        f->l4_offset = (void *)tcp - data;
+        f->tcp_flags = ((const __u8 *)tcp)[13];
+        f->l4_offset = nh->offset;
         f->l4_parsed = 1;
     } else if (f->l4_proto == IPPROTO_UDP) {
-        struct udphdr *udp = nh->pos;
+        struct udphdr copy;
+        const struct udphdr *udp;
 
-        if ((void *)(udp + 1) > data_end) {
+        if (nh->offset + sizeof(copy) > f->ip_end) {
+            f->malformed = 1;
+            return;
+        }
+        int ok;
+
+        udp = cursor_header(ctx, nh, data_end, &copy, sizeof(copy), ok);
+        if (!ok) {
             f->malformed = 1;
             return;
         }
         f->dport = udp->dest;
         f->sport = udp->source;
-        f->l4_offset = (void *)udp - data;
+        f->l4_offset = nh->offset;
         f->l4_parsed = 1;
     } else if ((f->l4_proto == IPPROTO_ICMP && f->family == EW_FAMILY_IPV4) ||
                (f->l4_proto == IPPROTO_ICMPV6_ && f->family == EW_FAMILY_IPV6)) {
         /* type, code, checksum: the part every ICMP message has */
-        if (nh->pos + 4 > data_end) {
+        __u32 copy;
+        int ok;
+
+        if (nh->offset + sizeof(copy) > f->ip_end) {
             f->malformed = 1;
             return;
         }
-        f->l4_offset = nh->pos - data;
+        cursor_header(ctx, nh, data_end, &copy, sizeof(copy), ok);
+        if (!ok) {
+            f->malformed = 1;
+            return;
+        }
+        f->l4_offset = nh->offset;
         f->l4_parsed = 1;
     }
 }
-
-#define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_ACK 0x10
-#define TCP_FLAG_FIN 0x01
-#define TCP_FLAG_RST 0x04
 
 static __always_inline __u8 classify_traffic(const struct packet_facts *f)
 {
@@ -273,7 +348,7 @@ static __always_inline enum ew_parse_result parse_packet(struct xdp_md *ctx, str
 {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
-    struct hdr_cursor nh = { .pos = data };
+    struct hdr_cursor nh = { .pos = data, .offset = 0, .direct = 1 };
     __u16 ethertype;
 
     /* Whole frame including fragments of a multi-buffer packet (jumbo frames,
@@ -287,12 +362,12 @@ static __always_inline enum ew_parse_result parse_packet(struct xdp_md *ctx, str
         if (parse_ipv4(&nh, data_end, f) < 0)
             return EW_PARSE_BROKEN;
     } else if (ethertype == bpf_htons(ETH_P_IPV6)) {
-        if (parse_ipv6(&nh, data_end, f) < 0)
+        if (parse_ipv6(ctx, &nh, data_end, f) < 0)
             return EW_PARSE_BROKEN;
     } else {
         return EW_PARSED_NON_IP;
     }
-    parse_l4(&nh, data, data_end, f);
+    parse_l4(ctx, &nh, data_end, f);
     f->traffic_class = classify_traffic(f);
     return EW_PARSED_IP;
 }

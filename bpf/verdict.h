@@ -14,6 +14,7 @@
 #include "parse.h"
 #include "blocklist.h"
 #include "flood.h"
+#include "syn_cookie_answer.h"
 
 static __always_inline int has_port(const struct packet_facts *f)
 {
@@ -28,8 +29,7 @@ static __always_inline void lookup_tenant(const struct packet_facts *f, struct e
     const struct ew_vip *vip, *port_vip = NULL;
 
     if (f->family == EW_FAMILY_IPV4) {
-        const struct iphdr *ip = f->l3;
-        __u32 daddr = ip->daddr;
+        __u32 daddr = f->daddr.v4;
 
         vip = bpf_map_lookup_elem(&ew_vips_v4, &daddr);
         if (vip && (vip->flags & EW_VIP_HAS_PORT_VIPS) && has_port(f)) {
@@ -39,15 +39,14 @@ static __always_inline void lookup_tenant(const struct packet_facts *f, struct e
             port_vip = bpf_map_lookup_elem(&ew_vip_ports_v4, &key);
         }
     } else {
-        const struct ipv6hdr *ip6 = f->l3;
         struct ew_vip_v6_key key;
 
-        __builtin_memcpy(key.addr, &ip6->daddr, 16);
+        __builtin_memcpy(key.addr, &f->daddr.v6, 16);
         vip = bpf_map_lookup_elem(&ew_vips_v6, &key);
         if (vip && (vip->flags & EW_VIP_HAS_PORT_VIPS) && has_port(f)) {
             struct ew_vip_port_v6_key pkey = { .port = f->dport, .proto = f->l4_proto };
 
-            __builtin_memcpy(pkey.addr, &ip6->daddr, 16);
+            __builtin_memcpy(pkey.addr, &f->daddr.v6, 16);
             port_vip = bpf_map_lookup_elem(&ew_vip_ports_v6, &pkey);
         }
     }
@@ -65,26 +64,18 @@ static __always_inline void lookup_tenant(const struct packet_facts *f, struct e
 static __always_inline int source_globally_blocked(const struct packet_facts *f, __u32 config_flags)
 {
     if (f->family == EW_FAMILY_IPV4) {
-        const struct iphdr *ip = f->l3;
-
-        return (config_flags & EW_CONFIG_GLOBAL_V4_BLOCKS) && source_blocked_v4_global(ip->saddr);
+        return (config_flags & EW_CONFIG_GLOBAL_V4_BLOCKS) && source_blocked_v4_global(f->saddr.v4);
     } else {
-        const struct ipv6hdr *ip6 = f->l3;
-
-        return (config_flags & EW_CONFIG_GLOBAL_V6_BLOCKS) && source_blocked_v6_global(&ip6->saddr);
+        return (config_flags & EW_CONFIG_GLOBAL_V6_BLOCKS) && source_blocked_v6_global(&f->saddr.v6);
     }
 }
 
 static __always_inline int source_blocked_for_tenant(const struct packet_facts *f, __u32 tenant_id)
 {
     if (f->family == EW_FAMILY_IPV4) {
-        const struct iphdr *ip = f->l3;
-
-        return source_blocked_v4_tenant(ip->saddr, tenant_id);
+        return source_blocked_v4_tenant(f->saddr.v4, tenant_id);
     } else {
-        const struct ipv6hdr *ip6 = f->l3;
-
-        return source_blocked_v6_tenant(&ip6->saddr, tenant_id);
+        return source_blocked_v6_tenant(&f->saddr.v6, tenant_id);
     }
 }
 
@@ -132,6 +123,22 @@ static __always_inline int reason_action(__u32 reason)
     default:
         return XDP_DROP;
     }
+}
+
+/* The verdict for a parsed IP packet, and its tenant in *tenant: the body
+ * of the global function ew_packet_verdict (edgewarden.bpf.c), which runs
+ * verified once rather than once per parser path (without CAP_PERFMON the
+ * verifier also walks every branch's speculative side, and the product of
+ * parser and verdict paths would exceed its budget). */
+static __always_inline __u32 ip_verdict(struct xdp_md *ctx, struct packet_facts *f, struct ew_vip *tenant)
+{
+    __u32 reason;
+
+    lookup_tenant(f, tenant);
+    reason = decide_ip_verdict(ctx, f, tenant);
+    if (reason == EW_REASON_ANSWER_SYN_COOKIE)
+        reason = answer_syn_with_cookie(ctx, f);
+    return reason;
 }
 
 #endif /* EW_VERDICT_H */

@@ -88,6 +88,8 @@ int ew_map_delete_batch(int fd, const void *keys, __u32 *count);
 void ew_capture_libbpf_log(int enabled);
 const char *ew_libbpf_log(void);
 void ew_clear_libbpf_log(void);
+int ew_kernel_has_function(const char *name);
+int ew_object_kfuncs(const char *path, char *out, __u32 size);
 """
 
 WRAPPERS = r"""
@@ -98,6 +100,8 @@ WRAPPERS = r"""
 #include <linux/if_link.h>
 #include <bpf/libbpf.h>
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <dirent.h>
 #include "edgewarden_abi.h"
 
 int ew_xdp_query(int ifindex, __u32 *prog_id, __u32 *drv_prog_id, __u32 *skb_prog_id, __u8 *attach_mode)
@@ -259,6 +263,70 @@ void ew_clear_libbpf_log(void)
 {
     ew_log_len = 0;
     ew_log[0] = 0;
+}
+
+/* Kernel functions (kfuncs) by BTF, as libbpf resolves them: 1 if vmlinux
+ * has a function `name`, 2 if a loaded module has, 0 if none, -errno
+ * without BTF. (Module BTFs are read from /sys/kernel/btf, which needs no
+ * capability; libbpf enumerates them by id, which needs CAP_SYS_ADMIN.) */
+int ew_kernel_has_function(const char *name)
+{
+    struct btf *vmlinux = btf__load_vmlinux_btf();
+    struct dirent *entry;
+    DIR *dir;
+    int found;
+
+    if (!vmlinux)
+        return -(errno ? errno : ENOENT);
+    found = btf__find_by_name_kind(vmlinux, name, BTF_KIND_FUNC) > 0;
+    dir = found ? NULL : opendir("/sys/kernel/btf");
+    while (dir && !found && (entry = readdir(dir)) != NULL) {
+        struct btf *module;
+
+        if (entry->d_name[0] == '.' || strcmp(entry->d_name, "vmlinux") == 0)
+            continue;
+        module = btf__load_module_btf(entry->d_name, vmlinux);
+        if (!module)
+            continue;
+        found = btf__find_by_name_kind(module, name, BTF_KIND_FUNC) > 0 ? 2 : 0;
+        btf__free(module);
+    }
+    if (dir)
+        closedir(dir);
+    btf__free(vmlinux);
+    return found;
+}
+
+/* The kernel functions (extern functions in its BTF) a BPF object file
+ * calls, one name per line into `out`; the count, or -errno. Read from the
+ * file: bpf_object__open rewrites the externs' BTF. */
+int ew_object_kfuncs(const char *path, char *out, __u32 size)
+{
+    struct btf *btf = btf__parse_elf(path, NULL);
+    __u32 id, count, used = 0;
+    int found = 0;
+
+    if (!btf)
+        return -(errno ? errno : EINVAL);
+    if (size)
+        out[0] = 0;
+    count = btf__type_cnt(btf);
+    for (id = 1; id < count; id++) {
+        const struct btf_type *t = btf__type_by_id(btf, id);
+        int n;
+
+        if (!btf_is_func(t) || btf_vlen(t) != BTF_FUNC_EXTERN)
+            continue;
+        n = snprintf(out + used, size - used, "%s\n", btf__name_by_offset(btf, t->name_off));
+        if (n < 0 || (__u32)n >= size - used) {
+            btf__free(btf);
+            return -ENOSPC;
+        }
+        used += n;
+        found++;
+    }
+    btf__free(btf);
+    return found;
 }
 """
 

@@ -170,9 +170,9 @@ def make_maps(monkeypatch):
     def make(log, **capacity):
         program = LoadedProgram(pin_dir=None)
         programs.append(program)
-        by_id, create = blocktables.map_by_id, blocktables.create_map
-        monkeypatch.setattr(blocktables, "map_by_id", lambda map_id, name, key_type, value_type: Recorded(
-            by_id(map_id, name, key_type, value_type), table_of[key_type], log, "update"))
+        open_inner, create = blocktables.open_inner_table, blocktables.create_map
+        monkeypatch.setattr(blocktables, "open_inner_table", lambda fd, name, key_type, value_type: Recorded(
+            open_inner(fd, name, key_type, value_type), table_of[key_type], log, "update"))
         monkeypatch.setattr(blocktables, "create_map", lambda *args: Recorded(
             create(*args), table_of[args[2]], log, "fill"))
         maps = fake_maps(log, **capacity)

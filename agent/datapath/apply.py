@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from agent._prefixes import PrefixSet
 from agent.datapath import abi
 from agent.datapath.blocktables import SwappableTable
+from agent.datapath.conntrack import require_conntrack
 from agent.datapath.syscalls import BpfMap
 from agent.datapath.compile import BLOCK_TABLES, POLICY_MAPS, CompiledPolicy, compile_policy, pack_u32
 from agent.policy.model import Policy
@@ -47,7 +48,12 @@ def live_slots(maps: dict[str, BpfMap]) -> dict[int, int]:
 
 def apply_policy_to_maps(maps: dict[str, BpfMap], policy: Policy,
                          named_lists: dict[int | None, PrefixSet] | None = None,
-                         tables: frozenset[str] = frozenset(BLOCK_TABLES)) -> ApplyReport:
+                         tables: frozenset[str] = frozenset(BLOCK_TABLES), *,
+                         conntrack: bool | None = None) -> ApplyReport:
+    """`conntrack`: whether the program behind `maps` has the conntrack
+    kfuncs (LoadedProgram.conntrack); None: whether the kernel has them. A
+    policy that needs them where they are not is refused, unapplied."""
+    require_conntrack(policy, "the datapath", conntrack)
     compiled = compile_policy(policy, live_slots(maps), maps["ew_counters"].max_entries, named_lists, tables)
     return apply_compiled(maps, compiled)
 

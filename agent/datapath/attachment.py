@@ -6,6 +6,7 @@ process has to stay up for enforcement to continue."""
 from __future__ import annotations
 
 import enum
+import errno
 import os
 import shutil
 import socket
@@ -65,18 +66,38 @@ def _mode_flags(mode: AttachMode) -> list[tuple[str, int]]:
 def _attached_program_is_ours(ifname: str, prog_id: int) -> bool:
     if prog_id == 0:
         return False
-    pin = pin_dir_for(ifname) / PROGRAM_PIN
-    if pin.exists():
-        fd = obj_get(str(pin))
-        try:
-            return prog_info(fd).id == prog_id
-        finally:
-            os.close(fd)
-    fd = prog_fd_by_id(prog_id)
+    fd = _open_pinned_program(ifname, prog_id)
+    if fd is not None:
+        os.close(fd)
+        return True
+    if (pin_dir_for(ifname) / PROGRAM_PIN).exists():
+        return False
+    # Attached but never pinned (an attach interrupted before its pin): only
+    # its name can tell, and opening it by id needs CAP_SYS_ADMIN; without,
+    # it counts as foreign.
+    try:
+        fd = prog_fd_by_id(prog_id)
+    except BpfError as err:
+        if err.errno == errno.EPERM:
+            return False
+        raise
     try:
         return prog_info(fd).name == PROGRAM_NAME
     finally:
         os.close(fd)
+
+
+def _open_pinned_program(ifname: str, prog_id: int) -> int | None:
+    """An fd of our pinned program if it is program `prog_id`, else None:
+    from the pin, never by id (that needs CAP_SYS_ADMIN)."""
+    pin = pin_dir_for(ifname) / PROGRAM_PIN
+    if not pin.exists():
+        return None
+    fd = obj_get(str(pin))
+    if prog_info(fd).id == prog_id:
+        return fd
+    os.close(fd)
+    return None
 
 
 def attach(ifname: str, mode: AttachMode = AttachMode.NATIVE, policy: Policy | None = None) -> tuple[InterfaceStatus, ApplyReport | None]:
@@ -95,7 +116,8 @@ def attach(ifname: str, mode: AttachMode = AttachMode.NATIVE, policy: Policy | N
         with LoadedProgram(pin_dir=pin_dir) as program:
             report = None
             if policy is not None:
-                report = apply_to_maps(ifname, program.maps, applied_policy(ifname), policy)
+                report = apply_to_maps(ifname, program.maps, applied_policy(ifname), policy,
+                                       conntrack=program.conntrack)
             _attach_in_mode(ifname, ifindex, program.prog_fd, mode, current.prog_id, current.attach_mode)
             program.pin_program(pin_dir / PROGRAM_PIN)
     return interface_status(ifname), report
@@ -109,7 +131,9 @@ def _attach_in_mode(ifname: str, ifindex: int, prog_fd: int, mode: AttachMode, o
             # Same mode as the running program: swap atomically, no gap in enforcement.
             same_mode = old_prog_id and {1: "native", 2: "generic"}.get(old_mode) == name
             if same_mode:
-                old_fd = prog_fd_by_id(old_prog_id)
+                old_fd = _open_pinned_program(ifname, old_prog_id)
+                if old_fd is None:
+                    old_fd = prog_fd_by_id(old_prog_id)
                 xdp_attach(ifindex, prog_fd, flags, replace_prog_fd=old_fd)
             else:
                 if old_prog_id:

@@ -5,7 +5,10 @@ says whether the whole /16, or which of its /24s, are blocked, and which
 /24s have a level-24 node with per-host bits. v4_block_nodes() is the
 pure-Python statement of that encoding. IPv6 lists are LPM trie entries.
 
-Every table sits in slot 0 of a single-slot map-in-map. A new version is
+Every table sits in slot 0 of a single-slot map-in-map, and its inner map
+is pinned beside the outer one (<outer>_inner): the kernel gives a map's
+inner maps out only by id, and opening a map by id needs CAP_SYS_ADMIN,
+which a hardened agent does not have. A new version is
 either swapped in whole (fresh inner map, one update of the outer slot) or,
 for a small change, applied in place in an order that never lets an address
 blocked by both versions through: level-24 nodes are written before the
@@ -14,19 +17,25 @@ that pointed at them."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 from agent._libbpf import ffi
 from agent._prefixes import EntryTable
 from agent.datapath import abi
-from agent.datapath.syscalls import BpfMap, create_map, map_by_id
+from agent.datapath.syscalls import BpfError, BpfMap, create_map, map_fd_by_id, map_info, obj_get, obj_pin
 
 NODE_FORMAT = "=II4Q4Q"      # struct ew_block_node
 TENANT_KEY_FORMAT = "=II"    # struct ew_tenant_block_key
 DELTA_LIMIT = 4096           # changed entries above which a version is swapped in whole
+INNER_PIN_SUFFIX = "_inner"  # the live inner map's pin, beside its outer map's (bpffs allows no dots)
+NEW_INNER_PIN_SUFFIX = "_inner_new"
+SLOT = b"\0\0\0\0"
 
 
 def node_key(level: int, index: int) -> int:
@@ -137,6 +146,11 @@ class TableUpdate:
     swapped: bool = False
 
 
+def open_inner_table(fd: int, name: str, key_type: str, value_type: str) -> BpfMap:
+    """The live inner table behind an fd we own (one seam: tests record through it)."""
+    return BpfMap(fd, name, key_type, value_type)
+
+
 class SwappableTable:
     """Slot 0 of a single-slot map-in-map, holding one inner table."""
 
@@ -146,18 +160,65 @@ class SwappableTable:
         self.spec = abi.SWAPPABLE_TABLES[outer.name]
 
     def inner(self) -> BpfMap | None:
-        raw = self.outer.lookup(b"\0\0\0\0")
+        raw = self.outer.lookup(SLOT)
         if raw is None:
             return None
-        return map_by_id(struct.unpack("=I", raw)[0], self.name + "_inner", self.spec.key_type, self.spec.value_type)
+        fd = self._inner_fd(struct.unpack("=I", raw)[0])
+        return open_inner_table(fd, self.name + "_inner", self.spec.key_type, self.spec.value_type)
+
+    def _inner_fd(self, inner_id: int) -> int:
+        """An fd of the inner map in slot 0 (id `inner_id`): the one we hold,
+        else its pin (the new one's, if a swap stopped between the slot
+        update and the rename), else, for tables pinned by an edgewarden
+        that did not pin inner maps, by id."""
+        held = self.outer.held_inner_fd
+        if held is not None and map_info(held).id == inner_id:
+            return os.dup(held)
+        pin = self.outer.pin_path
+        if pin is not None:
+            for path in (pin + INNER_PIN_SUFFIX, pin + NEW_INNER_PIN_SUFFIX):
+                try:
+                    fd = obj_get(path)
+                except BpfError as err:
+                    if err.errno == errno.ENOENT:
+                        continue
+                    raise
+                if map_info(fd).id == inner_id:
+                    return fd
+                os.close(fd)
+        try:
+            return map_fd_by_id(inner_id, f"the inner table of {self.name}")
+        except BpfError as err:
+            where = f"its pin {pin}{INNER_PIN_SUFFIX} is missing" if pin else "no fd of it is held"
+            raise BpfError(err.errno, f"{self.name}: cannot open its inner table (map id {inner_id}): {where}, "
+                                      "and opening by id needs CAP_SYS_ADMIN; detach and attach again to "
+                                      "recreate the tables") from None
 
     def ensure_inner(self) -> None:
         """Give a freshly created outer map an empty inner table."""
         inner = self.inner()
         if inner is None:
-            inner = self._new_inner()
-            self.outer.update(b"\0\0\0\0", struct.pack("=I", inner.fd))
-        inner.close()
+            with self._new_inner() as fresh:
+                self._install(fresh)
+        else:
+            inner.close()
+
+    def _install(self, inner: BpfMap) -> None:
+        """Make `inner` the live table: pinned beside the outer map first (so
+        another process can open it), then swapped into the slot, then
+        pinned under the live name (bpffs has no rename); inner() finds it
+        under either name in between."""
+        pin = self.outer.pin_path
+        if pin is not None:
+            staged, live = Path(pin + NEW_INNER_PIN_SUFFIX), Path(pin + INNER_PIN_SUFFIX)
+            staged.unlink(missing_ok=True)
+            obj_pin(inner.fd, str(staged))
+        self.outer.update(SLOT, struct.pack("=I", inner.fd))
+        if pin is not None:
+            live.unlink(missing_ok=True)
+            obj_pin(inner.fd, str(live))
+            staged.unlink()
+        self.outer.hold_inner(os.dup(inner.fd))
 
     def _sizes(self) -> tuple[int, int]:
         return ffi.sizeof(self.spec.key_type), ffi.sizeof(self.spec.value_type)
@@ -203,7 +264,7 @@ class SwappableTable:
                              "nothing was applied")
         with self._new_inner() as inner:
             inner.update_packed(desired.keys_view(), desired.values_view())
-            self.outer.update(b"\0\0\0\0", struct.pack("=I", inner.fd))
+            self._install(inner)
 
     def _apply_delta(self, writes: list[tuple[bytes, bytes]], stale: list[bytes]) -> None:
         inner = self.inner()

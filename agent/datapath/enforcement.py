@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 from agent.datapath import netfilter
 from agent.datapath.apply import ApplyReport, apply_policy_to_maps
 from agent.datapath.compile import BLOCK_TABLES, GLOBAL_TABLES, TENANT_TABLES
+from agent.datapath.conntrack import require_conntrack
 from agent.datapath.errors import InterfaceError
 from agent.datapath.locking import interface_lock
 from agent.datapath.named_lists import named_list_unions
@@ -47,11 +48,13 @@ def tcp_state_tables(ifname: str, old: Policy | None, new: Policy) -> Iterator[N
 
 
 def apply_to_maps(ifname: str, maps, old: Policy | None, new: Policy,
-                  tables: frozenset[str] = frozenset(BLOCK_TABLES)) -> ApplyReport:
+                  tables: frozenset[str] = frozenset(BLOCK_TABLES), conntrack: bool | None = None) -> ApplyReport:
     """Write `new` into `maps` (the caller holds the interface lock) and
-    record it; `tables`: the block tables to rebuild (all by default)."""
+    record it; `tables`: the block tables to rebuild (all by default);
+    `conntrack`: the program has the conntrack kfuncs (None: the kernel has)."""
+    require_conntrack(new, ifname, conntrack)     # before nftables, too, is touched
     with tcp_state_tables(ifname, old, new):
-        report = apply_policy_to_maps(maps, new, named_list_unions(ifname), tables)
+        report = apply_policy_to_maps(maps, new, named_list_unions(ifname), tables, conntrack=conntrack)
     record_applied_policy(ifname, new)
     return report
 

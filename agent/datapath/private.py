@@ -12,14 +12,15 @@ from agent.policy.model import Policy
 
 
 class PrivateDatapath:
-    def __init__(self, policy: Policy | None = None):
-        self.program = LoadedProgram(pin_dir=None)
+    def __init__(self, policy: Policy | None = None, object_file=None):
+        """`object_file`: another build of the datapath (tests)."""
+        self.program = LoadedProgram(pin_dir=None, object_file=object_file)
         self.last_apply: ApplyReport | None = None
         if policy is not None:
             self.apply(policy)
 
     def apply(self, policy: Policy) -> ApplyReport:
-        self.last_apply = apply_policy_to_maps(self.program.maps, policy)
+        self.last_apply = apply_policy_to_maps(self.program.maps, policy, conntrack=self.program.conntrack)
         return self.last_apply
 
     def run(self, frame: bytes) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 from agent._libbpf import ffi
 from agent.datapath import abi
 from agent.datapath.blocktables import SwappableTable
+from agent.datapath.conntrack import CONNTRACK_KFUNCS, conntrack_available, object_kfuncs
 from agent.datapath.errors import InterfaceError
 from agent.datapath.scope import pin_dir_for
 from agent.datapath.bpf_object import BpfObject
@@ -19,38 +20,52 @@ from agent.datapath.syscalls import BpfMap
 
 PROGRAM_NAME = "edgewarden_xdp"
 OBJECT_NAME = "edgewarden.bpf.o"
+NO_CONNTRACK_OBJECT_NAME = "edgewarden_no_conntrack.bpf.o"   # for kernels without usable conntrack kfuncs
 
 
-def object_path() -> Path:
-    return Path(str(resources.files("agent.datapath") / OBJECT_NAME))
+def object_path(conntrack: bool = True) -> Path:
+    name = OBJECT_NAME if conntrack else NO_CONNTRACK_OBJECT_NAME
+    return Path(str(resources.files("agent.datapath") / name))
 
 
 class LoadedProgram:
     """The datapath object loaded: the program fd and a BpfMap per map of the
     ABI. close() drops our references only; an attached program and pinned
-    maps live on."""
+    maps live on. The build with conntrack calls where libbpf can resolve
+    them, else the one without; `conntrack` says which, and policies that
+    need it are refused without (agent.datapath.conntrack.require_conntrack)."""
 
     def __init__(self, pin_dir: Path | None = None, capacities: dict[str, int] | None = None,
-                 tenant_capacity: int | None = None):
+                 tenant_capacity: int | None = None, object_file: Path | None = None):
         """`tenant_capacity`: counter slots (and with them tenants, flood
-        policies and token buckets), above the default EW_MAX_TENANTS."""
+        policies and token buckets), above the default EW_MAX_TENANTS.
+        `object_file`: another build of the datapath (tests)."""
         if tenant_capacity is not None:
             capacities = {**(capacities or {}), "ew_counters": tenant_capacity, "ew_tenants": tenant_capacity,
                           "ew_flood_policies": tenant_capacity,
                           "ew_buckets": tenant_capacity * abi.BUCKET_KINDS}
         pins = {name: pin_dir / name for name in abi.MAP_LAYOUTS} if pin_dir is not None else None
-        self._object = BpfObject(object_path(), max_entries=capacities, pin_paths=pins)
+        path = object_file or object_path(conntrack=conntrack_available())
+        self.kfuncs = object_kfuncs(path)
+        self._object = BpfObject(path, max_entries=capacities, pin_paths=pins)
         try:
             self.prog_fd = self._object.program_fd(PROGRAM_NAME)
             self.maps: dict[str, BpfMap] = {
                 name: self._object.map(name, key_type, value_type, percpu=name in abi.PERCPU_MAPS)
                 for name, (key_type, value_type) in abi.MAP_LAYOUTS.items()}
+            for name, path in (pins or {}).items():
+                self.maps[name].pin_path = str(path)
             # A new (not adopted) swappable table starts with an empty inner table.
             for name in abi.SWAPPABLE_TABLES:
                 SwappableTable(self.maps[name]).ensure_inner()
         except Exception:
             self.close()
             raise
+
+    @property
+    def conntrack(self) -> bool:
+        """The loaded program asks conntrack (it calls, and the kernel resolved, its kfuncs)."""
+        return set(CONNTRACK_KFUNCS) <= set(self.kfuncs)
 
     def pin_program(self, path: Path) -> None:
         self._object.pin_program(PROGRAM_NAME, path)

@@ -96,6 +96,8 @@ class BpfMap:
         self.value_size = round_up_8(ffi.sizeof(value_type)) * self.ncpus if percpu else ffi.sizeof(value_type)
         self._owns_fd = owns_fd
         self._batch_buffers = None
+        self.pin_path: str | None = None          # where it is pinned, when known
+        self.held_inner_fd: int | None = None     # map-in-map: our fd of the inner map we put in slot 0
         info = map_info(fd)
         expected_value = ffi.sizeof(value_type)
         if info.key_size != self.key_size or info.value_size != expected_value:
@@ -110,12 +112,23 @@ class BpfMap:
     @classmethod
     def from_pin(cls, path: str, name: str, key_type: str, value_type: str, *, percpu: bool = False) -> "BpfMap":
         fd = check(lib.bpf_obj_get(path.encode()), f"opening pinned map {path}")
-        return cls(fd, name, key_type, value_type, percpu=percpu)
+        bpf_map = cls(fd, name, key_type, value_type, percpu=percpu)
+        bpf_map.pin_path = path
+        return bpf_map
+
+    def hold_inner(self, fd: int) -> None:
+        """Keep `fd` (ours now) as the inner map in slot 0, replacing any held before."""
+        if self.held_inner_fd is not None:
+            os.close(self.held_inner_fd)
+        self.held_inner_fd = fd
 
     def close(self) -> None:
         if self._owns_fd and self.fd >= 0:
             os.close(self.fd)
         self.fd = -1
+        if self.held_inner_fd is not None:
+            os.close(self.held_inner_fd)
+            self.held_inner_fd = None
 
     def __enter__(self) -> "BpfMap":
         return self
@@ -312,6 +325,6 @@ def create_map(map_type: int, name: str, key_type: str, value_type: str, max_ent
     return BpfMap(fd, name, key_type, value_type)
 
 
-def map_by_id(map_id: int, name: str, key_type: str, value_type: str) -> BpfMap:
-    fd = check(lib.bpf_map_get_fd_by_id(map_id), f"opening map id {map_id} ({name})")
-    return BpfMap(fd, name, key_type, value_type)
+def map_fd_by_id(map_id: int, what: str) -> int:
+    """Opening by id needs CAP_SYS_ADMIN: only for objects we hold no pin or fd of."""
+    return check(lib.bpf_map_get_fd_by_id(map_id), f"opening map id {map_id} ({what})")

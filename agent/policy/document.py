@@ -13,7 +13,7 @@ from typing import Any
 import tomli_w
 
 from agent.policy.model import (
-    AMPLIFICATION_PORTS, PROTOCOL_NUMBERS, FloodPolicy, FragmentPolicy, Policy, PortRule, Rate, SynAckPolicy, Tenant, TenantState, Vip,
+    AMPLIFICATION_PORTS, MAX_RATE, PROTOCOL_NUMBERS, FloodPolicy, FragmentPolicy, Policy, PortRule, Rate, SynAckPolicy, Tenant, TenantState, Vip,
 )
 
 MAX_TENANT_ID = 2**32 - 1
@@ -23,7 +23,6 @@ MAX_PORTS_PER_RULE = 4096
 TOP_LEVEL_KEYS = {"revision", "global", "tenants"}
 GLOBAL_KEYS = {"blocked_sources"}
 TENANT_KEYS = {"id", "name", "state", "vips", "blocked_ports", "blocked_sources", "flood"}
-MAX_RATE = 10**10          # per second and per burst; keeps token arithmetic inside 64 bits
 RATE_KEYS = {              # document key pair -> FloodPolicy field
     ("packets_per_second", "packet_burst"): "packets",
     ("bits_per_second", "bit_burst"): "bits",

@@ -22,6 +22,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17}
+# Per second and per burst (bits: 8 x this): keeps the datapath's token
+# arithmetic inside 64 bits (burst x 1e9 ns, and elapsed x rate for up to
+# 2^30 ns: bpf/token_bucket.h). Enforced on every FloodPolicy, however it is
+# built, not only by the document's validator.
+MAX_RATE = 10**10
 
 
 class TenantState(str, enum.Enum):
@@ -105,6 +110,20 @@ class FloodPolicy:
     source_prefix_v6: int = 64
     syn_cookies: bool = False
     syn_ack: SynAckPolicy = SynAckPolicy.DROP
+
+    def __post_init__(self) -> None:
+        for name in ("packets", "bits", "syns", "fragment_rate", "per_source"):
+            limit = MAX_RATE * (8 if name == "bits" else 1)
+            rate = getattr(self, name)
+            for field_name in ("per_second", "burst"):
+                value = getattr(rate, field_name)
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+                    raise ValueError(f"flood.{name}.{field_name} = {value!r} must be an integer in 0..{limit} "
+                                     "(the datapath's token arithmetic is 64-bit)")
+        for name, longest in (("source_prefix_v4", 32), ("source_prefix_v6", 128)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= longest:
+                raise ValueError(f"flood.{name} = {value!r} must be a prefix length in 0..{longest}")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-/* Test harness: runs bucket_take() from bpf/flood.h on bucket 0 of
+/* Test harness: runs bucket_take() from bpf/token_bucket.h on bucket 0 of
  * ew_buckets with the clock, limit, cost and policy generation taken from
  * the frame, so tests can drive the arithmetic through boundaries, clock
  * jumps and policy changes. */
-#include "flood.h"
+#include "maps.h"
+#include "token_bucket.h"
 
 struct harness_input {
     __u64 now;
