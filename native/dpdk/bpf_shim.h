@@ -10,10 +10,10 @@
  *    in the lcore's current policy snapshot, its counters and its buckets.
  *  - struct xdp_md becomes struct ew_frame, whose data and data_end are
  *    real pointers (the UAPI struct holds 32-bit offsets).
- *  - The kernel-state helpers of bpf/tcp_state.h (conntrack kfuncs, SYN
- *    cookie helpers, tail adjustment) have no host equivalent: the DPDK
- *    engine refuses policies that need them (agent/dpdk/engine.py), and
- *    datapath.c defines them to answer "no connection / no cookie". */
+ *  - Kernel state has no host equivalent: the program is built as for a
+ *    kernel without conntrack (EW_WITHOUT_CONNTRACK), the SYN-cookie
+ *    helpers and tail adjustment answer "no cookie / cannot", and the DPDK
+ *    engine refuses policies that would need them (agent/dpdk/engine.py). */
 #ifndef EW_BPF_SHIM_H
 #define EW_BPF_SHIM_H
 

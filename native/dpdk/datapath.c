@@ -11,6 +11,9 @@
 #pragma GCC diagnostic ignored "-Warray-bounds"
 #pragma GCC diagnostic ignored "-Wstringop-overread"
 
+/* A DPDK port bypasses the kernel: no conntrack, as the datapath is built
+ * for kernels without its kfuncs (bpf/edgewarden_no_conntrack.bpf.c). */
+#define EW_WITHOUT_CONNTRACK 1
 #include "edgewarden.bpf.c"
 
 #include <errno.h>
@@ -121,19 +124,7 @@ static inline long bpf_xdp_store_bytes(struct ew_frame *ctx, __u32 offset, void 
 
 /* Kernel state the host does not have. The engine refuses policies that
  * would reach these (SYN cookies, SYN-ACK tracking), so they only answer
- * what an empty kernel would: no connection, no valid cookie, no answer. */
-struct nf_conn *bpf_xdp_ct_lookup(struct ew_frame *ctx, struct bpf_sock_tuple *tuple, __u32 tuple__sz,
-                                  struct ew_ct_opts *opts, __u32 opts__sz)
-{
-    (void)ctx, (void)tuple, (void)tuple__sz, (void)opts, (void)opts__sz;
-    return NULL;
-}
-
-void bpf_ct_release(struct nf_conn *ct)
-{
-    (void)ct;
-}
-
+ * what an empty kernel would: no valid cookie, no answer. */
 long bpf_tcp_raw_check_syncookie_ipv4(struct iphdr *iph, struct tcphdr *th)
 {
     (void)iph, (void)th;
