@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,7 +44,7 @@ from agent.policy import policy_from_document, policy_to_toml  # noqa: E402
 from frames import tcp_ipv4_frame  # noqa: E402
 
 SECTION_TITLE = "## DPDK engine"
-EAL = ["--no-huge", "--no-shconf", "--no-pci", "-m", "256", "--log-level=*:error"]
+EAL = ["--no-huge", "--no-shconf", "--no-pci", "--no-telemetry", "-m", "256", "--log-level=*:error"]
 POLICY = policy_from_document({
     "revision": 1, "global": {"blocked_sources": ["198.51.100.0/24"]},
     "tenants": [{"id": 1, "name": "web", "vips": ["203.0.113.10"], "blocked_ports": ["tcp/25"],
@@ -64,7 +65,7 @@ def run_engine(tmp: Path, pcap: Path, seconds: float) -> dict:
     rx, null = devices(pcap)
     config = tmp / "dpdk.toml"
     config.write_text("\n".join([
-        "[eal]", 'lcores = "0,1"', "memory_mb = 256", f"args = {json.dumps(EAL[:3] + EAL[5:])}",
+        "[eal]", 'lcores = "0,1"', "memory_mb = 256", f"args = {json.dumps(EAL[:4] + EAL[6:])}",
         "[[ports]]", 'name = "net_pcap0"', f'vdev = "{rx}"', 'pass_to = "net_null0"',
         "[[ports]]", 'name = "net_null0"', f'vdev = "{null}"', "judge = false"]) + "\n")
     policy = tmp / "policy.toml"
@@ -90,7 +91,8 @@ def busiest_thread_cpu_seconds(pid: int) -> float:
 
 def run_testpmd(pcap: Path, seconds: float) -> dict:
     rx, null = devices(pcap)
-    proc = subprocess.Popen(["dpdk-testpmd", "-l", "0,1", *EAL, "--vdev", rx, "--vdev", null, "--",
+    prefix = f"ew-bench-testpmd{os.getpid()}"     # its runtime directory, removed below
+    proc = subprocess.Popen(["dpdk-testpmd", "-l", "0,1", f"--file-prefix={prefix}", *EAL, "--vdev", rx, "--vdev", null, "--",
                              "--forward-mode=io", "--auto-start", "--total-num-mbufs=8191", "--stats-period=1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     started = time.monotonic()
@@ -99,6 +101,7 @@ def run_testpmd(pcap: Path, seconds: float) -> dict:
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     elapsed = time.monotonic() - started
+    shutil.rmtree(Path("/var/run/dpdk") / prefix, ignore_errors=True)
     totals = re.findall(r"RX-packets:\s+(\d+)", out.split("Accumulated forward statistics for all ports")[-1])
     if not totals:
         raise SystemExit(f"dpdk-testpmd gave no totals:\n{out[-2000:]}")
@@ -145,7 +148,7 @@ def main() -> int:
     lines = [SECTION_TITLE, "",
              f"`benchmarks/bench_dpdk.py`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; one worker lcore, "
              f"{args.seconds:g} s each, net_pcap (frames replayed from memory, infinite_rx) into net_null, "
-             "64-byte TCP frames; EAL `--no-huge --no-shconf --no-pci`; load average "
+             "64-byte TCP frames; EAL `--no-huge --no-shconf --no-pci --no-telemetry`; load average "
              f"{os.getloadavg()[0]:.1f} on this shared machine.",
              "", *[f"- {k}: {v}" for k, v in machine_facts()], "",
              "| path | packets per CPU-second of the lcore | x testpmd io (time per packet) | wall-clock packets/s |",

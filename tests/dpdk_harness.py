@@ -19,7 +19,7 @@ from agent.policy import Policy, policy_to_toml
 from agent.reference import ReferenceCounters, judge
 
 REPO = Path(__file__).resolve().parent.parent
-EAL_ARGS = ["--no-huge", "--no-shconf", "--no-pci", "--log-level=*:error"]
+EAL_ARGS = ["--no-huge", "--no-shconf", "--no-pci", "--no-telemetry", "--log-level=*:error"]
 FIELDS = ("class_packets", "class_bytes", "reason_packets", "reason_bytes")
 
 

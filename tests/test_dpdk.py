@@ -103,7 +103,7 @@ def test_bad_configuration_ends_with_a_clear_error(tmp_path, case):
     from agent.dpdk.capture import write_pcap
     write_pcap(tmp_path / "none.pcap", [])
     if case == "eal_arguments":
-        config = engine_config(tmp_path, [pcap_port], eal_args=["--no-huge", "--no-shconf", "--bogus-option"])
+        config = engine_config(tmp_path, [pcap_port], eal_args=["--no-huge", "--no-shconf", "--no-telemetry", "--bogus-option"])
         expect = "the DPDK EAL did not start"
     elif case == "missing_interface":
         config = engine_config(tmp_path, [{"name": "net_af_packet0",

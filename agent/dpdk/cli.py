@@ -24,7 +24,7 @@ def cmd_dpdk_run(args) -> int:
 
     config = _config(args)
     policy = load_policy(args.policy) if args.policy else None
-    report = run_engine(config, policy=policy, seconds=args.seconds, packets=args.packets,
+    report = run_engine(config, policy=policy, policy_file=args.policy, seconds=args.seconds, packets=args.packets,
                         test_clock_ns=args.test_clock_ns, trace=args.trace)
     document = report.as_dict()
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # DPDK 22.11 refuses --in-memory with --no-huge (which implies legacy memory);
-# --no-shconf gives the same "no runtime files" with anonymous memory.
-DEFAULT_EAL_ARGS = ("--no-huge", "--no-shconf", "--no-pci")
+# --no-shconf gives the same "no runtime files" with anonymous memory, and
+# without the telemetry socket the runtime directory is left empty, so the
+# engine removes it when it ends.
+DEFAULT_EAL_ARGS = ("--no-huge", "--no-shconf", "--no-pci", "--no-telemetry")
 
 
 class DpdkConfigError(ValueError):

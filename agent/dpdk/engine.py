@@ -69,10 +69,23 @@ class DpdkEngine:
         if not config.ports:
             raise DpdkError(f"{config.source}: no [[ports]]: the engine needs a port to receive on")
         self.config = config
+        self.compiled: CompiledPolicy | None = None
+        self.policy: Policy | None = None
+        self.named_lists: dict = {}     # ListId -> PrefixSet, enforced with the policy's own lists
+        self._started = False
         start_eal(config)
         self._worker = lib.ew_worker_new(config.tenant_capacity, config.mbufs, config.burst, config.source_buckets)
         if self._worker == ffi.NULL:
-            raise DpdkError(f"{config.source}: {_last_error()}")
+            error = _last_error()
+            lib.ew_eal_cleanup()
+            raise DpdkError(f"{config.source}: {error}")
+        try:
+            self._add_ports(config)
+        except BaseException:
+            self.close()
+            raise
+
+    def _add_ports(self, config: DpdkConfig) -> None:
         self.slot_capacity = config.tenant_capacity
         self.lcores = lib.ew_worker_lcores(self._worker)
         self.port_ids = {port.name: self._port_id(port) for port in config.ports}
@@ -80,10 +93,6 @@ class DpdkEngine:
             if lib.ew_worker_add_port(self._worker, self.port_ids[port.name],
                                       self.port_ids[port.pass_to or port.name], int(port.judge)) < 0:
                 raise DpdkError(f"{config.source}: {_last_error()}")
-        self.compiled: CompiledPolicy | None = None
-        self.policy: Policy | None = None
-        self.named_lists: dict = {}     # ListId -> PrefixSet, enforced with the policy's own lists
-        self._started = False
 
     def _port_id(self, port_config) -> int:
         port = ffi.new("uint16_t *")
@@ -178,10 +187,12 @@ class DpdkEngine:
             self._started = False
 
     def close(self) -> None:
+        """Frees the worker and ends the EAL (DPDK allows no second one in this process)."""
         self.stop()
         if self._worker != ffi.NULL:
             lib.ew_worker_free(self._worker)
             self._worker = ffi.NULL
+            lib.ew_eal_cleanup()
 
     def stats(self) -> WorkerStats:
         out = ffi.new("struct ew_worker_stats *")

@@ -33,12 +33,14 @@ class RunReport:
         return doc
 
 
-def run_engine(config: DpdkConfig, *, policy: Policy | None = None, seconds: float | None = None,
+def run_engine(config: DpdkConfig, *, policy: Policy | None = None, policy_file: Path | None = None,
+               seconds: float | None = None,
                packets: int | None = None, test_clock_ns: int | None = None, trace: int | None = None,
                on_running=None) -> RunReport:
-    """`on_running(engine)` is called once the poll loops run (tests flip
-    policies from it); its return ends the run unless --seconds/--packets
-    are still pending."""
+    """`policy_file` (default: the config's) is what SIGHUP re-reads;
+    `on_running(engine)` is called once the poll loops run (tests flip
+    policies from it)."""
+    policy_file = policy_file or config.policy
     stop = {"requested": False, "reload": False}
     previous = {sig: signal.signal(sig, lambda *_: stop.__setitem__("requested", True))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -50,7 +52,7 @@ def run_engine(config: DpdkConfig, *, policy: Policy | None = None, seconds: flo
                 set_test_clock(test_clock_ns)
             if trace:
                 engine.enable_trace(trace)
-            policy = policy or (load_policy(config.policy) if config.policy else None)
+            policy = policy or (load_policy(policy_file) if policy_file else None)
             if policy is not None:
                 engine.apply(policy)
             if config.control_socket:
@@ -64,9 +66,9 @@ def run_engine(config: DpdkConfig, *, policy: Policy | None = None, seconds: flo
             while engine.running() and not stop["requested"]:
                 if deadline and time.monotonic() >= deadline:
                     break
-                if stop["reload"] and config.policy:
+                if stop["reload"] and policy_file:
                     stop["reload"] = False
-                    engine.apply(load_policy(config.policy))
+                    engine.apply(load_policy(policy_file))
                 if server:
                     server.serve(timeout=0.02)
                 else:

@@ -48,6 +48,7 @@ struct ew_worker_stats {
 
 int ew_eal_init(int argc, char **argv);
 const char *ew_last_error(void);
+void ew_eal_cleanup(void);
 int ew_port_by_name(const char *name, uint16_t *port);
 uint32_t ew_worker_lcore_count(void);
 

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <limits.h>
+#include <unistd.h>
 
 #include <rte_common.h>
 #include <rte_cycles.h>
@@ -96,6 +98,18 @@ int ew_eal_init(int argc, char **argv)
     }
     ew_clock_init(rte_get_tsc_hz());
     return rc;
+}
+
+/* rte_eal_cleanup, then the EAL's runtime directory (empty with
+ * --no-shconf) so runs leave nothing under /var/run/dpdk. */
+void ew_eal_cleanup(void)
+{
+    char dir[PATH_MAX];
+
+    snprintf(dir, sizeof(dir), "%s", rte_eal_get_runtime_dir());
+    rte_eal_cleanup();
+    if (dir[0])
+        rmdir(dir);
 }
 
 int ew_port_by_name(const char *name, uint16_t *port)

@@ -14,6 +14,7 @@ struct ew_worker;
 /* rte_eal_init with these arguments (argv[0] is the program name). */
 int ew_eal_init(int argc, char **argv);
 const char *ew_last_error(void);
+void ew_eal_cleanup(void);
 /* The port of a device by its name ("net_pcap0", "net_af_packet0", a PCI address). */
 int ew_port_by_name(const char *name, uint16_t *port);
 uint32_t ew_worker_lcore_count(void);
