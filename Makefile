@@ -6,10 +6,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool xdp-tools \
 	iproute2 iputils-ping ethtool tshark tcpreplay nftables util-linux gcc g++ make \
-	libdpdk-dev dpdk-dev
+	postgresql libdpdk-dev dpdk-dev
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.py native/*.pyx native/*.cpp native/include/*.h native/dpdk/*.[ch] native/dpdk/*.py bpf/*.c bpf/*.h bpf/lab/*.c)
 
-.PHONY: all setup os-packages build demo test bench loadtest clean
+.PHONY: all setup os-packages build demo test bench bench-import crowdsec loadtest clean
 
 all: build
 
@@ -35,8 +35,15 @@ $(VENV)/.stamp-build: $(VENV)/.stamp-deps $(BUILD_INPUTS)
 
 build: os-packages $(VENV)/.stamp-build
 
+# The datapath in a lab, then the controller on SQLite (tenants, filings,
+# a block list, the revision), then one case up the enforcement ladder.
 demo: setup
 	$(PY) -m agent.lab.demo
+	@workdir=$$(mktemp -d /tmp/edgewarden-demo.XXXXXX); \
+	echo; echo "== controller on SQLite in $$workdir"; \
+	$(PY) -m controller.demo "$$workdir" && rc=0 || rc=$$?; rm -rf "$$workdir"; exit $$rc
+	@echo; echo "== the enforcement ladder, with injected time"
+	$(PY) -m controller.workflow.demo
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: setup
@@ -48,6 +55,19 @@ bench: setup
 	$(PY) benchmarks/bench_blocklist.py --write-results
 	$(PY) benchmarks/bench_counters.py --write-results
 	$(PY) benchmarks/bench_dpdk.py --write-results
+
+# CrowdSec for the import benchmark, installed offline: a non-empty Central API
+# credentials file written before the package is configured skips its
+# registration (which needs the internet); the benchmark runs its own LAPI.
+crowdsec:
+	@dpkg-query -W -f='$${Status}\n' crowdsec 2>/dev/null | grep -q '^install ok installed' || { \
+		mkdir -p /etc/crowdsec; \
+		[ -s /etc/crowdsec/online_api_credentials.yaml ] || printf 'url: http://127.0.0.1:1/\nlogin: offline\npassword: offline\n' > /etc/crowdsec/online_api_credentials.yaml; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q crowdsec; }
+
+# 1M-line import into the controller (SQLite, PostgreSQL) vs cscli decisions import: a few minutes.
+bench-import: setup crowdsec
+	$(PY) benchmarks/bench_import.py --write-results
 
 # Attack floods against the lab: a few minutes; writes benchmarks/results/.
 loadtest: setup

@@ -602,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", required=True, metavar="FILE")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_classify)
-
+    from controller.cli import add_commands as add_controller_commands   # controller, tenant, lists, revision, audit, token
+    add_controller_commands(sub)
     from agent.dpdk.cli import add_commands as add_dpdk_commands
     add_dpdk_commands(sub)
     return parser

@@ -135,6 +135,7 @@ class Tenant:
     blocked_ports: tuple[PortRule, ...] = ()
     blocked_sources: tuple[IPNetwork, ...] = ()
     flood: FloodPolicy = FloodPolicy()
+    watch: bool = False               # on the watch list (clause 七.4): agents sample its traffic
 
     @property
     def suspended(self) -> bool:
