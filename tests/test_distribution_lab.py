@@ -167,6 +167,19 @@ def test_a_block_at_the_api_is_enforced_and_acknowledged_on_both_edges_through_f
         wait(lambda: not spool.pending(), 20, "the incident acknowledged and dropped from the spool")
     except AssertionError:
         raise AssertionError("".join(agents[2][0].raw)[-3000:]) from None
+    # a sealed-evidence manifest entry: sent and stored by the controller, not resent once acknowledged
+    from agent.evidence.manifest import Manifest
+    Manifest(agents[2][1] / "evidence").append(action="sealed", file="t1.pcapng", sha256="0" * 64, node="edge-2",
+                                               incident="edge-2:1:packets_per_second:1", tenant=1)
+
+    def evidence_rows():
+        db = sqlite3.connect(controller.directory / "controller.db")
+        try:
+            return db.execute("SELECT evidence_id, node, incident_id FROM fleet_evidence").fetchall()
+        finally:
+            db.close()
+    wait(lambda: evidence_rows(), 20, "the evidence manifest stored")
+    wait(lambda: (agents[2][1] / "state" / "evidence-acked-seq").exists(), 10, "the evidence acknowledged")
     controller.stop(signal.SIGKILL)
     controller.start()
     fourth = controller.block("198.51.100.79", reason="after the controller restart")
@@ -176,4 +189,6 @@ def test_a_block_at_the_api_is_enforced_and_acknowledged_on_both_edges_through_f
     rows = db.execute("SELECT incident_id, node FROM fleet_incidents").fetchall()
     db.close()
     assert rows == [("edge-2:1:packets_per_second:1/started", "edge-2")]
+    [(evidence_id, node, incident)] = evidence_rows()
+    assert evidence_id.startswith("edge-2:1:") and node == "edge-2" and incident == "edge-2:1:packets_per_second:1"
     spool.close()

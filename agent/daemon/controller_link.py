@@ -17,7 +17,7 @@ from agent.daemon.config import AgentConfig
 from agent.policy import Policy, PolicyError, policy_from_document
 from agent.wire import (
     Ack, BundleVerifier, ConnectionClosed, CounterSummary, DeltaError, DeltaReceived, DigestReport, DigestRequest,
-    EmergencyAck, EmergencyReceived, EvidenceAck, Hello, IncidentAck, IncidentReport, PolicyBundle, Reject,
+    EmergencyAck, EmergencyReceived, EvidenceAck, EvidenceManifest, Hello, IncidentAck, IncidentReport, PolicyBundle, Reject,
     RejectReason, RevisionFileError, RevisionRejected, SnapshotReceived, apply_delta, load_public_key, read_revision,
     write_revision,
 )
@@ -99,6 +99,8 @@ class ControllerMode:
         self.connected = False
         self.sessions = 0
         self._sent_incidents: dict[str, int] = {}    # incident id -> spool report id, sent on this connection
+        self._sent_evidence: set[int] = set()         # manifest seqs sent on this connection
+        self._evidence_acked = self._read_evidence_acked()
         self._last_totals: dict[str, dict] = {}
 
     @property
@@ -164,8 +166,32 @@ class ControllerMode:
         return Hello(PROTOCOL_VERSION, self.config.node, self.verifier.applied_revision, self.verifier.applied_digest,
                      agent_version(), modes)
 
+    # -- evidence manifests: every entry after the last one acknowledged (seq kept in state_dir) --
+    @property
+    def _evidence_acked_path(self):
+        return self.config.state_dir / "evidence-acked-seq"
+
+    def _read_evidence_acked(self) -> int:
+        try:
+            return int(self._evidence_acked_path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _evidence_unsent(self) -> list[dict]:
+        from agent.evidence.manifest import read_entries
+        entries, _problems = read_entries(self.config.evidence.directory)
+        return [e for e in entries if isinstance(e.get("seq"), int) and e["seq"] > self._evidence_acked
+                and e["seq"] not in self._sent_evidence]
+
+    def _evidence_acknowledged(self, seq: int) -> None:
+        if seq > self._evidence_acked:
+            self._evidence_acked = seq
+            tmp = self._evidence_acked_path.with_suffix(".tmp")
+            tmp.write_text(str(seq))
+            tmp.replace(self._evidence_acked_path)
+
     async def _session(self, link) -> None:
-        self._sent_incidents = {}
+        self._sent_incidents, self._sent_evidence = {}, set()
         reporter = asyncio.create_task(self._report_loop(link), name="controller-reports")
         try:
             while True:
@@ -207,7 +233,9 @@ class ControllerMode:
             if report_id is not None:
                 await asyncio.get_running_loop().run_in_executor(None, self.daemon.spool.acknowledge, [report_id])
         elif isinstance(event, EvidenceAck):
-            pass
+            seq = event.evidence_id.rsplit(":", 2)[-2] if event.evidence_id.count(":") >= 2 else ""
+            if seq.isdigit():
+                await asyncio.get_running_loop().run_in_executor(None, self._evidence_acknowledged, int(seq))
 
     async def _apply(self, link, new: PolicyBundle, proof, delta) -> None:
         old = self.bundle
@@ -257,6 +285,10 @@ class ControllerMode:
                     if incident_id not in self._sent_incidents:
                         self._sent_incidents[incident_id] = report_id
                         await link.send(IncidentReport(incident_id, document))
+                for entry in await loop.run_in_executor(None, self._evidence_unsent):
+                    self._sent_evidence.add(entry["seq"])
+                    await link.send(EvidenceManifest(f"{self.config.node}:{entry['seq']}:{entry.get('hash', '')[:16]}",
+                                                     entry, str(entry.get("incident") or "")))
                 if time.monotonic() >= next_summary:
                     next_summary = time.monotonic() + self.settings.report_interval
                     summary = self._counter_summary()
