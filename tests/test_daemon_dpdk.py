@@ -214,3 +214,66 @@ def test_daemon_runs_the_dpdk_engine(tmp_path):
         topo.down()
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(name in listed for name in topo.ns.values())
+
+
+def _check(tmp_path, text: str, policy: str = POLICY) -> subprocess.CompletedProcess:
+    (tmp_path / "policy.toml").write_text(policy)
+    config = tmp_path / "agent.toml"
+    config.write_text(text)
+    return subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--check", "--config", str(config)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def test_check_validates_the_engine_section(tmp_path):
+    good = _config(tmp_path, free_port())
+    head = 'policy_file = "policy.toml"\nstate_dir = "state"\n'
+    cases = [
+        (head + 'engine = "vpp"\n[[interfaces]]\nname = "e0"\n', "engine: must be one of xdp, dpdk, not 'vpp'"),
+        (head + 'engine = "dpdk"\n', 'engine = "dpdk" needs a [dpdk] table'),
+        (good + '[[interfaces]]\nname = "e0"\n', "with engine = \"dpdk\" the ports are in [dpdk]"),
+        (good.replace("[dpdk.eal]", '[dpdk]\npolicy = "other.toml"\n[dpdk.eal]'), "policy is the daemon's"),
+        (good.replace('memory_mb = 256', 'memory_mb = "lots"'), "memory_mb must be a positive integer"),
+        (good.replace('pass_to = "net_af_packet1"', 'pass_to = "net_nowhere"'), "passes to net_nowhere"),
+        (good.replace('judge = false', 'judge = false\nspeed = 10'), "unknown key(s) speed"),
+        (head + '[[interfaces]]\nname = "e0"\n[dpdk]\nconfig = "dpdk.toml"\n', 'only used with engine = "dpdk"'),
+        (head + 'engine = "dpdk"\n[dpdk]\nconfig = "missing.toml"\n', "missing.toml: no such config file"),
+    ]
+    for text, message in cases:
+        done = _check(tmp_path, text)
+        assert done.returncode == 1 and message in done.stderr, (message, done.stderr)
+
+    # A policy the engine cannot enforce fails the check (and so ExecStartPre).
+    done = _check(tmp_path, good, POLICY + '[tenants.flood]\nsyn_ack = "track"\n')
+    assert done.returncode == 1 and 'cannot enforce tenant 1 (web): syn_ack = "track"' in done.stderr, done.stderr
+
+    # The engine's own dpdk.toml by path: its policy and socket are not used (the daemon's are).
+    (tmp_path / "dpdk.toml").write_text('policy = "ignored.toml"\n[eal]\nlcores = "0,1"\n[[ports]]\n'
+                                        'name = "net_pcap0"\nvdev = "net_pcap0,rx_pcap=/dev/null"\n')
+    done = _check(tmp_path, head + 'engine = "dpdk"\n[dpdk]\nconfig = "dpdk.toml"\n')
+    assert done.returncode == 0 and "DPDK engine on net_pcap0 (lcores 0,1)" in done.stdout, done.stderr
+
+
+def test_an_engine_that_cannot_start_means_no_ready_and_a_failed_start(tmp_path):
+    """A port on an interface that does not exist: a clear error, no READY, exit 1."""
+    topo = Topology("dd" + uuid.uuid4().hex[:6], ("edge",))
+    config = tmp_path / "agent.toml"
+    config.write_text(_config(tmp_path, free_port()).replace("iface=e0", "iface=ewnoport0"))
+    (tmp_path / "policy.toml").write_text(POLICY)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    daemon = None
+    try:
+        topo.up()
+        daemon = DaemonProcess(topo.ns["edge"], config, notify)
+        assert daemon.proc.wait(60) == 1
+        assert not any("READY" in f for _, f in notify.messages)
+        failed = daemon.wait_log("start_failed", timeout=5)
+        assert "no configured interface could be enforced" in failed["message"]
+        assert "net_af_packet0" in failed["message"], failed["message"]
+        error = daemon.wait_log("interface_error", timeout=1)
+        assert error["interface"] == "net_af_packet0" and error["error"]
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        notify.close()
+        topo.down()
+    assert topo.ns["edge"] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
