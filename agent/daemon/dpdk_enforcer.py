@@ -123,7 +123,7 @@ class DpdkEnforcer(Enforcer):
     def reload(self, config: AgentConfig, policy: Policy) -> dict[str, str]:
         # Refused before anything changes: the service logs it and the old policy stays.
         refuse_unsupported(policy, str(config.policy_file))
-        if config.engine != MODE or config.dpdk != self.config.dpdk:
+        if config.dpdk != self.config.dpdk:
             journal.warning("the engine section of the config changed: it takes effect when the agent is "
                             "restarted (the EAL starts once per process); the running engine keeps its ports",
                             event="engine_change_pending")
@@ -193,7 +193,7 @@ class DpdkEnforcer(Enforcer):
 
 def _keep_engine(new: AgentConfig, running: AgentConfig) -> AgentConfig:
     from dataclasses import replace
-    return replace(new, engine=running.engine, dpdk=running.dpdk, interfaces=running.interfaces)
+    return replace(new, dpdk=running.dpdk)
 
 
 def make_enforcer(config: AgentConfig, policy: Policy) -> Enforcer:

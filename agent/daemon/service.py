@@ -245,6 +245,9 @@ class AgentDaemon:
         """Read and apply in the writer thread: a CLI change written to the
         file just before is in what is read, none can slip in between."""
         config = load_config(self.config_path)
+        if config.engine != self.config.engine:
+            raise ConfigError(f"{self.config_path}: engine = {config.engine!r}, but {self.config.engine!r} runs: "
+                              "switching engines needs a restart of the agent")
         policy = load_policy(config.policy_file)
         return config, policy, self.enforcer.reload(config, policy)
 
