@@ -75,6 +75,9 @@ judge = false
 interval_seconds = 0.2
 incident_end_after_seconds = 1.0
 
+[thresholds]
+drops_by_reason = {{ drop_global_block = 200 }}
+
 [metrics]
 address = "127.0.0.1:{metrics_port}"
 
@@ -167,6 +170,11 @@ def test_daemon_runs_the_dpdk_engine(tmp_path):
         assert _metric(topo, metrics_port, "edgewarden_interface_attached", interface="net_af_packet0",
                        mode="dpdk") == 1
         assert _metric(topo, metrics_port, "edgewarden_policy_revision") == 1
+        # The accounting loop's rates from the engine's counters raise an incident, and end it.
+        started = daemon.wait_log("incident_started", timeout=10)
+        assert started["tenant_id"] == 1 and started["check"] == "drop_global_block"
+        assert started["interfaces"] == ["net_af_packet0"] and started["peak_value"] > 200
+        daemon.wait_log("incident_ended", timeout=15, tenant_id=1)
 
         # The CLI's change goes through the daemon's socket and takes effect on the engine.
         done = _cli(topo, socket_path, "block", "add", f"{CLIENT}/32")
