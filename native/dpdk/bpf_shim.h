@@ -46,7 +46,6 @@ struct ew_frame {
     unsigned long data_end;
     uint32_t buff_len;      /* the whole packet, all segments */
     void *packet;           /* the rte_mbuf, for reads past the first segment */
-    uint32_t ingress_ifindex;   /* read by bpf/sample.h only, which the DPDK build compiles out */
 };
 #define xdp_md ew_frame
 
@@ -76,18 +75,5 @@ __s64 bpf_tcp_raw_gen_syncookie_ipv6(struct ipv6hdr *iph, struct tcphdr *th, __u
 long bpf_xdp_adjust_tail(struct ew_frame *ctx, int delta);
 __s64 bpf_csum_diff(__be32 *from, __u32 from_size, __be32 *to, __u32 to_size, __wsum seed);
 long bpf_loop(__u32 nr_loops, void *callback_fn, void *callback_ctx, __u64 flags);
-
-/* Evidence sampling (bpf/sample.h) has no DPDK counterpart: the build
- * defines EW_SAMPLING_COMPILED_OUT, so nothing calls these; they only let
- * the unused sampling function compile. */
-static inline void *bpf_ringbuf_reserve(void *ringbuf, __u64 size, __u64 flags)
-{
-    (void)ringbuf; (void)size; (void)flags;
-    return NULL;
-}
-static inline void bpf_ringbuf_submit(void *data, __u64 flags)
-{
-    (void)data; (void)flags;
-}
 
 #endif /* EW_BPF_SHIM_H */
