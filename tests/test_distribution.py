@@ -258,3 +258,27 @@ def test_agents_converge_after_the_controller_is_killed_and_restarted(controller
         await asyncio.gather(*tasks, return_exceptions=True)
 
     run(scenario())
+
+
+def test_counter_summaries_are_summed_into_fleet_wide_tenant_rates(controller):
+    files = {n: controller.add_node(n) for n in ("edge-1", "edge-2")}
+    from agent.wire import CounterSummary
+
+    async def scenario():
+        for n, (name, f) in enumerate(files.items(), 1):
+            agent = SimAgent(controller, name, f)
+            await agent.connect()
+            task = asyncio.create_task(agent.run())
+            # 5 s of counts: edge-1 1,000 packets/s, edge-2 2,000 packets/s for tenant 3
+            await agent.link.send(CounterSummary(1_000_000, 5, [{"tenant_id": 3, "packets": 5000 * n,
+                                                                 "bytes": 500_000 * n}]))
+            await asyncio.sleep(0.5)
+            await agent.close()
+            await task
+
+    run(scenario())
+    stats = controller.api("GET", "/tenants/3/stats")
+    assert stats["nodes"] == 2
+    assert stats["per_second"] == {"packets": 3000.0, "bytes": 300000.0}
+    out = cli("tenant", "stats", "3", "--controller", controller.url, "--token", controller.token).stdout
+    assert "2 node(s)" in out and "packets/s: 3,000.0" in out
