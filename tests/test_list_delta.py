@@ -251,3 +251,10 @@ def test_the_journal_replays_deltas_onto_its_base_only(tmp_path):
     assert store.load_all() == {lid: to_set([net("203.0.113.0/24")])}
     store.remove(lid)
     assert not journal.exists() and store.load_all() == {}
+
+
+def test_blocked_anywhere_sees_every_scope():
+    lists = {ListId("a"): to_set([net("192.0.2.0/25")]), ListId("a", 1): to_set([net("192.0.2.128/26")])}
+    state = ListState(POLICY, lists)
+    assert to_nets(state.blocked_anywhere(to_set([net("192.0.2.0/24"), net("10.0.0.0/8")]))) == \
+        [net("10.0.3.0/24"), net("10.1.0.7/32"), net("192.0.2.0/25"), net("192.0.2.128/26")]

@@ -30,6 +30,7 @@ full way, through apply_policy_to_maps."""
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -37,10 +38,11 @@ from typing import Protocol
 from agent._prefixes import PrefixSet
 from agent.datapath import abi
 from agent.datapath.apply import ApplyReport, apply_policy_to_maps
-from agent.datapath.blocktables import SwappableTable, table_key_level
+from agent.datapath.blocktables import DELTA_LIMIT, TENANT_KEY_FORMAT, SwappableTable
 from agent.datapath.compile import GLOBAL_TABLES, TENANT_TABLES, block_value, prefix_set
 from agent.datapath.enforcement import current_policy
 from agent.datapath.errors import InterfaceError
+from agent.datapath.list_updates import replace_named_list
 from agent.datapath.locking import interface_lock
 from agent.datapath.named_lists import ListId, ListStore, list_store
 from agent.datapath.program import live_maps
@@ -228,6 +230,15 @@ class ListState:
                 unions[tenant_id] = m if tenant_id not in unions else unions[tenant_id].union(m)
         return unions
 
+    def blocked_anywhere(self, regions: PrefixSet) -> PrefixSet:
+        """The addresses inside `regions` that some scope (global or any
+        tenant) still blocks: for a prefilter that must cover every list,
+        to tell which of its bits an after_deletes hook may clear."""
+        out = EMPTY
+        for scope in self.scopes.values():
+            out = out.union(scope.union.restricted_to(regions))
+        return out
+
     def compact(self) -> None:
         """Fold every layer into its base (an idle-time chore: O(list))."""
         for scope in self.scopes.values():
@@ -316,12 +327,19 @@ def plan_delta(scope: ScopeState, list_name: str, added: PrefixSet, removed: Pre
     return plan, unblocked, changed
 
 
+# Where the node level sits in a packed v4 node key (its top byte; the key is
+# host-endian): a byte read per key instead of an unpack (blocktables.table_key_level).
+_TOP_BYTE = struct.pack("=I", 0xFF << 24).index(0xFF)
+LEVEL_BYTE = {"ew_gblock_v4": _TOP_BYTE, "ew_tblock_v4": struct.calcsize(TENANT_KEY_FORMAT) - 4 + _TOP_BYTE}
+
+
 def _write_in_place(bpf_map: BpfMap, table: str, writes, stale) -> None:
     """The safe order of blocktables: finer nodes first when writing, coarser first when deleting."""
     inner = SwappableTable(bpf_map).inner()
     if inner is None:
         raise InterfaceError(f"{table} has no inner table; attach again to recreate it")
-    level = lambda key: table_key_level(table, key)
+    at = LEVEL_BYTE.get(table)
+    level = (lambda key: 0) if at is None else (lambda key: key[at])
     with inner:
         for key, value in sorted(writes, key=lambda kv: level(kv[0]), reverse=True):
             inner.update(key, value)
@@ -451,3 +469,38 @@ def apply_list_delta(ifname: str, list_id: ListId, added: PrefixSet, removed: Pr
             raise
         state.mark_current()
     return report
+
+
+@dataclass
+class ListLoad:
+    """What load_named_list did on one interface."""
+    report: ApplyReport
+    added: int          # prefixes of the new version not in the stored one
+    removed: int        # prefixes of the stored version not in the new one
+    as_delta: bool      # True: applied as a delta; False: the list was replaced whole
+
+
+def load_named_list(ifname: str, list_id: ListId, prefixes: PrefixSet,
+                    delta_limit: int = DELTA_LIMIT) -> ListLoad:
+    """Make `prefixes` the list `list_id` of `ifname` (edgewarden block load):
+    as a delta when it differs from the stored version in at most
+    `delta_limit` prefixes, else through replace_named_list. The difference
+    is taken under the interface lock, from the compiled sets."""
+    with interface_lock(ifname), live_maps(ifname) as maps:
+        state = list_state(ifname)
+        previous = state.list(list_id)
+        if previous is not None and len(previous):
+            added, removed = previous.diff(prefixes)
+            if len(added) + len(removed) <= delta_limit:
+                try:
+                    report = apply_delta_to_maps(maps, state, list_id, added, removed)
+                    store_delta(state.store, state, list_id, added, removed)
+                except BaseException:
+                    _states.pop(ifname, None)
+                    raise
+                state.mark_current()
+                return ListLoad(report, len(added), len(removed), True)
+        else:
+            added, removed = prefixes, PrefixSet()
+    # (outside the lock: replace_named_list takes it, and flock is not re-entrant across open files)
+    return ListLoad(replace_named_list(ifname, list_id, prefixes), len(added), len(removed), False)
