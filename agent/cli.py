@@ -229,6 +229,7 @@ def cmd_block_load(args) -> int:
               f"{loaded.prefixes.count_v6():,} IPv6), {seconds:.2f} s")
         for summary in summaries:
             how = "swapped in whole" if summary["swapped"] else "applied in place"
+            how += " (as a delta)" if summary["delta"] else ""
             print(f"  {summary['interface']}: +{summary['added']:,} -{summary['removed']:,} prefixes; tables {how}")
 
     return emit(args, result, human)
