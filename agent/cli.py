@@ -14,7 +14,6 @@ from typing import Callable
 from agent.datapath.abi import DROP_REASONS, TrafficClass, VerdictReason, action_name
 from agent.datapath.blocktables import blocked_prefixes
 from agent.datapath.counters import read_counters
-from agent._prefixes import PrefixSet
 from agent.blocklist import BlockListError, LoadedList, read_blocklist
 from agent.cli_output import emit, print_table
 from agent.datapath import (
@@ -202,18 +201,21 @@ def _read_list_file(path: str, args) -> "LoadedList":
 
 
 def cmd_block_load(args) -> int:
+    from agent.datapath.list_delta import load_named_list
+
     list_id = _list_id(args)
     progress = PhaseProgress(["parse and compile", "apply", "done"])
     progress.step(f"parsing {args.file}")
     loaded = _read_list_file(args.file, args)
     summaries = []
     for ifname in _target_interfaces(args):
-        previous = list_store(ifname).load_all().get(list_id, PrefixSet())
-        added, removed = previous.diff(loaded.prefixes)
         progress.step(f"applying to {ifname}")
-        report = replace_named_list(ifname, list_id, loaded.prefixes)
-        summaries.append({"interface": ifname, "added": len(added), "removed": len(removed),
-                          "swapped": report.swapped, "tables": report.summary()})
+        # A small change to a loaded list goes as a delta: only the table nodes
+        # it touches are derived and written, the live table is not read back.
+        done = load_named_list(ifname, list_id, loaded.prefixes)
+        summaries.append({"interface": ifname, "added": done.added, "removed": done.removed,
+                          "swapped": done.report.swapped, "delta": done.as_delta,
+                          "tables": done.report.summary()})
     progress.step("done")
     seconds = progress.finish()
     result = {"list": str(list_id), "file": args.file, "entries_read": loaded.entries_read,
@@ -227,6 +229,7 @@ def cmd_block_load(args) -> int:
               f"{loaded.prefixes.count_v6():,} IPv6), {seconds:.2f} s")
         for summary in summaries:
             how = "swapped in whole" if summary["swapped"] else "applied in place"
+            how += " (as a delta)" if summary["delta"] else ""
             print(f"  {summary['interface']}: +{summary['added']:,} -{summary['removed']:,} prefixes; tables {how}")
 
     return emit(args, result, human)

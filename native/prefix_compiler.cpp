@@ -316,13 +316,6 @@ template <class A> std::vector<Pfx<A>> merged(const std::vector<Pfx<A>> &a, cons
     return out;
 }
 
-PrefixSetPtr prefix_set_union(const PrefixSet &self, const PrefixSet &other) {
-    auto out = std::make_shared<PrefixSet>();
-    py::gil_scoped_release release;
-    out->v4 = merged(self.v4, other.v4);
-    out->v6 = merged(self.v6, other.v6);
-    return out;
-}
 
 // Exact entry-level difference of two sorted sets.
 template <class A>
@@ -347,6 +340,191 @@ std::pair<PrefixSetPtr, PrefixSetPtr> prefix_set_diff(const PrefixSet &self, con
     diff_sorted(self.v4, newer.v4, added->v4, removed->v4);
     diff_sorted(self.v6, newer.v6, added->v6, removed->v6);
     return {added, removed};
+}
+
+// --------------------------------------------------------------------------
+// Incremental set algebra for small changes to large sets (list deltas): the
+// cost is a few binary searches per changed entry plus one bulk copy of the
+// large set, never a per-entry pass in between.
+
+// Pushes `p` (in sorted order) onto a minimal `out`, as reduce_sorted would.
+// True when `p` was kept as it is: neither covered nor merged into a parent.
+template <class A> bool push_reduced(std::vector<Pfx<A>> &out, const Pfx<A> &p) {
+    if (!out.empty() && covers(out.back(), p))
+        return false;
+    out.push_back(p);
+    bool merged_any = false;
+    while (out.size() >= 2 && siblings(out[out.size() - 2], out.back())) {
+        out[out.size() - 2].len -= 1;
+        out.pop_back();
+        merged_any = true;
+    }
+    return !merged_any;
+}
+
+// Union of a large minimal set and a small one: the large one is copied in
+// runs between the small one's entries. After a small entry only the large
+// entries up to the first one kept as it is need the reduce step: two
+// entries of the large set can neither cover nor merge with each other.
+template <class A>
+std::vector<Pfx<A>> merged_lopsided(const std::vector<Pfx<A>> &big, const std::vector<Pfx<A>> &small) {
+    std::vector<Pfx<A>> out;
+    out.reserve(big.size() + small.size());
+    auto less = [](const Pfx<A> &x, const Pfx<A> &y) { return pfx_less(x, y); };
+    std::size_t i = 0;
+    bool clean = true;
+    for (const Pfx<A> &s : small) {
+        const std::size_t k = static_cast<std::size_t>(
+            std::lower_bound(big.begin() + static_cast<std::ptrdiff_t>(i), big.end(), s, less) - big.begin());
+        while (i < k && !clean)
+            clean = push_reduced(out, big[i++]);
+        out.insert(out.end(), big.begin() + static_cast<std::ptrdiff_t>(i), big.begin() + static_cast<std::ptrdiff_t>(k));
+        i = k;
+        push_reduced(out, s);
+        clean = false;
+    }
+    while (i < big.size() && !clean)
+        clean = push_reduced(out, big[i++]);
+    out.insert(out.end(), big.begin() + static_cast<std::ptrdiff_t>(i), big.end());
+    return out;
+}
+
+template <class A> std::vector<Pfx<A>> united(const std::vector<Pfx<A>> &a, const std::vector<Pfx<A>> &b) {
+    if (b.size() * 64 < a.size())
+        return merged_lopsided(a, b);
+    if (a.size() * 64 < b.size())
+        return merged_lopsided(b, a);
+    return merged(a, b);
+}
+
+// The addresses of `self` that are not in `other` (both minimal, so their
+// entries are disjoint and their last addresses ascend with their first).
+// Runs of `self` before the next entry of `other` are copied in bulk, runs of
+// `other` before the next entry of `self` are skipped by binary search. The
+// result is minimal without a reduce pass: a piece cut from an entry has its
+// parent inside that entry, so it cannot merge with a piece of another.
+template <class A> std::vector<Pfx<A>> subtracted(const std::vector<Pfx<A>> &self, const std::vector<Pfx<A>> &other) {
+    std::vector<Pfx<A>> out;
+    out.reserve(self.size());
+    std::size_t i = 0, j = 0;
+    const std::size_t n = self.size(), m = other.size();
+    while (i < n) {
+        if (j == m) {
+            out.insert(out.end(), self.begin() + static_cast<std::ptrdiff_t>(i), self.end());
+            break;
+        }
+        const Pfx<A> e = self[i], o = other[j];
+        const A e_last = last_address(e);
+        if (e_last < o.addr) {
+            const std::size_t k = static_cast<std::size_t>(
+                std::partition_point(self.begin() + static_cast<std::ptrdiff_t>(i), self.end(),
+                                     [&](const Pfx<A> &x) { return last_address(x) < o.addr; }) - self.begin());
+            out.insert(out.end(), self.begin() + static_cast<std::ptrdiff_t>(i), self.begin() + static_cast<std::ptrdiff_t>(k));
+            i = k;
+            continue;
+        }
+        if (last_address(o) < e.addr) {
+            j = static_cast<std::size_t>(
+                std::partition_point(other.begin() + static_cast<std::ptrdiff_t>(j), other.end(),
+                                     [&](const Pfx<A> &x) { return last_address(x) < e.addr; }) - other.begin());
+            continue;
+        }
+        A cur = e.addr;
+        bool consumed = false;
+        while (j < m && other[j].addr <= e_last) {
+            const Pfx<A> c = other[j];
+            if (c.addr > cur)
+                add_range(cur, A(c.addr - 1), out);
+            const A c_last = last_address(c);
+            if (c_last >= e_last) {
+                consumed = true;  // c may reach into the next entries of self: keep it
+                break;
+            }
+            cur = A(c_last + 1);
+            ++j;
+        }
+        if (!consumed)
+            add_range(cur, e_last, out);
+        ++i;
+    }
+    return out;
+}
+
+// The entries of `set` that share an address with the prefix `r`: one entry
+// covering r, or the entries inside r. With `clip`, a covering entry is
+// given as r itself (the set restricted to r).
+template <class A> std::vector<Pfx<A>> overlapping_of(const std::vector<Pfx<A>> &set, Pfx<A> r, bool clip) {
+    r.addr &= mask_of<A>(r.len);
+    std::vector<Pfx<A>> out;
+    auto lo = std::partition_point(set.begin(), set.end(), [&](const Pfx<A> &x) { return x.addr < r.addr; });
+    const Pfx<A> *cover = nullptr;
+    if (lo != set.begin() && covers(*(lo - 1), r))
+        cover = &*(lo - 1);
+    else if (lo != set.end() && covers(*lo, r))
+        cover = &*lo;
+    if (cover) {
+        out.push_back(clip ? r : *cover);
+        return out;
+    }
+    const A r_last = last_address(r);
+    for (auto it = lo; it != set.end() && it->addr <= r_last; ++it)
+        out.push_back(*it);
+    return out;
+}
+
+// The addresses of `set` inside `regions` (minimal): the clipped entries of
+// each region in turn, so a small `regions` costs a binary search each.
+template <class A>
+std::vector<Pfx<A>> restricted_of(const std::vector<Pfx<A>> &set, const std::vector<Pfx<A>> &regions) {
+    std::vector<Pfx<A>> out;
+    for (const Pfx<A> &r : regions) {
+        std::vector<Pfx<A>> part = overlapping_of(set, r, true);
+        out.insert(out.end(), part.begin(), part.end());
+    }
+    reduce_sorted(out);
+    return out;
+}
+
+PrefixSetPtr prefix_set_restricted(const PrefixSet &self, const PrefixSet &regions) {
+    auto out = std::make_shared<PrefixSet>();
+    py::gil_scoped_release release;
+    out->v4 = restricted_of(self.v4, regions.v4);
+    out->v6 = restricted_of(self.v6, regions.v6);
+    return out;
+}
+
+PrefixSetPtr prefix_set_subtract(const PrefixSet &self, const PrefixSet &other) {
+    auto out = std::make_shared<PrefixSet>();
+    py::gil_scoped_release release;
+    out->v4 = subtracted(self.v4, other.v4);
+    out->v6 = subtracted(self.v6, other.v6);
+    return out;
+}
+
+PrefixSetPtr prefix_set_overlapping(const PrefixSet &self, const py::bytes &address, int prefixlen, bool clip) {
+    const std::string raw = address;
+    auto out = std::make_shared<PrefixSet>();
+    const auto *bytes = reinterpret_cast<const unsigned char *>(raw.data());
+    if (raw.size() == 4) {
+        if (prefixlen < 0 || prefixlen > 32)
+            throw py::value_error(prefix_length_error(prefixlen, 32));
+        out->v4 = overlapping_of(self.v4, P4{load_be32(bytes), static_cast<uint8_t>(prefixlen)}, clip);
+    } else if (raw.size() == 16) {
+        if (prefixlen < 0 || prefixlen > 128)
+            throw py::value_error(prefix_length_error(prefixlen, 128));
+        out->v6 = overlapping_of(self.v6, P6{load_be128(bytes), static_cast<uint8_t>(prefixlen)}, clip);
+    } else {
+        throw py::value_error(LENGTH_ERROR);
+    }
+    return out;
+}
+
+PrefixSetPtr prefix_set_union(const PrefixSet &self, const PrefixSet &other) {
+    auto out = std::make_shared<PrefixSet>();
+    py::gil_scoped_release release;
+    out->v4 = united(self.v4, other.v4);
+    out->v6 = united(self.v6, other.v6);
+    return out;
 }
 
 bool prefix_set_equal(const PrefixSet &a, const PrefixSet &b) { return a.v4 == b.v4 && a.v6 == b.v6; }
@@ -1182,6 +1360,17 @@ PYBIND11_MODULE(_prefixes, m) {
         .def("count_v6", [](const PrefixSet &s) { return s.v6.size(); }, "Number of IPv6 prefixes.")
         .def("to_list", &prefix_set_to_list, "[(address bytes, prefix length)]: IPv4 first, then IPv6, sorted.")
         .def("union", &prefix_set_union, py::arg("other"), "The compiled union of both sets.")
+        .def("subtract", &prefix_set_subtract, py::arg("other"),
+             "The compiled set of the addresses of this set that are not in `other`. A small `other` costs "
+             "a binary search per entry and one bulk copy of this set.")
+        .def("overlapping", &prefix_set_overlapping, py::arg("address"), py::arg("prefixlen"),
+             py::arg("clip") = false,
+             "The entries sharing an address with the prefix (address bytes, prefixlen): the one entry "
+             "covering it, or the entries inside it. With clip=True a covering entry is given as the prefix "
+             "itself, so the result is this set restricted to the prefix. A binary search, not a pass.")
+        .def("restricted_to", &prefix_set_restricted, py::arg("regions"),
+             "The compiled set of the addresses of this set inside `regions`: a binary search per entry of "
+             "`regions`, so a small `regions` costs little whatever the size of this set.")
         .def("diff", &prefix_set_diff, py::arg("newer"),
              "(added, removed): the entries of `newer` not in this set and the entries of this set not in "
              "`newer`; writing `added` to and deleting `removed` from an LPM trie holding this set "
