@@ -73,6 +73,15 @@ EW_SWAPPABLE_TABLE(ew_tblock_v4, ew_tenant_block_table_v4);
 EW_SWAPPABLE_TABLE(ew_gblock_v6, ew_block_trie_v6);
 EW_SWAPPABLE_TABLE(ew_tblock_v6, ew_tenant_block_trie_v6);
 
+/* The IPv4 source prefilter (struct ew_prefilter_v4): an array, so its
+ * lookup is inlined into an address computation. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, EW_PREFILTER_V4_ENTRIES);
+    __type(key, __u32);
+    __type(value, struct ew_prefilter_v4);
+} ew_prefilter_v4 SEC(".maps");
+
 /* Per-CPU array indexed by tenant slot: the packet path never contends on a
  * counter and the lookup compiles to an address computation. */
 struct {

@@ -61,6 +61,9 @@ BLOCK_LEVEL_24 = lib.EW_BLOCK_LEVEL_24
 VIP_HAS_PORT_VIPS = lib.EW_VIP_HAS_PORT_VIPS
 MAX_TENANTS = lib.EW_MAX_TENANTS
 TENANT_HAS_FLOOD_POLICY = lib.EW_TENANT_HAS_FLOOD_POLICY
+TENANT_PORT_RANGES = lib.EW_TENANT_PORT_RANGES
+VIP_PORT_RANGES = lib.EW_VIP_PORT_RANGES
+PREFILTER_V4_ENTRIES = lib.EW_PREFILTER_V4_ENTRIES
 FLOOD_DROP_AMPLIFICATION = lib.EW_FLOOD_DROP_AMPLIFICATION
 FLOOD_DROP_FRAGMENTS = lib.EW_FLOOD_DROP_FRAGMENTS
 FLOOD_LIMIT_FRAGMENTS = lib.EW_FLOOD_LIMIT_FRAGMENTS
@@ -95,6 +98,7 @@ MAP_LAYOUTS: dict[str, tuple[str, str]] = {
     "ew_flood_policies": ("__u32", "struct ew_flood_policy"),
     "ew_buckets": ("__u32", "struct ew_bucket"),
     "ew_source_buckets": ("struct ew_source_key", "struct ew_source_bucket"),
+    "ew_prefilter_v4": ("__u32", "struct ew_prefilter_v4"),
 }
 # Array maps hold every index; "removing" an entry means writing zeroes.
 ARRAY_MAPS = frozenset({"ew_flood_policies"})
