@@ -90,6 +90,12 @@ BLOCKED_FRAME = tcp_ipv4_frame(BLOCKED_SOURCE, TENANT_VIP, 40000, TENANT_PORT, "
 WIDE_BLOCKED_SOURCE = "100.64.1.1"  # inside 100.64.0.0/10: decided by the /16 node alone
 WIDE_BLOCKED_FRAME = tcp_ipv4_frame(WIDE_BLOCKED_SOURCE, TENANT_VIP, 40000, TENANT_PORT, "S")
 TENANT_FRAME = tcp_ipv4_frame(CLIENT_SOURCE, TENANT_VIP, 40000, TENANT_PORT, "S")
+# A client whose /24 no list touches (the usual legitimate source): the
+# prefilter alone says "in no list". CLIENT_SOURCE's /24 is touched by the
+# tenant's own list (192.0.2.64/26), so its pass path also looks in the
+# tenant table.
+UNLISTED_SOURCE = "203.0.113.250"
+UNLISTED_FRAME = tcp_ipv4_frame(UNLISTED_SOURCE, TENANT_VIP, 40000, TENANT_PORT, "S")
 
 # A realistic edge policy: a global list of bogons plus an abusive range, four
 # tenants with VIPs (some per port), and on the measured tenant both a source
@@ -375,6 +381,7 @@ def check_edgewarden(dp: PrivateDatapath) -> None:
     cases = [
         ("global block", BLOCKED_FRAME, XDP_DROP),
         ("tenant packet", TENANT_FRAME, XDP_PASS),
+        ("tenant packet from a source in no list", UNLISTED_FRAME, XDP_PASS),
         ("tenant source block", tcp_ipv4_frame("192.0.2.70", TENANT_VIP, 40000, TENANT_PORT), XDP_DROP),
         ("tenant port block", tcp_ipv4_frame(CLIENT_SOURCE, TENANT_VIP, 40000, 25), XDP_DROP),
     ]
@@ -462,7 +469,9 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
         "tables (one lookup for prefixes up to /24, two beyond), IPv6 in LPM tries.",
         f"- **Packets:** {len(BLOCKED_FRAME)}-byte IPv4 TCP SYNs to the tenant VIP {TENANT_VIP}:{TENANT_PORT}; "
         f"*blocked* from {BLOCKED_SOURCE} (edgewarden: global block list; xdp-filter: "
-        f"`xdp-filter ip {BLOCKED_SOURCE} --mode src`), *tenant* from {CLIENT_SOURCE} (blocked nowhere).",
+        f"`xdp-filter ip {BLOCKED_SOURCE} --mode src`), *tenant* from {UNLISTED_SOURCE} (in a /24 no list "
+        f"touches), *tenant near a block* from {CLIENT_SOURCE} (blocked nowhere, but in a /24 the tenant's "
+        "own list touches, so the tenant table is consulted).",
         f"- **Policy:** {len(POLICY_DOCUMENT['tenants'])} tenants, "
         f"{len(POLICY_DOCUMENT['global']['blocked_sources'])} global blocked prefixes; the measured tenant "
         f"has {len(POLICY_DOCUMENT['tenants'][0]['blocked_sources'])} blocked source prefixes and "
@@ -473,7 +482,7 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
         "|---|---|---|---|---:|---:|---:|",
     ]
     rows = [("1", drop), *[("2" if s is best_xdp_filter else "2'", s) for s in xdp_filter_variants],
-            ("3", ew_drop), ("3'", subjects["ew-drop-wide"]), ("4", ew_pass), ("5", count_pass),
+            ("3", ew_drop), ("3'", subjects["ew-drop-wide"]), ("4", ew_pass), ("4'", subjects["ew-pass-near"]), ("5", count_pass),
             ("6", subjects["parse-lookup-pass"])]
     for number, s in rows:
         lines.append(f"| {number} | {s.label} | {s.packet} | XDP_{ACTION_NAMES[s.expect]} | "
@@ -491,6 +500,8 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
                   for key, s in subjects.items() if key in ("flood-syn-rate", "flood-per-source")]
     for name, value, goal, verdict in (
         ratio_line("edgewarden accounted pass / parse_lookup_pass", ew_pass.median, plp.median, 1.3),
+        ratio_line("edgewarden accounted pass, source /24 touched by a list / parse_lookup_pass",
+                   subjects["ew-pass-near"].median, plp.median, None),
         ratio_line("edgewarden blocked drop, prefix <= /24 / xdp-filter drop",
                    subjects["ew-drop-wide"].median, best_xdp_filter.median, 1.0),
         ratio_line("edgewarden blocked drop, prefix /25 / xdp-filter drop", ew_drop.median,
@@ -587,8 +598,10 @@ def main(argv: list[str] | None = None) -> int:
                              "blocked", XDP_DROP),
             "ew-drop-wide": named("ew-drop-wide", "edgewarden, global block (/10: one node lookup)", ew_fd,
                                   WIDE_BLOCKED_FRAME, "blocked wide", XDP_DROP),
-            "ew-pass": named("ew-pass", "edgewarden, tenant pass + accounting", ew_fd, TENANT_FRAME,
-                             "tenant", XDP_PASS),
+            "ew-pass": named("ew-pass", "edgewarden, tenant pass + accounting, source /24 in no list", ew_fd,
+                             UNLISTED_FRAME, "tenant", XDP_PASS),
+            "ew-pass-near": named("ew-pass-near", "edgewarden, tenant pass + accounting, source /24 touched by the "
+                                  "tenant's list", ew_fd, TENANT_FRAME, "tenant near a block", XDP_PASS),
             "count-pass": named("count-pass", "minimal `count_pass` (per-CPU array)", count_fd, TENANT_FRAME,
                                 "tenant", XDP_PASS),
             "parse-lookup-pass": named("parse-lookup-pass", "`parse_lookup_pass` (edgewarden's parser, one hash "
@@ -600,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
             flood_dp.run(frame)     # spends the one-packet bursts
             subjects[f"flood-{key}"] = named(f"flood-{key}", label, flood_dp.program.prog_fd, frame, key, XDP_DROP)
         everything = [subjects["drop"], *xdp_filter_variants, subjects["ew-drop"], subjects["ew-drop-wide"],
-                      subjects["ew-pass"], subjects["count-pass"], subjects["parse-lookup-pass"],
+                      subjects["ew-pass"], subjects["ew-pass-near"], subjects["count-pass"],
+                      subjects["parse-lookup-pass"],
                       *[s for key, s in subjects.items() if key.startswith("flood-")]]
 
         log("checking verdicts")

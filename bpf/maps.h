@@ -113,11 +113,24 @@ struct {
     __type(value, struct ew_bucket);
 } ew_buckets SEC(".maps");
 
+/* Each CPU's share of the tenant-wide buckets (bpf/token_bucket.h share_take). */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, EW_MAX_TENANTS * EW_BUCKET_KINDS);
+    __type(key, __u32);
+    __type(value, struct ew_bucket_share);
+} ew_bucket_shares SEC(".maps");
+
 /* Per-source buckets. LRU: under a spoofed flood from more prefixes than it
  * holds, the least recently seen prefixes are evicted and start again with a
- * full burst, so the tenant-wide limits are the backstop that cannot churn. */
+ * full burst, so the tenant-wide limits are the backstop that cannot churn.
+ * BPF_F_NO_COMMON_LRU: each CPU keeps its own LRU list (no lock shared by
+ * all CPUs on an insert), at the price of exactness in eviction: a CPU
+ * evicts from its own list, which holds max_entries / ncpus of the free
+ * slots, so under churn a prefix can be evicted before the map is full. */
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(map_flags, BPF_F_NO_COMMON_LRU);
     __uint(max_entries, EW_MAX_SOURCE_BUCKETS);
     __type(key, struct ew_source_key);
     __type(value, struct ew_source_bucket);

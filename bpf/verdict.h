@@ -2,8 +2,8 @@
  *   global source block > tenant suspended > tenant source block >
  *   malformed > blocked destination port > amplification source port >
  *   dropped fragment > SYN-ACK without connection > segment without
- *   connection or cookie > SYN rate > fragment rate > per-source rate >
- *   packet/byte rate > SYN answered with a cookie > pass.
+ *   connection or cookie > per-source rate > SYN rate > fragment rate >
+ *   byte/packet rate > SYN answered with a cookie > pass.
  * Rate limits come after the drops, so blocked packets spend no tokens, and
  * before the cookie answer, so the SYN limit also caps the SYN-ACKs sent.
  * agent/reference.py is the executable statement of the same rules. */

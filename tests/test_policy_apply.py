@@ -500,10 +500,10 @@ def test_token_buckets_are_fresh_when_a_flood_policy_changes(make_maps):
     base = compile_for(maps, FLOOD_BASE_DOC)
     apply_compiled(maps, base)
     assert base.slots == {i: i for i in range(1, 9)}
-    assert flood_entries(base) == {1: Flood(SA | AMP), 3: Flood(LIMITS, 0, ((0, 0), (0, 0), (10, 20), (0, 0))),
-                                   4: Flood(SA | AMP | LIMITS, 0, ((100, 200), (0, 0), (0, 0), (0, 0))),
+    assert flood_entries(base) == {1: Flood(SA | AMP), 3: Flood(LIMITS | abi.FLOOD_COARSE_CLOCK, 0, ((0, 0), (0, 0), (10, 20), (0, 0))),
+                                   4: Flood(SA | AMP | LIMITS | abi.FLOOD_COARSE_CLOCK, 0, ((100, 200), (0, 0), (0, 0), (0, 0))),
                                    5: Flood(SA | AMP), 7: Flood(SA | AMP),
-                                   8: Flood(SA | AMP | LIMITS, 0, ((0, 0), (1000, 2000), (0, 0), (0, 0)))}
+                                   8: Flood(SA | AMP | LIMITS | abi.FLOOD_COARSE_CLOCK, 0, ((0, 0), (1000, 2000), (0, 0), (0, 0)))}
     before = generations_of(maps)
     log.clear()
 
@@ -512,8 +512,8 @@ def test_token_buckets_are_fresh_when_a_flood_policy_changes(make_maps):
     report = apply_compiled(maps, nxt)
     assert_maps_hold(maps, nxt)
     assert flood_entries(nxt) == {1: Flood(SA | AMP), 2: Flood(DROP_FRAGS),
-                                  4: Flood(SA | AMP | LIMITS, 0, ((100, 300), (0, 0), (0, 0), (0, 0))),
-                                  5: Flood(SA | AMP), 8: Flood(SA | AMP | LIMITS, 0, ((0, 0), (1000, 2000), (0, 0), (0, 0))),
+                                  4: Flood(SA | AMP | LIMITS | abi.FLOOD_COARSE_CLOCK, 0, ((100, 300), (0, 0), (0, 0), (0, 0))),
+                                  5: Flood(SA | AMP), 8: Flood(SA | AMP | LIMITS | abi.FLOOD_COARSE_CLOCK, 0, ((0, 0), (1000, 2000), (0, 0), (0, 0))),
                                   9: Flood(SA | AMP)}
     # Fresh: 2 (policy written), 4 (changed), 9 (new); 3 and 7 have none left. Kept: 1, 5, 8.
     after = generations_of(maps)

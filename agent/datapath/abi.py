@@ -71,6 +71,8 @@ FLOOD_HAS_LIMITS = lib.EW_FLOOD_HAS_LIMITS
 FLOOD_SYN_COOKIES = lib.EW_FLOOD_SYN_COOKIES
 FLOOD_SYN_ACK_DROP = lib.EW_FLOOD_SYN_ACK_DROP
 FLOOD_SYN_ACK_TRACK = lib.EW_FLOOD_SYN_ACK_TRACK
+FLOOD_COARSE_CLOCK = lib.EW_FLOOD_COARSE_CLOCK
+COARSE_CLOCK_NS = lib.EW_COARSE_CLOCK_NS
 SYNACK_TCP_LEN = lib.EW_SYNACK_TCP_LEN
 SYNACK_TCP_LEN_TS = lib.EW_SYNACK_TCP_LEN_TS
 SYNACK_TTL = lib.EW_SYNACK_TTL
@@ -97,12 +99,13 @@ MAP_LAYOUTS: dict[str, tuple[str, str]] = {
     "ew_config": ("__u32", "struct ew_config"),
     "ew_flood_policies": ("__u32", "struct ew_flood_policy"),
     "ew_buckets": ("__u32", "struct ew_bucket"),
+    "ew_bucket_shares": ("__u32", "struct ew_bucket_share"),
     "ew_source_buckets": ("struct ew_source_key", "struct ew_source_bucket"),
     "ew_prefilter_v4": ("__u32", "struct ew_prefilter_v4"),
 }
 # Array maps hold every index; "removing" an entry means writing zeroes.
 ARRAY_MAPS = frozenset({"ew_flood_policies"})
-PERCPU_MAPS = frozenset({"ew_counters"})
+PERCPU_MAPS = frozenset({"ew_counters", "ew_bucket_shares"})
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from agent.datapath import abi
 from agent.policy.model import PROTOCOL_NUMBERS, FloodPolicy, FragmentPolicy, Policy, Rate, SynAckPolicy, Tenant
 
 GLOBAL_LIST_ID = 0  # list id of entries from the policy's own block lists
+NS_PER_SECOND = 10**9
 
 # Regular maps, in the order new entries are written (removals go in reverse):
 # rules before the tenants and VIPs that make them reachable, port-specific
@@ -70,6 +71,10 @@ def flood_policy_value(flood: FloodPolicy) -> bytes | None:
     limits[abi.BucketKind.fragments] = flood.fragment_rate
     if not all(r.unlimited for r in limits) or not flood.per_source.unlimited:
         flags |= abi.FLOOD_HAS_LIMITS
+        # The coarse clock (a jiffy's resolution, cheaper to read) suffices
+        # when no limit's burst is smaller than a tick of its rate.
+        if all(r.burst * NS_PER_SECOND >= r.per_second * abi.COARSE_CLOCK_NS for r in (*limits, flood.per_source)):
+            flags |= abi.FLOOD_COARSE_CLOCK
     if not flags:
         return None
     allowed = sum(1 << abi.AMPLIFICATION_PORTS[port] for port in flood.allow_amplification_ports)

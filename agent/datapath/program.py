@@ -44,7 +44,8 @@ class LoadedProgram:
         if tenant_capacity is not None:
             capacities = {**(capacities or {}), "ew_counters": tenant_capacity, "ew_tenants": tenant_capacity,
                           "ew_flood_policies": tenant_capacity,
-                          "ew_buckets": tenant_capacity * abi.BUCKET_KINDS}
+                          "ew_buckets": tenant_capacity * abi.BUCKET_KINDS,
+                          "ew_bucket_shares": tenant_capacity * abi.BUCKET_KINDS}
         pins = {name: pin_dir / name for name in abi.MAP_LAYOUTS} if pin_dir is not None else None
         # Tables pinned by an edgewarden without the prefilter get one built from them.
         new_prefilter = pins is not None and not pins[PREFILTER_MAP].exists()

@@ -125,6 +125,13 @@ enum ew_amplification_port {
 #define EW_FLOOD_SYN_COOKIES 16         /* answer SYNs with cookies; other TCP needs a connection or a cookie */
 #define EW_FLOOD_SYN_ACK_DROP 32        /* drop every SYN-ACK: the tenant's VIPs never connect out */
 #define EW_FLOOD_SYN_ACK_TRACK 64       /* drop SYN-ACKs that match no conntrack connection */
+#define EW_FLOOD_COARSE_CLOCK 128       /* every burst covers EW_COARSE_CLOCK_NS of its rate: the coarse clock suffices */
+
+/* The coarse clock's tick is a jiffy (at most 10 ms at HZ=100): a limit
+ * whose burst holds less than this much of its rate would lose the tokens
+ * of a tick to the cap, so only policies whose every limit has the room
+ * read bpf_ktime_get_coarse_ns. */
+#define EW_COARSE_CLOCK_NS 10000000
 
 /* The SYN-ACK a SYN cookie is sent in: IPv4 without options or IPv6 without
  * extension headers, and TCP with the MSS the cookie encodes. A client that
@@ -199,6 +206,17 @@ struct ew_port_range {
     __u16 last;
     __u8 proto;         /* IPPROTO_TCP / IPPROTO_UDP; 0: unused (and every later one) */
     __u8 pad[3];
+};
+
+/* ew_bucket_shares: per-CPU, indexed like ew_buckets: the tokens one CPU
+ * took from the tenant-wide bucket and has not spent yet (bpf/token_bucket.h
+ * share_take), in unit-nanoseconds. */
+struct ew_bucket_share {
+    __u64 tokens;
+    __u64 dry_ns;       /* when the shared bucket last could not cover a packet (0: never) */
+    __u64 dry_tokens;   /* what it held then: it holds at most that plus the rate since */
+    __u32 generation;   /* of the flood policy; another one: the share starts empty */
+    __u32 reserved;
 };
 
 /* Value of every VIP map: who owns the destination and its state. A tenant
