@@ -155,7 +155,7 @@ FLOOD_FRAMES = {
                       udp_ipv4_frame(CLIENT_SOURCE, FLOOD_VIPS["amplification"], 53, 40000, bytes(12))),
     "syn-ack": ("SYN-ACK, `drop_syn_ack` (default policy)",
                 tcp_ipv4_frame(CLIENT_SOURCE, FLOOD_VIPS["syn-ack"], 443, 40000, "SA")),
-    "syn-rate": ("SYN over the SYN rate, `drop_syn_rate` (spin-locked bucket)",
+    "syn-rate": ("SYN over the SYN rate, `drop_syn_rate` (per-CPU share of the bucket)",
                  tcp_ipv4_frame(CLIENT_SOURCE, FLOOD_VIPS["syn-rate"], 40000, 443, "S")),
     "per-source": ("ACK over the per-source rate, `drop_source_rate` (LRU bucket)",
                    tcp_ipv4_frame(CLIENT_SOURCE, FLOOD_VIPS["per-source"], 40000, 443, "A")),
@@ -465,8 +465,9 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
         f"- **xdp-filter:** loaded by `xdp-filter load --policy allow [-f ...]` on veth devices in a throwaway "
         f"network namespace; its program id is the one `bpftool net` reports on the device "
         f"({', '.join(f'{s.prog_name} id {s.prog_id}' for s in xdp_filter_variants)}), test-run by fd. "
-        "It matches exact addresses in a hash map; edgewarden matches prefixes: IPv4 in /16 + /24 node "
-        "tables (one lookup for prefixes up to /24, two beyond), IPv6 in LPM tries.",
+        "It matches exact addresses in a hash map; edgewarden matches prefixes: IPv4 through the /24 "
+        "prefilter (an array: no hash lookup for a /24 in no list or blocked whole) and /16 + /24 node "
+        "tables (one /24-node lookup for a longer prefix), IPv6 in LPM tries.",
         f"- **Packets:** {len(BLOCKED_FRAME)}-byte IPv4 TCP SYNs to the tenant VIP {TENANT_VIP}:{TENANT_PORT}; "
         f"*blocked* from {BLOCKED_SOURCE} (edgewarden: global block list; xdp-filter: "
         f"`xdp-filter ip {BLOCKED_SOURCE} --mode src`), *tenant* from {UNLISTED_SOURCE} (in a /24 no list "
@@ -475,8 +476,9 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
         f"- **Policy:** {len(POLICY_DOCUMENT['tenants'])} tenants, "
         f"{len(POLICY_DOCUMENT['global']['blocked_sources'])} global blocked prefixes; the measured tenant "
         f"has {len(POLICY_DOCUMENT['tenants'][0]['blocked_sources'])} blocked source prefixes and "
-        f"{len(POLICY_DOCUMENT['tenants'][0]['blocked_ports'])} blocked port rules, so its pass path "
-        "does the VIP, global block, tenant, tenant block and port block lookups, then per-CPU accounting.",
+        f"{len(POLICY_DOCUMENT['tenants'][0]['blocked_ports'])} blocked port rules (ranges in its VIP value); "
+        "its pass path does the VIP lookup, the prefilter, the port ranges and, for a source whose /24 a "
+        "list touches, the tenant block lookups, then per-CPU accounting.",
         "",
         "| # | Program | Packet | Verdict | ns/packet (median) | min | max |",
         "|---|---|---|---|---:|---:|---:|",
@@ -528,21 +530,26 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
 
 
-ANALYSIS = """**Why the goals are missed.** xdp-filter's drop is a parse, one exact-match
-hash lookup and a per-CPU array counter. edgewarden's drop also finds the
-tenant (one hash lookup on the destination: per-tenant attribution of every
-drop is required) and then walks the /16 node, and for prefixes longer than
-/24 the /24 node (hash lookups, ~7 ns each here). Measured by variants of the
-program (2026-11-27): parse ~2 ns, VIP lookup ~8-12 ns, each node lookup
-~7 ns, per-CPU array accounting ~2 ns over the 5-6 ns test-run floor. The
-first design (LPM tries, two VIP lookups, per-CPU hash) measured 56 ns drop /
-92 ns pass; this one 34-36 / 44-46. The count-and-pass baseline parses
-nothing and does one array lookup, so 2x of it (10-12 ns) is below the cost
-of parsing plus a single hash lookup; the pass path here does the VIP, global
-block, tenant block and port block lookups by design. What would close more
-of the gap: the /16 level as an array (inlined lookup) with generation-tagged
-/24 keys so versions still swap atomically; a per-tenant port bitmap instead
-of the port hash."""
+ANALYSIS = """**What the paths cost (issue 14).** `parse_lookup_pass` is the floor
+for a datapath that attributes traffic to tenants: edgewarden's parser, one
+hash lookup on the destination, one per-CPU array count. edgewarden's pass
+path for a source in no list is that plus inlined array lookups only: the
+IPv4 prefilter (one bit per /24 any list touches, `ew_prefilter_v4`) says
+"in no list" without a block-table lookup, and the tenant's blocked ports
+sit as ranges in the VIP value (no port-hash lookup for up to 8 ranges). A
+source whose /24 a list touches still pays the block-table lookups (row
+4'). A global drop of a prefix <= /24 is decided by the prefilter's
+"blocked whole" bitmap (VIP lookup + array lookup); a longer prefix adds the
+one /24-node lookup (the /16 level is no longer visited: the bitmap holds
+what it said). xdp-filter's drop is a parse and one exact-match hash lookup;
+edgewarden's also finds the tenant (a hash lookup: per-tenant attribution
+of every drop is required), so the /25 drop does two hash lookups to its
+one. Tenant-wide rate limits no longer take a lock per packet: each CPU
+spends a share taken from the shared bucket in batches, and a CPU that
+found the shared bucket dry drops without the lock until the rate can have
+refilled it; the clock is the coarse one where every burst holds a 10 ms
+tick of its rate. The per-source path's remaining cost is its LRU hash
+lookup."""
 
 
 def write_results(section: str) -> None:
@@ -594,9 +601,9 @@ def main(argv: list[str] | None = None) -> int:
 
         subjects = {
             "drop": named("drop", "minimal `xdp_drop`", drop_fd, BLOCKED_FRAME, "blocked", XDP_DROP),
-            "ew-drop": named("ew-drop", "edgewarden, global block (/25: two node lookups)", ew_fd, BLOCKED_FRAME,
+            "ew-drop": named("ew-drop", "edgewarden, global block (/25: prefilter + one /24-node lookup)", ew_fd, BLOCKED_FRAME,
                              "blocked", XDP_DROP),
-            "ew-drop-wide": named("ew-drop-wide", "edgewarden, global block (/10: one node lookup)", ew_fd,
+            "ew-drop-wide": named("ew-drop-wide", "edgewarden, global block (/10: prefilter alone)", ew_fd,
                                   WIDE_BLOCKED_FRAME, "blocked wide", XDP_DROP),
             "ew-pass": named("ew-pass", "edgewarden, tenant pass + accounting, source /24 in no list", ew_fd,
                              UNLISTED_FRAME, "tenant", XDP_PASS),
