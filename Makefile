@@ -5,10 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool xdp-tools \
-	iproute2 iputils-ping ethtool tshark tcpreplay nftables util-linux gcc g++ make
+	iproute2 iputils-ping ethtool tshark tcpreplay nftables util-linux gcc g++ make \
+	postgresql fastnetmon
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.py native/*.pyx native/*.cpp native/include/*.h bpf/*.c bpf/*.h bpf/lab/*.c)
 
-.PHONY: all setup os-packages build demo test bench loadtest clean
+.PHONY: all setup os-packages build demo test bench bench-import crowdsec loadtest clean install
 
 all: build
 
@@ -34,8 +35,15 @@ $(VENV)/.stamp-build: $(VENV)/.stamp-deps $(BUILD_INPUTS)
 
 build: os-packages $(VENV)/.stamp-build
 
+# The datapath in a lab, then the controller on SQLite (tenants, filings,
+# a block list, the revision), then one case up the enforcement ladder.
 demo: setup
 	$(PY) -m agent.lab.demo
+	@workdir=$$(mktemp -d /tmp/edgewarden-demo.XXXXXX); \
+	echo; echo "== controller on SQLite in $$workdir"; \
+	$(PY) -m controller.demo "$$workdir" && rc=0 || rc=$$?; rm -rf "$$workdir"; exit $$rc
+	@echo; echo "== the enforcement ladder, with injected time"
+	$(PY) -m controller.workflow.demo
 
 # pytest exits 5 when it collected no tests: that is a failure, not a pass.
 test: setup
@@ -47,9 +55,40 @@ bench: setup
 	$(PY) benchmarks/bench_blocklist.py --write-results
 	$(PY) benchmarks/bench_counters.py --write-results
 
+# CrowdSec for the import benchmark, installed offline: a non-empty Central API
+# credentials file written before the package is configured skips its
+# registration (which needs the internet); the benchmark runs its own LAPI.
+crowdsec:
+	@dpkg-query -W -f='$${Status}\n' crowdsec 2>/dev/null | grep -q '^install ok installed' || { \
+		mkdir -p /etc/crowdsec; \
+		[ -s /etc/crowdsec/online_api_credentials.yaml ] || printf 'url: http://127.0.0.1:1/\nlogin: offline\npassword: offline\n' > /etc/crowdsec/online_api_credentials.yaml; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q crowdsec; }
+
+# 1M-line import into the controller (SQLite, PostgreSQL) vs cscli decisions import: a few minutes.
+bench-import: setup crowdsec
+	$(PY) benchmarks/bench_import.py --write-results
+
 # Attack floods against the lab: a few minutes; writes benchmarks/results/.
 loadtest: setup
 	$(PY) benchmarks/loadtest.py --write-results
+
+# The agent on an edge server: a virtualenv of its own under $(PREFIX)/lib,
+# `edgewarden` on PATH, the unit, and the example config (never overwriting
+# one that is there). Then: systemctl daemon-reload && systemctl enable --now edgewarden-agent
+PREFIX ?= /usr/local
+DESTDIR ?=
+AGENT_VENV := $(PREFIX)/lib/edgewarden
+UNIT_DIR ?= /etc/systemd/system
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNIT_DIR) $(DESTDIR)/etc/edgewarden
+	$(PYTHON) -m venv $(DESTDIR)$(AGENT_VENV)
+	$(DESTDIR)$(AGENT_VENV)/bin/pip install -q --upgrade pip setuptools wheel cffi Cython pybind11
+	$(DESTDIR)$(AGENT_VENV)/bin/pip install -q --no-build-isolation .
+	ln -sf $(AGENT_VENV)/bin/edgewarden $(DESTDIR)$(PREFIX)/bin/edgewarden
+	sed 's|/usr/local/bin/edgewarden|$(PREFIX)/bin/edgewarden|' configs/edgewarden-agent.service > $(DESTDIR)$(UNIT_DIR)/edgewarden-agent.service
+	test -e $(DESTDIR)/etc/edgewarden/agent.toml || install -m 0600 configs/agent.toml $(DESTDIR)/etc/edgewarden/agent.toml
+	@echo "installed; edit /etc/edgewarden/agent.toml and the policy file it names, then:"
+	@echo "  systemctl daemon-reload && systemctl enable --now edgewarden-agent"
 
 clean:
 	rm -rf build *.egg-info agent/*.so agent/datapath/*.bpf.o agent/lab/*.bpf.o agent/abi_constants.py native/counters.c $(VENV)

@@ -602,12 +602,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", required=True, metavar="FILE")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_classify)
+    from controller.cli import add_commands as add_controller_commands   # controller, tenant, lists, revision, audit, token
+    add_controller_commands(sub)
+
+    from agent.daemon.cli import add_commands
+    add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from agent.daemon.cli import route_through_daemon
+        routed = route_through_daemon(args)     # while the agent runs, it is the one writer of the maps
+        if routed is not None:
+            return routed
         return args.func(args)
     except KeyboardInterrupt:
         return 130

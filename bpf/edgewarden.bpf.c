@@ -3,6 +3,7 @@
 #include "maps.h"
 #include "account.h"
 #include "verdict.h"
+#include "sample.h"
 
 /* Global functions, defined here so that a header never defines a
  * non-static function. Each is verified once, with its arguments as plain
@@ -48,6 +49,7 @@ int edgewarden_xdp(struct xdp_md *ctx)
     __u32 reason;
 
     reason = ew_packet_verdict(ctx, &facts, &tenant, parse_packet(ctx, &facts));
+    sample_packet(ctx, &tenant, reason, facts.length);
     account_packet(tenant.slot, facts.traffic_class, reason, facts.length);
     return reason_action(reason);
 }

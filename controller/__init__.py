@@ -1,4 +1,5 @@
-"""edgewarden controller: the central service that holds tenants, block
-lists, the audit trail and the enforcement workflow, and pushes policy to
-the fleet. It imports agent.policy (pure Python) and the wire protocol,
-never the BPF datapath, so it runs on hosts with no BPF."""
+"""The central controller: tenant registry, block lists, operators and their
+tokens, the hash-chained audit trail, policy revisions and the enforcement
+workflow (controller.workflow), served as an HTTP JSON API (controller.api)
+and driven by the `edgewarden` CLI (controller.cli). It imports agent.policy
+and the native prefix compiler, never the BPF datapath."""

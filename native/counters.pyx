@@ -192,3 +192,80 @@ cdef class CounterScan:
                     total += t[e * width + f]
                 scores.append((-float(total), self.tenant_ids[e]))
         return [(tenant, -negative) for negative, tenant in heapq.nsmallest(n, scores)]
+
+
+
+from libc.stdlib cimport malloc, free
+
+
+def rates_over(CounterScan scan, groups, scales, limits, overrides=None):
+    """Rows of one scan whose rate exceeds a limit: for check g, the sum of
+    the rates of the fields in groups[g], times scales[g], against limits[g]
+    (0: not checked), or against overrides[tenant id][g] for a tenant with
+    limits of its own. Returns [(row, g, value)]. The daemon's per-tenant
+    threshold check, so a scan of 100,000 tenants never loops in Python."""
+    cdef Py_ssize_t width = scan._aggregator.fields
+    cdef Py_ssize_t ngroups = len(groups)
+    cdef Py_ssize_t entries = len(scan.tenant_ids)
+    cdef Py_ssize_t e, g, k
+    cdef double value, limit
+    cdef double *r = scan.rates.data.as_doubles
+    cdef Py_ssize_t *starts
+    cdef Py_ssize_t *flat
+    cdef double *c_scales
+    cdef double *c_limits
+    cdef Py_ssize_t total = sum(len(grp) for grp in groups)
+    if len(scales) != ngroups or len(limits) != ngroups:
+        raise ValueError("one scale and one limit per group")
+    starts = <Py_ssize_t *>malloc((ngroups + 1) * sizeof(Py_ssize_t))
+    flat = <Py_ssize_t *>malloc((total + 1) * sizeof(Py_ssize_t))
+    c_scales = <double *>malloc((ngroups + 1) * sizeof(double))
+    c_limits = <double *>malloc((ngroups + 1) * sizeof(double))
+    result = []
+    try:
+        k = 0
+        for g in range(ngroups):
+            starts[g] = k
+            c_scales[g] = scales[g]
+            c_limits[g] = limits[g]
+            for f in groups[g]:
+                if not 0 <= f < width:
+                    raise ValueError(f"field {f} is outside the counter block")
+                flat[k] = f
+                k += 1
+        starts[ngroups] = k
+        ids = scan.tenant_ids
+        for e in range(entries):
+            own = overrides.get(ids[e]) if overrides else None
+            for g in range(ngroups):
+                value = 0
+                for k in range(starts[g], starts[g + 1]):
+                    value += r[e * width + flat[k]]
+                value *= c_scales[g]
+                limit = c_limits[g] if own is None else own[g]
+                if limit > 0 and value > limit:
+                    if ids[e] is not None:
+                        result.append((e, g, value))
+    finally:
+        free(starts)
+        free(flat)
+        free(c_scales)
+        free(c_limits)
+    return result
+
+
+def column_totals(CounterScan scan):
+    """Every field's total over all rows of one scan (unused slots included:
+    they are zero), as Python ints: the "all tenants" series of the metrics."""
+    cdef Py_ssize_t width = scan._aggregator.fields
+    cdef Py_ssize_t entries = len(scan.tenant_ids)
+    cdef Py_ssize_t e, f
+    cdef uint64_t *t = scan.totals.data.as_ulonglongs
+    cdef uint64_t[64] sums
+    for f in range(width):
+        sums[f] = 0
+    with nogil:
+        for e in range(entries):
+            for f in range(width):
+                sums[f] += t[e * width + f]
+    return [sums[f] for f in range(width)]

@@ -51,6 +51,17 @@ int bpf_xdp_attach(int ifindex, int prog_fd, __u32 flags, const void *opts);
 int bpf_xdp_detach(int ifindex, __u32 flags, const void *opts);
 int libbpf_num_possible_cpus(void);
 
+/* Ring buffers (the evidence samples): the callback is Python, through
+ * cffi's extern "Python" (agent.evidence.ring). */
+struct ring_buffer;
+typedef int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size);
+struct ring_buffer *ring_buffer__new(int map_fd, ring_buffer_sample_fn sample_cb, void *ctx, const void *opts);
+void ring_buffer__free(struct ring_buffer *rb);
+int ring_buffer__poll(struct ring_buffer *rb, int timeout_ms);
+int ring_buffer__consume(struct ring_buffer *rb);
+int ring_buffer__epoll_fd(const struct ring_buffer *rb);
+extern "Python" int ew_ring_sample(void *ctx, void *data, size_t size);
+
 #define XDP_FLAGS_UPDATE_IF_NOEXIST 1
 #define XDP_FLAGS_SKB_MODE 2
 #define XDP_FLAGS_DRV_MODE 4

@@ -292,7 +292,7 @@ def test_blocked_sources_host_bits_are_cleared():
      ["global: unknown key 'allowed_sources' (expected one of: blocked_sources)"]),
     ({"tenants": [tenant(ports=["tcp/25"])]},
      ["tenants[0]: unknown key 'ports' (expected one of: blocked_ports, blocked_sources, flood, id, name, state, "
-      "vips)"]),
+      "vips, watch)"]),
     ({"tenants": [tenant(vips=[{"address": "192.0.2.1", "proto": "tcp"}])]},
      ["tenants[0].vips[0]: unknown key 'proto' (expected one of: address, port, protocol)"]),
 ])

@@ -64,6 +64,8 @@ TENANT_HAS_FLOOD_POLICY = lib.EW_TENANT_HAS_FLOOD_POLICY
 TENANT_PORT_RANGES = lib.EW_TENANT_PORT_RANGES
 VIP_PORT_RANGES = lib.EW_VIP_PORT_RANGES
 PREFILTER_V4_ENTRIES = lib.EW_PREFILTER_V4_ENTRIES
+TENANT_SAMPLED = lib.EW_TENANT_SAMPLED
+SAMPLE_BYTES = lib.EW_SAMPLE_BYTES
 FLOOD_DROP_AMPLIFICATION = lib.EW_FLOOD_DROP_AMPLIFICATION
 FLOOD_DROP_FRAGMENTS = lib.EW_FLOOD_DROP_FRAGMENTS
 FLOOD_LIMIT_FRAGMENTS = lib.EW_FLOOD_LIMIT_FRAGMENTS
@@ -101,11 +103,15 @@ MAP_LAYOUTS: dict[str, tuple[str, str]] = {
     "ew_buckets": ("__u32", "struct ew_bucket"),
     "ew_bucket_shares": ("__u32", "struct ew_bucket_share"),
     "ew_source_buckets": ("struct ew_source_key", "struct ew_source_bucket"),
+    "ew_sample_config": ("__u32", "struct ew_sample_config"),
+    "ew_sample_budget": ("__u32", "struct ew_sample_budget"),
     "ew_prefilter_v4": ("__u32", "struct ew_prefilter_v4"),
 }
+# Maps pinned beside those above that have no key/value layout (the sample ring buffer).
+RING_MAPS = ("ew_samples",)
 # Array maps hold every index; "removing" an entry means writing zeroes.
 ARRAY_MAPS = frozenset({"ew_flood_policies"})
-PERCPU_MAPS = frozenset({"ew_counters", "ew_bucket_shares"})
+PERCPU_MAPS = frozenset({"ew_counters", "ew_sample_budget", "ew_bucket_shares"})
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ def tenant_flags(tenant: Tenant, with_source_blocks: set[int] | None = None) -> 
             flags |= abi.TENANT_PORT_RANGES
     if flood_policy_value(tenant.flood) is not None:
         flags |= abi.TENANT_HAS_FLOOD_POLICY
+    if tenant.sampled:
+        flags |= abi.TENANT_SAMPLED
     return flags
 
 

@@ -44,9 +44,9 @@ class LoadedProgram:
         if tenant_capacity is not None:
             capacities = {**(capacities or {}), "ew_counters": tenant_capacity, "ew_tenants": tenant_capacity,
                           "ew_flood_policies": tenant_capacity,
-                          "ew_buckets": tenant_capacity * abi.BUCKET_KINDS,
+                          "ew_buckets": tenant_capacity * abi.BUCKET_KINDS, "ew_sample_budget": tenant_capacity,
                           "ew_bucket_shares": tenant_capacity * abi.BUCKET_KINDS}
-        pins = {name: pin_dir / name for name in abi.MAP_LAYOUTS} if pin_dir is not None else None
+        pins = {name: pin_dir / name for name in (*abi.MAP_LAYOUTS, *abi.RING_MAPS)} if pin_dir is not None else None
         # Tables pinned by an edgewarden without the prefilter get one built from them.
         new_prefilter = pins is not None and not pins[PREFILTER_MAP].exists()
         path = object_file or object_path(conntrack=conntrack_available())
@@ -58,7 +58,8 @@ class LoadedProgram:
                 name: self._object.map(name, key_type, value_type, percpu=name in abi.PERCPU_MAPS)
                 for name, (key_type, value_type) in abi.MAP_LAYOUTS.items()}
             for name, path in (pins or {}).items():
-                self.maps[name].pin_path = str(path)
+                if name in self.maps:       # the ring buffer has no BpfMap view
+                    self.maps[name].pin_path = str(path)
             # A new (not adopted) swappable table starts with an empty inner table.
             for name in abi.SWAPPABLE_TABLES:
                 SwappableTable(self.maps[name]).ensure_inner()

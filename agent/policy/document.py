@@ -22,7 +22,7 @@ MAX_PORTS_PER_RULE = 4096
 
 TOP_LEVEL_KEYS = {"revision", "global", "tenants"}
 GLOBAL_KEYS = {"blocked_sources"}
-TENANT_KEYS = {"id", "name", "state", "vips", "blocked_ports", "blocked_sources", "flood"}
+TENANT_KEYS = {"id", "name", "state", "vips", "blocked_ports", "blocked_sources", "flood", "watch"}
 RATE_KEYS = {              # document key pair -> FloodPolicy field
     ("packets_per_second", "packet_burst"): "packets",
     ("bits_per_second", "bit_burst"): "bits",
@@ -245,9 +245,14 @@ def _parse_tenant(table: Any, where: str, errs: _Collector) -> Tenant | None:
     ports = [_parse_port_rule(p, f"{where}.blocked_ports[{i}]", errs) for i, p in enumerate(ports_in)]
     sources = _parse_sources(table.get("blocked_sources", []), f"{where}.blocked_sources", errs)
     flood = _parse_flood(table.get("flood", {}), f"{where}.flood", errs)
-    if tenant_id is None or name is None or state is None or None in vips or None in ports or flood is None:
+    watch = table.get("watch", False)
+    if not isinstance(watch, bool):
+        errs.add(where, f"watch {watch!r} must be true or false")
+        watch = None
+    if tenant_id is None or name is None or state is None or None in vips or None in ports or flood is None \
+            or watch is None:
         return None
-    return Tenant(tenant_id, name.strip(), state, tuple(vips), tuple(ports), sources, flood)
+    return Tenant(tenant_id, name.strip(), state, tuple(vips), tuple(ports), sources, flood, watch)
 
 
 def policy_from_document(doc: Any, source: str = "<document>") -> Policy:
@@ -340,6 +345,8 @@ def policy_to_document(policy: Policy) -> dict:
         }
         if t.flood != FloodPolicy():
             doc["flood"] = flood_doc(t.flood)
+        if t.watch:   # written only when set, so documents without a watch list read as before
+            doc["watch"] = True
         return doc
 
     return {

@@ -135,6 +135,10 @@ class Tenant:
     blocked_ports: tuple[PortRule, ...] = ()
     blocked_sources: tuple[IPNetwork, ...] = ()
     flood: FloodPolicy = FloodPolicy()
+    watch: bool = False               # on the watch list (clause 七.4): agents sample its traffic
+    # Runtime state set by the agent (under incident or on the watch list),
+    # never part of the document: its packets are sampled as evidence.
+    sampled: bool = False
 
     @property
     def suspended(self) -> bool:

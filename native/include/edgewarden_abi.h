@@ -47,7 +47,7 @@
 #define EW_TENANT_HAS_PORT_BLOCKS 4
 #define EW_VIP_HAS_PORT_VIPS 8      /* the address also has (protocol, port) VIPs */
 #define EW_TENANT_HAS_FLOOD_POLICY 16 /* consult ew_flood_policies[slot] */
-#define EW_TENANT_PORT_RANGES 32    /* every blocked port is in ew_vip.port_blocks: no ew_port_blocks lookup */
+#define EW_TENANT_PORT_RANGES 64    /* every blocked port is in ew_vip.port_blocks: no ew_port_blocks lookup */
 
 /* Values of ew_config.flags: let the datapath skip empty global lists. */
 #define EW_CONFIG_GLOBAL_V4_BLOCKS 1
@@ -335,6 +335,40 @@ struct ew_config {
     __u32 reserved;
 };
 
+/* Packet evidence (bpf/sample.h). A tenant whose VIP values carry
+ * EW_TENANT_SAMPLED (under incident or on the watch list) has its packets
+ * sampled into the ew_samples ring buffer: the first EW_SAMPLE_BYTES bytes
+ * and what the datapath knew, within a per-tenant budget (per CPU) of
+ * ew_sample_config.samples_per_second. Other tenants pay one flag test. */
+#define EW_TENANT_SAMPLED 32
+#define EW_SAMPLE_BYTES 256
+#define EW_SAMPLE_RING_BYTES 4194304
+
+struct ew_sample {
+    __u64 timestamp_ns;     /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+    __u32 tenant_id;
+    __u32 ifindex;
+    __u32 reason;           /* enum ew_verdict_reason */
+    __u32 packet_length;    /* whole frame */
+    __u32 captured_length;  /* bytes in data: min(packet_length, EW_SAMPLE_BYTES) */
+    __u32 reserved;
+    __u8 data[256];         /* EW_SAMPLE_BYTES */
+};
+
+/* ew_sample_config: single-entry array written by the agent. */
+struct ew_sample_config {
+    __u64 samples_per_second;   /* per tenant and CPU; 0: none */
+    __u64 burst;
+    __u64 lost;                 /* samples the ring had no room for (datapath adds) */
+};
+
+/* ew_sample_budget: per-CPU array indexed by tenant slot. Tokens in
+ * sample-nanoseconds, as the token buckets of the flood defences. */
+struct ew_sample_budget {
+    __u64 tokens;
+    __u64 last_ns;
+};
+
 /* ABI-END */
 
 /* The array sizes above are literals because cffi's cdef cannot evaluate enum
@@ -351,6 +385,8 @@ _Static_assert(sizeof(((struct ew_vip *)0)->port_blocks) == EW_VIP_PORT_RANGES *
 _Static_assert(sizeof(struct ew_prefilter_v4) == 32, "ew_prefilter_v4 layout changed");
 _Static_assert(sizeof(((struct ew_flood_policy *)0)->limits) == EW_BUCKET_KINDS * sizeof(struct ew_rate),
                "one limit per bucket kind");
+_Static_assert(sizeof(((struct ew_sample *)0)->data) == EW_SAMPLE_BYTES, "one sample holds EW_SAMPLE_BYTES");
+_Static_assert(EW_TENANT_SAMPLED > EW_TENANT_HAS_FLOOD_POLICY, "EW_TENANT_SAMPLED is a bit of its own");
 _Static_assert(EW_AMP_PORT_COUNT <= 32, "amplification_allowed is a 32-bit mask");
 
 #endif /* EDGEWARDEN_ABI_H */

@@ -1,0 +1,209 @@
+"""Policy revisions: the registry and the block lists compiled into the policy
+document that agents enforce (agent.policy), validated as a whole before it
+is stored, so a revision an agent would refuse is never made. Also the
+expiry of block entries (each its own revision) and diffs between revisions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import zlib
+from collections import defaultdict
+
+from sqlalchemy import Connection, Engine, and_, insert, select, update
+
+from agent._prefixes import PrefixSet
+from agent.policy import PolicyError, policy_from_document, policy_to_document
+from controller import audit, schema
+from controller.errors import Invalid, NotFound, Problem
+from controller.prefixes import prefix_set, prefix_texts
+from controller.store import reading, utcnow, writing
+
+SYSTEM_OPERATOR = "controller"
+# the registry's states the policy model does not have: a terminated tenant's traffic is dropped
+POLICY_STATE = {"active": "active", "suspended": "suspended", "terminated": "suspended"}
+
+
+def _active_entries(kind: str):
+    e, b = schema.block_entries.c, schema.block_batches.c
+    return (select(e.tenant_id, e.prefix, e.protocol, e.first_port, e.last_port)
+            .select_from(schema.block_entries.join(schema.block_batches, e.batch_id == b.id))
+            .where(e.kind == kind, e.removed_at.is_(None), b.expired_at.is_(None)))
+
+
+ACTIVE_SOURCES_SQL = ("SELECT e.tenant_id, e.prefix FROM block_entries e JOIN block_batches b ON e.batch_id = b.id "
+                      "WHERE e.kind = 'source' AND e.removed_at IS NULL AND b.expired_at IS NULL")
+
+
+def compile_document(conn: Connection, revision: int) -> tuple[dict, dict]:
+    """The policy document of the registry as it is in this transaction, with
+    the source lists left empty, and those lists as compiled PrefixSets by
+    tenant id (None: the global list)."""
+    sources: dict[int | None, list[str]] = defaultdict(list)
+    # a million rows: straight from the driver's cursor, no Row object each
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(ACTIVE_SOURCES_SQL)
+        for tenant_id, prefix in cursor.fetchall():
+            sources[tenant_id].append(prefix)
+    finally:
+        cursor.close()
+    ports: dict[int | None, set[str]] = defaultdict(set)
+    for tenant_id, _, protocol, first, last in conn.execute(_active_entries("port")):
+        ports[tenant_id].add(f"{protocol}/{first}" if first == last else f"{protocol}/{first}-{last}")
+    tenants = []
+    for row in conn.execute(select(schema.tenants).order_by(schema.tenants.c.id)).mappings():
+        doc = {"id": row["id"], "name": row["name"], "state": POLICY_STATE[row["state"]],
+               "vips": json.loads(row["vips"]),
+               # global port blocks apply to every tenant
+               "blocked_ports": sorted(ports[row["id"]] | ports[None]), "blocked_sources": []}
+        flood = json.loads(row["flood"])
+        if flood:
+            doc["flood"] = flood
+        if row["watch"]:   # the watch list (controller.workflow), for the agents' sampling
+            doc["watch"] = True
+        tenants.append(doc)
+    sets = {scope: prefix_set(texts) for scope, texts in sources.items()}
+    return {"revision": revision, "global": {"blocked_sources": []}, "tenants": tenants}, sets
+
+
+_LOCATION = re.compile(r"^tenants\[(\d+)\](?: \('[^']*'\))?(\.[^:]*)?: (.*)$", re.S)
+
+
+def policy_problems(err: PolicyError, tenant_ids: list[int]) -> list[Problem]:
+    """Map agent.policy's 'location: what' errors onto the registry's fields."""
+    problems = []
+    for text in err.errors:
+        m = _LOCATION.match(text)
+        if m:
+            index, path, rule = int(m.group(1)), (m.group(2) or "").lstrip("."), m.group(3)
+            tenant = tenant_ids[index] if index < len(tenant_ids) else index
+            problems.append(Problem(f"tenant {tenant}" + (f".{path}" if path else ""), rule))
+        else:
+            field, _, rule = text.partition(": ")
+            problems.append(Problem(field, rule or text))
+    return problems
+
+
+def validated_document(conn: Connection, revision: int) -> dict:
+    """The registry compiled into agent.policy's model, validated by it, and
+    written out as its canonical document. The source lists are the native
+    list parser's compiled sets, valid by construction, and go into the
+    document as that set's CIDR texts: parsing a million of them again into
+    ipaddress objects would be nearly all the time a revision takes (the
+    tests hold every stored revision to policy_from_document)."""
+    doc, sets = compile_document(conn, revision)
+    try:
+        policy = policy_from_document(doc, f"revision {revision}")
+    except PolicyError as err:
+        raise Invalid(policy_problems(err, [t["id"] for t in doc["tenants"]]),
+                      "the change would make a policy the agents refuse; nothing was changed") from None
+    out = policy_to_document(policy)
+    empty = PrefixSet()
+    out["global"]["blocked_sources"] = prefix_texts(sets.get(None, empty))
+    for tenant in out["tenants"]:
+        tenant["blocked_sources"] = prefix_texts(sets.get(tenant["id"], empty))
+    return out
+
+
+def _digest(doc: dict) -> str:
+    body = {k: v for k, v in doc.items() if k != "revision"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def make_revision(conn: Connection, head: dict, *, operator: str, reason: str) -> int | None:
+    """Compile, validate and store a new revision if the policy changed; the
+    new revision number, or None when the change left the policy as it was.
+    Call after the change's audit entry, inside its transaction."""
+    revision = head["revision"] + 1
+    doc = validated_document(conn, revision)
+    digest = _digest(doc)
+    if head["revision"]:
+        last = conn.execute(select(schema.revisions.c.digest).where(
+            schema.revisions.c.revision == head["revision"])).scalar_one()
+        if last == digest:
+            return None
+    conn.execute(insert(schema.revisions).values(
+        revision=revision, created_at=utcnow(), operator=operator, reason=reason, audit_seq=head["audit_seq"],
+        tenants=len(doc["tenants"]), global_sources=len(doc["global"]["blocked_sources"]), digest=digest,
+        document=zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 3)))
+    head["revision"] = revision
+    return revision
+
+
+def load_document(conn: Connection, revision: int) -> dict:
+    blob = conn.execute(select(schema.revisions.c.document).where(schema.revisions.c.revision == revision)).scalar()
+    if blob is None:
+        raise NotFound(f"policy revision {revision} does not exist")
+    return json.loads(zlib.decompress(blob))
+
+
+def revision_info(row) -> dict:
+    return {k: row[k] for k in ("revision", "created_at", "operator", "reason", "audit_seq", "tenants",
+                                "global_sources")}
+
+
+def list_revisions(conn: Connection, limit: int = 50) -> list[dict]:
+    r = schema.revisions.c
+    query = select(*[getattr(r, k) for k in ("revision", "created_at", "operator", "reason", "audit_seq", "tenants",
+                                             "global_sources")]).order_by(r.revision.desc()).limit(limit)
+    return [revision_info(row) for row in conn.execute(query).mappings()]
+
+
+def _source_diff(old: list[str], new: list[str]) -> dict:
+    added, removed = prefix_set(old).diff(prefix_set(new))
+    return {"added": prefix_texts(added), "removed": prefix_texts(removed)}
+
+
+def diff_documents(old: dict, new: dict) -> dict:
+    """What changed from `old` to `new`: prefix sets diffed natively, tenants field by field."""
+    out = {"from": old["revision"], "to": new["revision"],
+           "global_sources": _source_diff(old["global"]["blocked_sources"], new["global"]["blocked_sources"]),
+           "tenants_added": [], "tenants_removed": [], "tenants_changed": {}}
+    old_tenants = {t["id"]: t for t in old["tenants"]}
+    new_tenants = {t["id"]: t for t in new["tenants"]}
+    out["tenants_added"] = sorted(set(new_tenants) - set(old_tenants))
+    out["tenants_removed"] = sorted(set(old_tenants) - set(new_tenants))
+    for tid in sorted(set(old_tenants) & set(new_tenants)):
+        a, b = old_tenants[tid], new_tenants[tid]
+        changes = {}
+        for key in sorted(set(a) | set(b)):
+            if key == "blocked_sources":
+                d = _source_diff(a.get(key, []), b.get(key, []))
+                if d["added"] or d["removed"]:
+                    changes[key] = d
+            elif a.get(key) != b.get(key):
+                changes[key] = {"before": a.get(key), "after": b.get(key)}
+        if changes:
+            out["tenants_changed"][str(tid)] = changes
+    return out
+
+
+def expire_due(engine: Engine) -> list[int]:
+    """Take every block batch whose expiry has come out of the policy, one
+    batch per transaction, each its own audit entry and revision. Returns the
+    revisions made. The compile leaves out only batches marked expired here,
+    so no other change's revision carries an expiry with it."""
+    made = []
+    b = schema.block_batches.c
+    due = and_(b.expired_at.is_(None), b.expires_at.is_not(None), b.expires_at <= utcnow())
+    with reading(engine) as conn:   # the loop runs every second: take the write lock only when there is work
+        if conn.execute(select(b.id).where(due).limit(1)).first() is None:
+            return made
+    while True:
+        with writing(engine) as (conn, head):
+            row = conn.execute(select(schema.block_batches).where(
+                and_(b.expired_at.is_(None), b.expires_at.is_not(None), b.expires_at <= utcnow()))
+                .order_by(b.expires_at, b.id).limit(1)).mappings().one_or_none()
+            if row is None:
+                return made
+            conn.execute(update(schema.block_batches).where(b.id == row["id"]).values(expired_at=utcnow()))
+            scope = "global" if row["tenant_id"] is None else f"tenant {row['tenant_id']}"
+            reason = f"expired at {row['expires_at']:%Y-%m-%d %H:%M:%S} UTC (added by {row['operator']}: {row['reason']})"
+            audit.record(conn, head, operator=SYSTEM_OPERATOR, action="block.expire", tenant_id=row["tenant_id"],
+                         target=f"block batch {row['id']} ({scope})", reason=reason,
+                         before={"batch": row["id"], "expires_at": row["expires_at"]}, after=None)
+            revision = make_revision(conn, head, operator=SYSTEM_OPERATOR, reason=reason)
+            if revision is not None:
+                made.append(revision)
