@@ -6,8 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool xdp-tools \
 	iproute2 iputils-ping ethtool tshark tcpreplay nftables util-linux gcc g++ make \
-	postgresql fastnetmon
-BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.py native/*.pyx native/*.cpp native/include/*.h bpf/*.c bpf/*.h bpf/lab/*.c)
+	postgresql fastnetmon libdpdk-dev dpdk-dev
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.py native/*.pyx native/*.cpp native/include/*.h native/dpdk/*.[ch] native/dpdk/*.py bpf/*.c bpf/*.h bpf/lab/*.c)
 
 .PHONY: all setup os-packages build demo test bench bench-import crowdsec loadtest clean install
 
@@ -54,6 +54,7 @@ bench: setup
 	$(PY) benchmarks/bench_datapath.py --write-results
 	$(PY) benchmarks/bench_blocklist.py --write-results
 	$(PY) benchmarks/bench_counters.py --write-results
+	$(PY) benchmarks/bench_dpdk.py --write-results
 
 # CrowdSec for the import benchmark, installed offline: a non-empty Central API
 # credentials file written before the package is configured skips its

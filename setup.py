@@ -1,5 +1,6 @@
 """Build of the compiled parts: the XDP object (clang), the cffi libbpf
-binding, the Cython counter core and the pybind11 prefix compiler."""
+binding, the Cython counter core, the pybind11 prefix compiler and the cffi
+DPDK worker (native/dpdk/, which needs libdpdk-dev)."""
 
 import sys
 from pathlib import Path
@@ -57,6 +58,6 @@ extensions.append(
 
 setup(
     ext_modules=extensions,
-    cffi_modules=["native/libbpf_build.py:ffibuilder"],
+    cffi_modules=["native/libbpf_build.py:ffibuilder", "native/dpdk/dpdk_build.py:ffibuilder"],
     cmdclass={"build_ext": BuildWithBpf},
 )

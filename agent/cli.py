@@ -604,9 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_classify)
     from controller.cli import add_commands as add_controller_commands   # controller, tenant, lists, revision, audit, token
     add_controller_commands(sub)
-
-    from agent.daemon.cli import add_commands
-    add_commands(sub)
+    from agent.daemon.cli import add_commands as add_daemon_commands   # agent, evidence
+    add_daemon_commands(sub)
+    from agent.dpdk.cli import add_commands as add_dpdk_commands
+    add_dpdk_commands(sub)
     return parser
 
 

@@ -2,7 +2,9 @@
 pair of namespaces, attaches the XDP program with the example policy, sends
 traffic from allowed and blocked sources and to a suspended tenant, prints
 the per-tenant table, turns SYN cookies on for a tenant and connects
-through them, and removes everything it created."""
+through them; then runs the agent daemon in a fresh lab against a replayed
+real attack capture (incident, sealed evidence, metrics), and removes
+everything it created."""
 
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from agent.lab import EdgeLab
+from agent.daemon.demo import run_daemon_demo
+from agent.lab import EdgeLab, cli_in
 from agent.policy import load_policy, policy_to_toml
 
-POLICY = Path(__file__).resolve().parents[2] / "configs" / "policy.example.toml"
+REPO = Path(__file__).resolve().parents[2]
+POLICY = REPO / "configs" / "policy.example.toml"
+CAPTURE = REPO / "tests" / "data" / "captures" / "pkt.TCP.synflood.spoofed.pcap"
 
 ALLOWED, TENANT_BLOCKED, GLOBAL_BLOCKED = "198.51.100.1", "198.51.100.70", "198.51.100.200"
 SHOP_VIP, SHOP_VIP_V6, SUSPENDED_VIP = "203.0.113.10", "2001:db8:10::10", "203.0.113.30"
@@ -57,10 +62,30 @@ def main() -> int:
         print(lab.edgewarden("status").stdout.rstrip())
         lab.edgewarden("detach", lab.edge_if)
     print(f"\n== removed {lab.peer_ns}, {lab.edge_ns} and the pinned maps")
+    failures += daemon_step()
     if failures:
         print(f"demo: {failures} step(s) did not behave as the policy says", file=sys.stderr)
         return 1
     return 0
+
+
+def daemon_step() -> int:
+    """The agent daemon in a fresh lab: a real SYN-flood capture replayed at
+    the tenant raises an incident that ends, its evidence is sealed and
+    verified, the metrics are scraped. Returns the failed steps."""
+    lab = EdgeLab(peer_sources=(ALLOWED,), vips=(SHOP_VIP,))
+    with lab, tempfile.TemporaryDirectory(prefix="edgewarden-daemon-demo-") as workdir:
+        edge_mac = lab.ns(lab.edge_ns, ["cat", f"/sys/class/net/{lab.edge_if}/address"]).stdout.strip()
+
+        def replay_capture() -> None:
+            result = json.loads(cli_in(lab.peer_ns, "replay", str(CAPTURE), "--iface", lab.peer_if, "--target",
+                                       SHOP_VIP, "--dst-mac", edge_mac, "--pps", "8000", "--json").stdout)
+            print(f"  replayed {result['sent']:,} frames of {CAPTURE.name} at {result['pps']:,.0f} packets/s")
+
+        failures = run_daemon_demo(lab, Path(workdir), source=ALLOWED, vip=SHOP_VIP, flood=replay_capture)
+        lab.edgewarden("detach", lab.edge_if, check=False)
+    print(f"\n== removed {lab.peer_ns}, {lab.edge_ns} and the pinned maps")
+    return failures
 
 
 def syn_cookie_step(lab: EdgeLab) -> bool:
