@@ -47,7 +47,11 @@ static __always_inline int limit_allows(__u32 slot, const struct ew_flood_policy
         return 1;
     bucket = bpf_map_lookup_elem(&ew_buckets, &key);
     share = bpf_map_lookup_elem(&ew_bucket_shares, &key);
-    return !bucket || !share || share_take(share, bucket, limit, now, units, policy->generation);
+    if (!bucket)
+        return 1;
+    /* An engine without per-CPU shares (the DPDK build) takes from the bucket itself. */
+    return share ? share_take(share, bucket, limit, now, units, policy->generation)
+                 : bucket_take(bucket, limit, now, units, policy->generation);
 }
 
 /* Clears the host bits of the first `prefixlen` bits of an address. */

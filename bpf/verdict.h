@@ -76,11 +76,12 @@ static __always_inline const struct ew_vip *lookup_tenant(const struct packet_fa
 /* Which source checks an IPv4 packet needs, from its /24's prefilter entry:
  * a source in no list (almost every legitimate one) needs none. Without
  * an entry (cannot happen: the array covers every /24) everything is
- * looked up. */
+ * looked up the way it was before the prefilter. */
 enum ew_source_checks {
     EW_CHECK_GLOBAL = 1,        /* look in the global table */
     EW_CHECK_TENANT = 2,        /* look in the tenant tables */
     EW_BLOCKED_GLOBALLY = 4,    /* decided: the global list blocks the /24 whole */
+    EW_CHECK_GLOBAL_NODES = 8,  /* no prefilter: walk the global table from its /16 node */
 };
 
 static __always_inline __u32 source_checks_v4(__be32 saddr)
@@ -88,8 +89,8 @@ static __always_inline __u32 source_checks_v4(__be32 saddr)
     __u64 bit;
     const struct ew_prefilter_v4 *pf = prefilter_v4(saddr, &bit);
 
-    if (!pf)
-        return EW_CHECK_GLOBAL | EW_CHECK_TENANT;
+    if (!pf)    /* an engine without the prefilter (the DPDK build) */
+        return EW_CHECK_GLOBAL_NODES | EW_CHECK_TENANT;
     if (pf->global_whole & bit)
         return EW_BLOCKED_GLOBALLY;
     return ((pf->global_listed & bit) ? EW_CHECK_GLOBAL : 0) | ((pf->tenant_listed & bit) ? EW_CHECK_TENANT : 0);
@@ -147,6 +148,13 @@ static __always_inline __u32 decide_ip_verdict(struct xdp_md *ctx, const struct 
             return EW_REASON_DROP_GLOBAL_BLOCK;
         if ((checks & EW_CHECK_GLOBAL) && source_blocked_v4_global_partial(f->saddr.v4))
             return EW_REASON_DROP_GLOBAL_BLOCK;
+        if (checks & EW_CHECK_GLOBAL_NODES) {
+            __u32 zero = 0;
+            struct ew_config *config = bpf_map_lookup_elem(&ew_config, &zero);
+
+            if (config && (config->flags & EW_CONFIG_GLOBAL_V4_BLOCKS) && source_blocked_v4_global(f->saddr.v4))
+                return EW_REASON_DROP_GLOBAL_BLOCK;
+        }
     } else {
         __u32 zero = 0;
         struct ew_config *config = bpf_map_lookup_elem(&ew_config, &zero);
