@@ -32,6 +32,10 @@ struct {
 
 #define EW_NS_PER_SECOND 1000000000ULL
 
+/* Compiled out: benchmarks/bench_daemon.py's baseline, and the DPDK engine,
+ * which has no ring buffer (native/dpdk/datapath.c). */
+#ifndef EW_SAMPLING_COMPILED_OUT
+
 /* One token per sample; refilled at samples_per_second, capped at burst. */
 static __always_inline int sample_budget_take(__u32 slot, const struct ew_sample_config *config, __u64 now)
 {
@@ -86,11 +90,12 @@ static __noinline __attribute__((unused)) int sample_packet_slow(struct xdp_md *
     bpf_ringbuf_submit(sample, 0);
     return 1;
 }
+#endif
 
 static __always_inline void sample_packet(struct xdp_md *ctx, const struct tenant_facts *tenant, __u32 reason,
                                           __u32 length)
 {
-#ifndef EW_SAMPLING_COMPILED_OUT      /* benchmarks/bench_daemon.py's baseline */
+#ifndef EW_SAMPLING_COMPILED_OUT
     if (tenant->flags & EW_TENANT_SAMPLED)
         sample_packet_slow(ctx, tenant->tenant_id, tenant->slot, reason, length);
 #endif

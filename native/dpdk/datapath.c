@@ -14,6 +14,10 @@
 /* A DPDK port bypasses the kernel: no conntrack, as the datapath is built
  * for kernels without its kfuncs (bpf/edgewarden_no_conntrack.bpf.c). */
 #define EW_WITHOUT_CONNTRACK 1
+/* No BPF ring buffer behind a DPDK port: packet evidence (bpf/sample.h) is
+ * an XDP-engine feature; a sampled tenant's packets are judged and counted
+ * the same, just not sampled. */
+#define EW_SAMPLING_COMPILED_OUT 1
 #include "edgewarden.bpf.c"
 
 #include <errno.h>
