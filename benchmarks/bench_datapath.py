@@ -9,7 +9,8 @@ One run, the same packet bytes, six programs:
      program is test-run directly (by id, taken from the interface);
   3. edgewarden dropping the same source through its global block list;
   4. edgewarden passing a tenant's packet with full accounting (VIP lookup,
-     global, tenant source and tenant port block lookups, per-CPU counters);
+     the /24 prefilter, the tenant's port ranges, per-CPU counters), from a
+     source in no list and (4') from one whose /24 the tenant's list touches;
   5. a minimal count-and-pass program (benchmarks/bpf/count_pass.bpf.c);
   6. `parse_lookup_pass` (benchmarks/bpf/parse_lookup_pass.bpf.c):
      edgewarden's own parser, one hash lookup on the destination, one

@@ -49,7 +49,8 @@
 #define EW_TENANT_HAS_FLOOD_POLICY 16 /* consult ew_flood_policies[slot] */
 #define EW_TENANT_PORT_RANGES 64    /* every blocked port is in ew_vip.port_blocks: no ew_port_blocks lookup */
 
-/* Values of ew_config.flags: let the datapath skip empty global lists. */
+/* Values of ew_config.flags: let the datapath skip empty global lists (IPv6;
+ * IPv4 is decided by the prefilter, where an engine has one). */
 #define EW_CONFIG_GLOBAL_V4_BLOCKS 1
 #define EW_CONFIG_GLOBAL_V6_BLOCKS 2
 
