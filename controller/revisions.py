@@ -21,8 +21,9 @@ from controller.prefixes import prefix_set, prefix_texts
 from controller.store import reading, utcnow, writing
 
 SYSTEM_OPERATOR = "controller"
-# the registry's states the policy model does not have: a terminated tenant's traffic is dropped
-POLICY_STATE = {"active": "active", "suspended": "suspended", "terminated": "suspended"}
+# A terminated tenant (clause 八) leaves every agent's policy; its records,
+# lists and audit stay in the registry.
+POLICY_STATE = {"active": "active", "suspended": "suspended"}
 
 
 def _active_entries(kind: str):
@@ -53,7 +54,8 @@ def compile_document(conn: Connection, revision: int) -> tuple[dict, dict]:
     for tenant_id, _, protocol, first, last in conn.execute(_active_entries("port")):
         ports[tenant_id].add(f"{protocol}/{first}" if first == last else f"{protocol}/{first}-{last}")
     tenants = []
-    for row in conn.execute(select(schema.tenants).order_by(schema.tenants.c.id)).mappings():
+    for row in conn.execute(select(schema.tenants).where(schema.tenants.c.state != "terminated")
+                            .order_by(schema.tenants.c.id)).mappings():
         doc = {"id": row["id"], "name": row["name"], "state": POLICY_STATE[row["state"]],
                "vips": json.loads(row["vips"]),
                # global port blocks apply to every tenant

@@ -38,9 +38,17 @@ def cmd_agent(args) -> int:
         try:
             config = load_config(args.config)
             policy = load_policy(config.policy_file)
+            if config.engine == "dpdk":
+                from agent.daemon.dpdk_enforcer import refuse_unsupported
+                refuse_unsupported(policy, str(config.policy_file))
         except (ConfigError, PolicyError) as err:
             print(f"edgewarden agent: {err}", file=sys.stderr)
             return 1
+        if config.engine == "dpdk":
+            ports = ", ".join(p.name + ("" if p.judge else " (unjudged)") for p in config.dpdk.ports)
+            print(f"{args.config}: valid; DPDK engine on {ports} (lcores {config.dpdk.lcores}); policy "
+                  f"{config.policy_file} revision {policy.revision}, {len(policy.tenants)} tenant(s)")
+            return 0
         print(f"{args.config}: valid; {len(config.interfaces)} interface(s) "
               f"({', '.join(i.name + ' ' + i.attach_mode for i in config.interfaces)}); policy {config.policy_file} "
               f"revision {policy.revision}, {len(policy.tenants)} tenant(s)")

@@ -75,6 +75,8 @@ class AgentConfig:
     metrics_top_tenants: int = 20
     detach_on_stop: bool = False
     evidence: EvidenceConfig = EvidenceConfig()
+    engine: str = "xdp"                  # xdp | dpdk (agent.daemon.engine_config)
+    dpdk: Any = None                     # agent.dpdk.config.DpdkConfig with engine = "dpdk"
 
     def thresholds_for(self, tenant_id: int) -> Thresholds:
         return dict(self.tenant_thresholds).get(tenant_id, self.thresholds)
@@ -143,7 +145,9 @@ def config_from_document(doc: dict, source: str, base: Path | None = None) -> Ag
     errs = _Errors()
     base = base or Path.cwd()
     _check_keys(doc, {"node", "policy_file", "state_dir", "control_socket", "detach_on_stop", "interfaces",
-                      "accounting", "thresholds", "watch", "metrics", "evidence"}, "", errs)
+                      "accounting", "thresholds", "watch", "metrics", "evidence", "engine", "dpdk"}, "", errs)
+    from agent.daemon.engine_config import engine_section
+    engine, dpdk = engine_section(doc, base, errs)
 
     def path(value: str) -> Path:
         p = Path(value)
@@ -151,7 +155,9 @@ def config_from_document(doc: dict, source: str, base: Path | None = None) -> Ag
 
     interfaces = []
     raw_ifaces = doc.get("interfaces", [])
-    if not isinstance(raw_ifaces, list) or not raw_ifaces:
+    if engine == "dpdk":
+        raw_ifaces = []          # the engine's ports are in [dpdk]
+    elif not isinstance(raw_ifaces, list) or not raw_ifaces:
         errs.add("interfaces", "must list at least one interface ([[interfaces]] name = \"eth1\")")
         raw_ifaces = []
     seen = set()
@@ -242,7 +248,7 @@ def config_from_document(doc: dict, source: str, base: Path | None = None) -> Ag
         accounting_interval=interval, incident_end_after=end_after, thresholds=thresholds,
         tenant_thresholds=tuple(per_tenant), watch_list=tuple(watch_list), metrics_address=address,
         metrics_top_tenants=top, detach_on_stop=bool(_take(doc, "detach_on_stop", bool, False, "", errs)),
-        evidence=EvidenceConfig(**ev_values),
+        evidence=EvidenceConfig(**ev_values), engine=engine, dpdk=dpdk,
     )
 
 

@@ -96,7 +96,8 @@ class AgentMetrics:
         self.samples = Counter("edgewarden_samples", "Packet samples received from the datapath", registry=r)
         self.revision = Gauge("edgewarden_policy_revision", "Policy revision enforced", registry=r)
         self.attach_mode = Gauge("edgewarden_interface_attached", "1 per interface in its attach mode "
-                                 "(native/generic); 0 when not enforced", ["interface", "mode"], registry=r)
+                                 "(native/generic, or dpdk for the DPDK engine); 0 when not enforced",
+                                 ["interface", "mode"], registry=r)
         self.incidents_open = Gauge("edgewarden_incidents_open", "Incidents open now", registry=r)
         self.incidents = Counter("edgewarden_incidents", "Incidents raised", ["check"], registry=r)
         self.reloads = Counter("edgewarden_reloads", "Reloads (SIGHUP)", ["result"], registry=r)
@@ -110,7 +111,7 @@ class AgentMetrics:
     def set_interfaces(self, states) -> None:
         self.attach_mode.clear()
         for state in states:
-            for mode in ("native", "generic"):
+            for mode in ("native", "generic", "dpdk"):
                 self.attach_mode.labels(state.name, mode).set(1 if state.attached and state.mode == mode else 0)
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from agent.daemon import changes, journal
 from agent.daemon.accounting import Accounting, map_fill
 from agent.daemon.config import AgentConfig, ConfigError, load_config
 from agent.daemon.control import ControlServer
+from agent.daemon.dpdk_enforcer import make_enforcer
 from agent.daemon.enforcer import Enforcer
 from agent.daemon.incidents import IncidentTracker
 from agent.daemon.metrics import AgentMetrics
@@ -60,7 +61,10 @@ class AgentDaemon:
         if old is not None:
             close_maps(old)
         try:
-            maps = open_pinned_maps(pin_dir_for(ifname))
+            if self.config.engine == "dpdk":       # the engine's per-lcore counters, as BPF maps
+                maps = self.enforcer.counter_maps(ifname)
+            else:
+                maps = open_pinned_maps(pin_dir_for(ifname))
         except OSError as err:
             journal.error("cannot open the live maps for accounting", interface=ifname, error=str(err))
             return
@@ -87,7 +91,7 @@ class AgentDaemon:
     # -- start -------------------------------------------------------------
     async def start(self) -> None:
         policy = load_policy(self.config.policy_file)
-        self.enforcer = Enforcer(self.config, policy)
+        self.enforcer = make_enforcer(self.config, policy)
         self.enforcer.incident_tenants = frozenset(self.tracker.tenants_under_incident())
         await self.in_writer(self.enforcer.attach_all)
         if not self.enforcer.enforced():
@@ -118,6 +122,8 @@ class AgentDaemon:
             self._tasks.append(asyncio.create_task(self._heartbeat(interval), name="watchdog"))
 
     def _start_evidence(self) -> None:
+        if self.config.engine == "dpdk":
+            return           # no sampling in the DPDK engine (agent.daemon.dpdk_enforcer.NO_SAMPLING)
         try:
             from agent.evidence.recorder import EvidenceRecorder
         except ImportError:
@@ -158,7 +164,8 @@ class AgentDaemon:
     def _update_map_fill(self) -> None:
         for ifname, maps in list(self._maps.items()):
             try:
-                for name, ratio in map_fill(maps).items():
+                fill = self.enforcer.map_fill(maps) if self.config.engine == "dpdk" else map_fill(maps)
+                for name, ratio in fill.items():
                     self.metrics.map_fill.labels(ifname, name).set(ratio)
             except OSError:
                 pass       # the interface went away under us; the next round sees it
@@ -238,6 +245,9 @@ class AgentDaemon:
         """Read and apply in the writer thread: a CLI change written to the
         file just before is in what is read, none can slip in between."""
         config = load_config(self.config_path)
+        if config.engine != self.config.engine:
+            raise ConfigError(f"{self.config_path}: engine = {config.engine!r}, but {self.config.engine!r} runs: "
+                              "switching engines needs a restart of the agent")
         policy = load_policy(config.policy_file)
         return config, policy, self.enforcer.reload(config, policy)
 

@@ -12,18 +12,28 @@ from agent._dpdk import ffi
 
 
 class PolicyTableView:
-    """A policy map of the engine's current snapshot, read-only."""
+    """A policy map of the engine's current snapshot, read-only. Read at
+    each call, so a view held by a long-lived reader (the daemon's counter
+    scans) follows every policy applied after it was made."""
 
-    def __init__(self, name: str, entries: dict[bytes, bytes]):
+    def __init__(self, name: str, engine):
         self.name = name
-        self._entries = entries
+        self._engine = engine
         self.ncpus = 1
+
+    @property
+    def _entries(self) -> dict[bytes, bytes]:
+        compiled = self._engine.compiled
+        return compiled.maps[self.name] if compiled else {}
 
     def lookup(self, key: bytes) -> bytes | None:
         return self._entries.get(key)
 
     def items(self) -> dict[bytes, bytes]:
         return dict(self._entries)
+
+    def close(self) -> None:
+        pass          # nothing is open: the engine owns its tables
 
 
 class LcoreCounters:
@@ -47,10 +57,11 @@ class LcoreCounters:
     def items(self) -> dict[bytes, bytes]:
         return {struct.pack("=I", slot): self._engine.read_counter_slot(slot) for slot in range(self.max_entries)}
 
+    def close(self) -> None:
+        pass
+
 
 def engine_maps(engine) -> dict:
-    compiled = engine.compiled
-    maps = {name: PolicyTableView(name, compiled.maps[name] if compiled else {})
-            for name in ("ew_tenants", "ew_config", "ew_vips_v4", "ew_vips_v6")}
+    maps = {name: PolicyTableView(name, engine) for name in ("ew_tenants", "ew_config", "ew_vips_v4", "ew_vips_v6")}
     maps["ew_counters"] = LcoreCounters(engine)
     return maps

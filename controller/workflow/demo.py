@@ -30,7 +30,9 @@ def _policy_state(engine, tenant_id: int) -> str:
     with reading(engine) as conn:
         latest = revisions.list_revisions(conn, 1)[0]["revision"]
         doc = revisions.load_document(conn, latest)
-    t = next(t for t in doc["tenants"] if t["id"] == tenant_id)
+    t = next((t for t in doc["tenants"] if t["id"] == tenant_id), None)
+    if t is None:
+        return f"revision {latest}: removed from the agents' policy (records kept)"
     return f"revision {latest}: state {t['state']}" + (", watch list" if t.get("watch") else "")
 
 

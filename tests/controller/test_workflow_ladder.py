@@ -202,7 +202,7 @@ def test_repeat_offender_escalated_and_terminated_only_on_an_admins_confirmation
     out = wf.terminate(1, operator="root", role=Role.ADMIN, confirm=True, reason="屡整屡犯 clause 八")
     assert out["proposed_by_cases"] == [third["id"]] and out["closed_cases"] == [third["id"]]
     assert tenant(engine)["state"] == "terminated"
-    assert policy_tenant(engine)["state"] == "suspended"    # the registry's terminated: dropped everywhere
+    assert policy_tenant(engine) is None    # terminated: removed from every agent's policy, its records kept
     assert wf.show_case(third["id"])["resolution"] == "terminated"
     with pytest.raises(Conflict):
         wf.report(virus(), reported_by="alice")

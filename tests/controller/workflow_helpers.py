@@ -29,12 +29,13 @@ def tenant(engine, tenant_id=1) -> dict:
         return registry.get_tenant(conn, tenant_id)
 
 
-def policy_tenant(engine, tenant_id=1) -> dict:
-    """The tenant as the latest policy revision has it (what agents enforce)."""
+def policy_tenant(engine, tenant_id=1) -> dict | None:
+    """The tenant as the latest policy revision has it (what agents
+    enforce); None when the revision has no such tenant (terminated)."""
     with reading(engine) as conn:
         latest = revisions.list_revisions(conn, 1)[0]["revision"]
         doc = revisions.load_document(conn, latest)
-    return next(t for t in doc["tenants"] if t["id"] == tenant_id)
+    return next((t for t in doc["tenants"] if t["id"] == tenant_id), None)
 
 
 def assert_chain_intact(engine) -> int:

@@ -1,0 +1,287 @@
+"""The agent daemon with engine = "dpdk": the DPDK engine in the daemon's
+process as a bump in the wire (net_af_packet on the edge namespace's two
+veths, as tests/test_dpdk_live.py). READY only after the first policy is
+in force on the engine; an allowed source passes and a blocked one is
+dropped; a CLI `block add` goes through the daemon's socket and takes
+effect; SIGHUP with a policy the engine cannot enforce keeps the old one;
+the counters reach the metrics through the same aggregation; SIGTERM
+stops cleanly. Only namespaces this test makes, only documentation addresses."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from agent.daemon.control import request
+from agent.lab.topology import Topology
+from daemon_harness import REPO, DaemonProcess, NotifySocket, free_port
+
+pytestmark = pytest.mark.live
+
+CLIENT, SERVER, BLOCKED = "192.0.2.1", "192.0.2.2", "198.51.100.66"
+FLOOD_PACKETS = 1500
+POLICY = f"""revision = 1
+[global]
+blocked_sources = ["198.51.100.0/24"]
+[[tenants]]
+id = 1
+name = "web"
+vips = ["{SERVER}"]
+"""
+FLOOD = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 0))
+for i in range(int(sys.argv[3])):
+    s.sendto(b'x' * 64, (sys.argv[2], 9999))
+"""
+SCRAPE = """
+import sys, urllib.request
+print(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode())
+"""
+
+
+def _config(tmp_path, metrics_port: int) -> str:
+    return f"""node = "dpdk-test"
+engine = "dpdk"
+policy_file = "policy.toml"
+state_dir = "state"
+control_socket = "{tmp_path}/agent.sock"
+
+[dpdk.eal]
+lcores = "0,1"
+memory_mb = 256
+args = ["--no-huge", "--no-shconf", "--no-pci", "--no-telemetry", "--log-level=*:error"]
+
+[[dpdk.ports]]
+name = "net_af_packet0"
+vdev = "net_af_packet0,iface=e0,framecnt=4096"
+pass_to = "net_af_packet1"
+
+[[dpdk.ports]]
+name = "net_af_packet1"
+vdev = "net_af_packet1,iface=e1,framecnt=4096"
+pass_to = "net_af_packet0"
+judge = false
+
+[accounting]
+interval_seconds = 0.2
+incident_end_after_seconds = 1.0
+
+[thresholds]
+drops_by_reason = {{ drop_global_block = 200 }}
+
+[metrics]
+address = "127.0.0.1:{metrics_port}"
+
+[evidence]
+directory = "{tmp_path}/evidence"
+"""
+
+
+def _topology() -> Topology:
+    topo = Topology("dd" + uuid.uuid4().hex[:6], ("client", "edge", "server"))
+    topo.veth("client", "c0", "edge", "e0")
+    topo.veth("edge", "e1", "server", "s0")
+    for role, ifname in (("client", "c0"), ("edge", "e0"), ("edge", "e1"), ("server", "s0")):
+        # Whole, checksummed frames on the wire: af_packet sees what a NIC would.
+        topo.step(role, "ethtool", "-K", ifname, "tx", "off", "tso", "off", "gso", "off", "gro", "off")
+        topo.link_up(role, ifname)
+    topo.address("client", "c0", f"{CLIENT}/24")
+    topo.address("client", "c0", f"{BLOCKED}/32")
+    topo.address("server", "s0", f"{SERVER}/24")
+    return topo
+
+
+def _ping(topo, source: str) -> bool:
+    return topo.run_in("client", ["ping", "-n", "-q", "-c", "2", "-W", "1", "-i", "0.2", "-I", source, SERVER],
+                       check=False).returncode == 0
+
+
+def _scrape(topo, port: int) -> str:
+    return topo.run_in("edge", [sys.executable, "-c", SCRAPE, str(port)]).stdout
+
+
+def _metric(topo, port: int, name: str, **labels) -> float:
+    text = _scrape(topo, port)
+    for line in text.splitlines():
+        m = re.match(rf'^{name}(?:\{{(.*)\}})? (\S+)$', line)
+        if m and dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or "")) == labels:
+            return float(m.group(2))
+    return 0.0
+
+
+def _cli(topo, socket_path, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "EDGEWARDEN_AGENT_SOCKET": str(socket_path)}
+    return subprocess.run(["nsenter", f"--net=/var/run/netns/{topo.ns['edge']}", sys.executable, "-m", "agent.cli",
+                           *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+
+
+def test_daemon_runs_the_dpdk_engine(tmp_path):
+    metrics_port = free_port()
+    config = tmp_path / "agent.toml"
+    config.write_text(_config(tmp_path, metrics_port))
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(POLICY)
+    socket_path = tmp_path / "agent.sock"
+
+    check = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--check", "--config", str(config)],
+                           capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert check.returncode == 0, check.stderr
+    assert "DPDK engine on net_af_packet0, net_af_packet1 (unjudged)" in check.stdout
+
+    topo = _topology()
+    notify = NotifySocket(tmp_path / "notify.sock")
+    daemon = None
+    try:
+        topo.up()
+        daemon = DaemonProcess(topo.ns["edge"], config, notify)
+        ready = notify.wait_for("READY", "1", daemon=daemon)
+        # Ready means enforcing: the first policy was in force on the engine before READY.
+        events = [line.get("event") for line in daemon.lines]
+        assert events.index("attached") < events.index("ready")
+        attached = daemon.wait_log("attached", timeout=1)
+        assert attached["mode"] == "dpdk" and attached["revision"] == 1
+        assert "revision 1" in ready["STATUS"] and "enforcing on net_af_packet0 (dpdk)" in ready["STATUS"]
+        assert "no evidence sampling" in ready["STATUS"]
+        daemon.wait_log("sampling_unavailable", timeout=1)
+
+        # An allowed source passes through the engine; the blocked source is dropped.
+        assert _ping(topo, CLIENT)
+        assert not _ping(topo, BLOCKED)
+        topo.run_in("client", [sys.executable, "-c", FLOOD, BLOCKED, SERVER, str(FLOOD_PACKETS)], timeout=30)
+        # The accounting loop scans the engine's per-lcore counters; the metrics show the drops.
+        deadline = time.monotonic() + 20
+        while True:
+            dropped = _metric(topo, metrics_port, "edgewarden_tenant_dropped_packets_total", tenant="1",
+                              reason="drop_global_block")
+            if dropped >= FLOOD_PACKETS + 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert dropped >= FLOOD_PACKETS + 2, dropped       # the flood and the blocked pings
+        assert _metric(topo, metrics_port, "edgewarden_tenant_packets_total", tenant="1") >= dropped + 2   # + the allowed pings
+        assert _metric(topo, metrics_port, "edgewarden_interface_attached", interface="net_af_packet0",
+                       mode="dpdk") == 1
+        assert _metric(topo, metrics_port, "edgewarden_policy_revision") == 1
+        # The accounting loop's rates from the engine's counters raise an incident, and end it.
+        started = daemon.wait_log("incident_started", timeout=10)
+        assert started["tenant_id"] == 1 and started["check"] == "drop_global_block"
+        assert started["interfaces"] == ["net_af_packet0"] and started["peak_value"] > 200
+        daemon.wait_log("incident_ended", timeout=15, tenant_id=1)
+
+        # The CLI's change goes through the daemon's socket and takes effect on the engine.
+        done = _cli(topo, socket_path, "block", "add", f"{CLIENT}/32")
+        assert done.returncode == 0 and "through the agent" in done.stdout, (done.stdout, done.stderr)
+        assert f"{CLIENT}/32" in policy_file.read_text()
+        assert not _ping(topo, CLIENT)
+        status = request(socket_path, {"command": "status"})
+        assert status["revision"] == 2
+
+        # SIGHUP with a policy the engine cannot enforce: one clear line, the old one stays.
+        good = policy_file.read_text()
+        assert "[tenants.flood]" not in good
+        bad = good + "\n[tenants.flood]\nsyn_cookies = true\n"         # the last (only) tenant's
+        policy_file.with_suffix(".edit").write_text(bad)
+        policy_file.with_suffix(".edit").replace(policy_file)
+        mark = len(daemon.lines)
+        daemon.signal(signal.SIGHUP)
+        rejected = daemon.wait_log("reload_rejected", after=mark)
+        assert "DPDK engine cannot enforce" in rejected["message"] and "syn_cookies" in rejected["message"]
+        assert "stay in force" in rejected["message"]
+        assert request(socket_path, {"command": "status"})["revision"] == 2
+        assert not _ping(topo, CLIENT)                 # the block of revision 2 still holds
+        # The CLI cannot slip such a policy in either, and the file is not rewritten by it.
+        refused = _cli(topo, socket_path, "policy", "apply", "--iface", "net_af_packet0", str(policy_file))
+        assert refused.returncode == 1 and "cannot enforce" in refused.stderr
+
+        # A good file again: the block goes with it.
+        policy_file.write_text(POLICY.replace("revision = 1", "revision = 5"))
+        mark = len(daemon.lines)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("reloaded", after=mark, revision=5)
+        assert _ping(topo, CLIENT)
+
+        before = len(notify.messages)
+        assert daemon.stop() == 0
+        notify.wait_for("STOPPING", "1", after=before, timeout=5)
+        stopped = daemon.wait_log("engine_stopped", timeout=5)
+        assert stopped["dropped"] >= FLOOD_PACKETS
+        daemon.wait_log("stopped", timeout=5)
+        assert not socket_path.exists()
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        notify.close()
+        topo.down()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(name in listed for name in topo.ns.values())
+
+
+def _check(tmp_path, text: str, policy: str = POLICY) -> subprocess.CompletedProcess:
+    (tmp_path / "policy.toml").write_text(policy)
+    config = tmp_path / "agent.toml"
+    config.write_text(text)
+    return subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--check", "--config", str(config)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def test_check_validates_the_engine_section(tmp_path):
+    good = _config(tmp_path, free_port())
+    head = 'policy_file = "policy.toml"\nstate_dir = "state"\n'
+    cases = [
+        (head + 'engine = "vpp"\n[[interfaces]]\nname = "e0"\n', "engine: must be one of xdp, dpdk, not 'vpp'"),
+        (head + 'engine = "dpdk"\n', 'engine = "dpdk" needs a [dpdk] table'),
+        (good + '[[interfaces]]\nname = "e0"\n', "with engine = \"dpdk\" the ports are in [dpdk]"),
+        (good.replace("[dpdk.eal]", '[dpdk]\npolicy = "other.toml"\n[dpdk.eal]'), "policy is the daemon's"),
+        (good.replace('memory_mb = 256', 'memory_mb = "lots"'), "memory_mb must be a positive integer"),
+        (good.replace('pass_to = "net_af_packet1"', 'pass_to = "net_nowhere"'), "passes to net_nowhere"),
+        (good.replace('judge = false', 'judge = false\nspeed = 10'), "unknown key(s) speed"),
+        (head + '[[interfaces]]\nname = "e0"\n[dpdk]\nconfig = "dpdk.toml"\n', 'only used with engine = "dpdk"'),
+        (head + 'engine = "dpdk"\n[dpdk]\nconfig = "missing.toml"\n', "missing.toml: no such config file"),
+    ]
+    for text, message in cases:
+        done = _check(tmp_path, text)
+        assert done.returncode == 1 and message in done.stderr, (message, done.stderr)
+
+    # A policy the engine cannot enforce fails the check (and so ExecStartPre).
+    done = _check(tmp_path, good, POLICY + '[tenants.flood]\nsyn_ack = "track"\n')
+    assert done.returncode == 1 and 'cannot enforce tenant 1 (web): syn_ack = "track"' in done.stderr, done.stderr
+
+    # The engine's own dpdk.toml by path: its policy and socket are not used (the daemon's are).
+    (tmp_path / "dpdk.toml").write_text('policy = "ignored.toml"\n[eal]\nlcores = "0,1"\n[[ports]]\n'
+                                        'name = "net_pcap0"\nvdev = "net_pcap0,rx_pcap=/dev/null"\n')
+    done = _check(tmp_path, head + 'engine = "dpdk"\n[dpdk]\nconfig = "dpdk.toml"\n')
+    assert done.returncode == 0 and "DPDK engine on net_pcap0 (lcores 0,1)" in done.stdout, done.stderr
+
+
+def test_an_engine_that_cannot_start_means_no_ready_and_a_failed_start(tmp_path):
+    """A port on an interface that does not exist: a clear error, no READY, exit 1."""
+    topo = Topology("dd" + uuid.uuid4().hex[:6], ("edge",))
+    config = tmp_path / "agent.toml"
+    config.write_text(_config(tmp_path, free_port()).replace("iface=e0", "iface=ewnoport0"))
+    (tmp_path / "policy.toml").write_text(POLICY)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    daemon = None
+    try:
+        topo.up()
+        daemon = DaemonProcess(topo.ns["edge"], config, notify)
+        assert daemon.proc.wait(60) == 1
+        assert not any("READY" in f for _, f in notify.messages)
+        failed = daemon.wait_log("start_failed", timeout=5)
+        assert "no configured interface could be enforced" in failed["message"]
+        assert "net_af_packet0" in failed["message"], failed["message"]
+        error = daemon.wait_log("interface_error", timeout=1)
+        assert error["interface"] == "net_af_packet0" and error["error"]
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        notify.close()
+        topo.down()
+    assert topo.ns["edge"] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
