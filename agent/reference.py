@@ -6,7 +6,7 @@ the map layouts and the program together. Precedence of reasons:
 global source block > tenant suspended > tenant source block > malformed >
 blocked destination port > amplification source port > dropped fragment >
 SYN-ACK without connection > segment without connection or cookie (SYN-cookie
-mode) > SYN rate > fragment rate > per-source rate > packet/byte rate > SYN
+mode) > per-source rate > SYN rate > fragment rate > byte/packet rate > SYN
 answered with a cookie > pass. Token buckets are state: ReferenceBuckets
 holds it, with the datapath's exact arithmetic. Which connections conntrack
 knows and which cookies the kernel would accept are the kernel's secrets:
@@ -22,7 +22,7 @@ import ipaddress
 import struct
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.datapath.abi import (
     AMPLIFICATION_PORTS, DROP_REASONS, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, TENANT_UNASSIGNED, TrafficClass,
@@ -207,14 +207,15 @@ NS_PER_SECOND = 10**9
 
 @dataclass
 class TokenBucket:
-    """The datapath's bucket (bpf/flood.h bucket_take): tokens in
-    unit-nanoseconds; never used (last_ns 0) means full."""
+    """The datapath's bucket (bpf/token_bucket.h token_take, bucket_take):
+    tokens in unit-nanoseconds; never used (last_ns 0) means full."""
 
     tokens: int = 0
     last_ns: int = 0
 
-    def take(self, rate: int, burst: int, now_ns: int, units: int) -> bool:
-        capacity, cost = burst * NS_PER_SECOND, units * NS_PER_SECOND
+    def refill(self, rate: int, burst: int, now_ns: int) -> int:
+        """The tokens after refilling to now_ns (token_refill); the clock is kept, the tokens are not."""
+        capacity = burst * NS_PER_SECOND
         tokens = min(self.tokens, capacity)
         if self.last_ns == 0:
             tokens, self.last_ns = capacity, now_ns
@@ -222,9 +223,68 @@ class TokenBucket:
             elapsed, room = now_ns - self.last_ns, capacity - tokens
             tokens = capacity if rate and elapsed >= -(-room // rate) else tokens + elapsed * rate
             self.last_ns = now_ns
+        return tokens
+
+    def take(self, rate: int, burst: int, now_ns: int, units: int) -> bool:
+        cost = units * NS_PER_SECOND
+        tokens = self.refill(rate, burst, now_ns)
         allowed = tokens >= cost
         self.tokens = tokens - cost if allowed else tokens
         return allowed
+
+
+SHARE_BATCH_SHIFT = 8       # bpf/token_bucket.h EW_SHARE_BATCH_SHIFT
+
+
+def share_batch(rate: int, burst: int) -> int:
+    """Unit-ns a CPU takes from the shared bucket at least: rate / 2^8 units, at least 1, at most the burst."""
+    return min(max(rate >> SHARE_BATCH_SHIFT, 1), burst) * NS_PER_SECOND
+
+
+@dataclass
+class BucketShare:
+    """One CPU's share of a tenant-wide bucket (struct ew_bucket_share)."""
+
+    tokens: int = 0
+    dry_ns: int = 0
+    dry_tokens: int = 0
+
+
+REFILL_MULTIPLY_NS = 1 << 30    # bpf/token_bucket.h EW_REFILL_MULTIPLY_NS
+
+
+@dataclass
+class SharedBucket:
+    """A tenant-wide limit as the datapath keeps it (bpf/token_bucket.h
+    share_take): a shared bucket, and per CPU the tokens taken from it in
+    batches and not yet spent. Over any interval the tenant passes within
+    ncpus x share_batch units of what one exact TokenBucket would pass."""
+
+    bucket: TokenBucket = field(default_factory=TokenBucket)
+    shares: dict[int, BucketShare] = field(default_factory=dict)
+
+    def take(self, rate: int, burst: int, now_ns: int, units: int, cpu: int = 0) -> bool:
+        share = self.shares.setdefault(cpu, BucketShare())
+        cost = units * NS_PER_SECOND
+        if share.tokens >= cost:
+            share.tokens -= cost
+            return True
+        deficit = cost - share.tokens
+        if share.dry_ns:
+            # The shared bucket holds at most what it held when it ran dry plus the refill since.
+            since = max(now_ns - share.dry_ns, 0)
+            if since < REFILL_MULTIPLY_NS and share.dry_tokens + since * rate < deficit:
+                return False
+        want = max(share_batch(rate, burst), deficit)
+        shared = self.bucket.refill(rate, burst, now_ns)
+        got = min(shared, want) if shared >= deficit else 0
+        self.bucket.tokens = shared - got
+        if got:
+            share.tokens += got - cost
+            share.dry_ns = 0
+            return True
+        share.dry_ns, share.dry_tokens = now_ns, shared
+        return False
 
 
 class ReferenceBuckets:
@@ -235,7 +295,7 @@ class ReferenceBuckets:
     find its old, refilling buckets; tests do not re-add tenants.)"""
 
     def __init__(self) -> None:
-        self.buckets: dict[tuple[int, object], TokenBucket] = {}
+        self.buckets: dict[tuple[int, object], TokenBucket | SharedBucket] = {}
         self.floods: dict[int, object] = {}
 
     def apply(self, policy: Policy) -> None:
@@ -245,11 +305,16 @@ class ReferenceBuckets:
                 del self.buckets[key]
         self.floods = floods
 
-    def take(self, tenant_id: int, kind, rate, now_ns: int, units: int) -> bool:
+    def take(self, tenant_id: int, kind, rate, now_ns: int, units: int, cpu: int = 0) -> bool:
+        """Per-source kinds ("source", prefix) are plain buckets; tenant-wide
+        ones are shared by the CPUs (SharedBucket); `cpu` says whose share."""
         if rate.unlimited:
             return True
-        bucket = self.buckets.setdefault((tenant_id, kind), TokenBucket())
-        return bucket.take(rate.per_second, rate.burst, now_ns, units)
+        if isinstance(kind, tuple):
+            return self.buckets.setdefault((tenant_id, kind), TokenBucket()).take(
+                rate.per_second, rate.burst, now_ns, units)
+        bucket = self.buckets.setdefault((tenant_id, kind), SharedBucket())
+        return bucket.take(rate.per_second, rate.burst, now_ns, units, cpu)
 
 
 TCP_SYN, TCP_ACK, TCP_FIN, TCP_RST = 0x02, 0x10, 0x01, 0x04
@@ -319,18 +384,21 @@ def flood_reason(tenant, facts: PacketFacts, buckets: ReferenceBuckets | None, n
         return syn_cookie_answer(flood, facts)
     if buckets is None:
         raise ValueError("a policy with rate limits needs ReferenceBuckets to be judged")
+    # Per-source tokens first (a prefix over its own limit spends none of the
+    # tenant's), bytes before packets (a packet the byte limit drops spends no
+    # packet token).
+    prefixlen = flood.source_prefix_v4 if facts.family == 4 else flood.source_prefix_v6
+    source_prefix = ipaddress.ip_network((facts.src, prefixlen), strict=False)
+    if not buckets.take(tenant.id, ("source", source_prefix), flood.per_source, now_ns, 1):
+        return VerdictReason.drop_source_rate
     if facts.traffic_class is TrafficClass.tcp_syn and not buckets.take(tenant.id, "syn", flood.syns, now_ns, 1):
         return VerdictReason.drop_syn_rate
     if nonfirst and flood.fragments is FragmentPolicy.LIMIT and \
             not buckets.take(tenant.id, "fragments", flood.fragment_rate, now_ns, 1):
         return VerdictReason.drop_fragment
-    prefixlen = flood.source_prefix_v4 if facts.family == 4 else flood.source_prefix_v6
-    source_prefix = ipaddress.ip_network((facts.src, prefixlen), strict=False)
-    if not buckets.take(tenant.id, ("source", source_prefix), flood.per_source, now_ns, 1):
-        return VerdictReason.drop_source_rate
     byte_rate = Rate(flood.bits.per_second // 8, flood.bits.burst // 8)
-    if not buckets.take(tenant.id, "packets", flood.packets, now_ns, 1) or \
-            not buckets.take(tenant.id, "bytes", byte_rate, now_ns, facts.length):
+    if not buckets.take(tenant.id, "bytes", byte_rate, now_ns, facts.length) or \
+            not buckets.take(tenant.id, "packets", flood.packets, now_ns, 1):
         return VerdictReason.drop_rate_limit
     return syn_cookie_answer(flood, facts)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Datapath cost in ns per packet, measured with BPF_PROG_TEST_RUN.
 
-One run, the same packet bytes, five programs:
+One run, the same packet bytes, six programs:
 
   1. a minimal XDP_DROP program (benchmarks/bpf/xdp_drop.bpf.c);
   2. xdp-filter from xdp-tools, loaded by its own tool on a veth pair in a
@@ -9,8 +9,13 @@ One run, the same packet bytes, five programs:
      program is test-run directly (by id, taken from the interface);
   3. edgewarden dropping the same source through its global block list;
   4. edgewarden passing a tenant's packet with full accounting (VIP lookup,
-     global, tenant source and tenant port block lookups, per-CPU counters);
-  5. a minimal count-and-pass program (benchmarks/bpf/count_pass.bpf.c).
+     the /24 prefilter, the tenant's port ranges, per-CPU counters), from a
+     source in no list and (4') from one whose /24 the tenant's list touches;
+  5. a minimal count-and-pass program (benchmarks/bpf/count_pass.bpf.c);
+  6. `parse_lookup_pass` (benchmarks/bpf/parse_lookup_pass.bpf.c):
+     edgewarden's own parser, one hash lookup on the destination, one
+     per-CPU array count, pass: the floor for a datapath that attributes
+     traffic to tenants, and the pass path's baseline.
 
 Each program is checked for the right verdict first (DROP for the blocked
 source, PASS for the tenant packet), then timed in interleaved rounds of
@@ -86,6 +91,12 @@ BLOCKED_FRAME = tcp_ipv4_frame(BLOCKED_SOURCE, TENANT_VIP, 40000, TENANT_PORT, "
 WIDE_BLOCKED_SOURCE = "100.64.1.1"  # inside 100.64.0.0/10: decided by the /16 node alone
 WIDE_BLOCKED_FRAME = tcp_ipv4_frame(WIDE_BLOCKED_SOURCE, TENANT_VIP, 40000, TENANT_PORT, "S")
 TENANT_FRAME = tcp_ipv4_frame(CLIENT_SOURCE, TENANT_VIP, 40000, TENANT_PORT, "S")
+# A client whose /24 no list touches (the usual legitimate source): the
+# prefilter alone says "in no list". CLIENT_SOURCE's /24 is touched by the
+# tenant's own list (192.0.2.64/26), so its pass path also looks in the
+# tenant table.
+UNLISTED_SOURCE = "203.0.113.250"
+UNLISTED_FRAME = tcp_ipv4_frame(UNLISTED_SOURCE, TENANT_VIP, 40000, TENANT_PORT, "S")
 
 # A realistic edge policy: a global list of bogons plus an abusive range, four
 # tenants with VIPs (some per port), and on the measured tenant both a source
@@ -145,7 +156,7 @@ FLOOD_FRAMES = {
                       udp_ipv4_frame(CLIENT_SOURCE, FLOOD_VIPS["amplification"], 53, 40000, bytes(12))),
     "syn-ack": ("SYN-ACK, `drop_syn_ack` (default policy)",
                 tcp_ipv4_frame(CLIENT_SOURCE, FLOOD_VIPS["syn-ack"], 443, 40000, "SA")),
-    "syn-rate": ("SYN over the SYN rate, `drop_syn_rate` (spin-locked bucket)",
+    "syn-rate": ("SYN over the SYN rate, `drop_syn_rate` (per-CPU share of the bucket)",
                  tcp_ipv4_frame(CLIENT_SOURCE, FLOOD_VIPS["syn-rate"], 40000, 443, "S")),
     "per-source": ("ACK over the per-source rate, `drop_source_rate` (LRU bucket)",
                    tcp_ipv4_frame(CLIENT_SOURCE, FLOOD_VIPS["per-source"], 40000, 443, "A")),
@@ -208,17 +219,36 @@ class Subject:
 
 
 def load_baseline(stack: ExitStack, name: str, workdir: Path, token: str) -> int:
-    """Compile benchmarks/bpf/<name>.bpf.c, load and pin it with bpftool, and
-    return an fd; the pin is removed on exit (the fd keeps it alive meanwhile)."""
+    """Compile benchmarks/bpf/<name>.bpf.c, load and pin it (and its maps,
+    under map_pin_dir(name, token)) with bpftool, and return an fd; the pins
+    are removed on exit (the fd keeps the program alive meanwhile)."""
     source = BASELINE_SOURCES / f"{name}.bpf.c"
     obj = workdir / f"{name}.bpf.o"
     compile_bpf(source, obj)
     pin = BPFFS / f"ewbench-{token}-{name}"
-    run(["bpftool", "prog", "load", str(obj), str(pin)])
+    maps_dir = map_pin_dir(name, token)
+    run(["bpftool", "prog", "load", str(obj), str(pin), "pinmaps", str(maps_dir)])
+    stack.callback(shutil.rmtree, maps_dir, True)
     stack.callback(_unlink_quietly, pin)
     fd = obj_get(str(pin))
     stack.callback(os.close, fd)
     return fd
+
+
+def map_pin_dir(name: str, token: str) -> Path:
+    return BPFFS / f"ewbench-{token}-{name}-maps"
+
+
+def fill_destinations(token: str) -> None:
+    """parse_lookup_pass's destination map: every IPv4 VIP of the benchmark
+    policy -> a slot, as many entries as edgewarden's VIP map holds."""
+    pin = map_pin_dir("parse_lookup_pass", token) / "plp_destinations"
+    vips = [vip if isinstance(vip, str) else vip["address"]
+            for tenant in POLICY_DOCUMENT["tenants"] for vip in tenant["vips"]]
+    for slot, vip in enumerate(dict.fromkeys(v for v in vips if ":" not in v), start=1):
+        key = [str(b) for b in ipaddress.IPv4Address(vip).packed]
+        value = [str(b) for b in slot.to_bytes(4, "little")]
+        run(["bpftool", "map", "update", "pinned", str(pin), "key", *key, "value", *value])
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -352,6 +382,7 @@ def check_edgewarden(dp: PrivateDatapath) -> None:
     cases = [
         ("global block", BLOCKED_FRAME, XDP_DROP),
         ("tenant packet", TENANT_FRAME, XDP_PASS),
+        ("tenant packet from a source in no list", UNLISTED_FRAME, XDP_PASS),
         ("tenant source block", tcp_ipv4_frame("192.0.2.70", TENANT_VIP, 40000, TENANT_PORT), XDP_DROP),
         ("tenant port block", tcp_ipv4_frame(CLIENT_SOURCE, TENANT_VIP, 40000, 25), XDP_DROP),
     ]
@@ -435,22 +466,27 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
         f"- **xdp-filter:** loaded by `xdp-filter load --policy allow [-f ...]` on veth devices in a throwaway "
         f"network namespace; its program id is the one `bpftool net` reports on the device "
         f"({', '.join(f'{s.prog_name} id {s.prog_id}' for s in xdp_filter_variants)}), test-run by fd. "
-        "It matches exact addresses in a hash map; edgewarden matches prefixes: IPv4 in /16 + /24 node "
-        "tables (one lookup for prefixes up to /24, two beyond), IPv6 in LPM tries.",
+        "It matches exact addresses in a hash map; edgewarden matches prefixes: IPv4 through the /24 "
+        "prefilter (an array: no hash lookup for a /24 in no list or blocked whole) and /16 + /24 node "
+        "tables (one /24-node lookup for a longer prefix), IPv6 in LPM tries.",
         f"- **Packets:** {len(BLOCKED_FRAME)}-byte IPv4 TCP SYNs to the tenant VIP {TENANT_VIP}:{TENANT_PORT}; "
         f"*blocked* from {BLOCKED_SOURCE} (edgewarden: global block list; xdp-filter: "
-        f"`xdp-filter ip {BLOCKED_SOURCE} --mode src`), *tenant* from {CLIENT_SOURCE} (blocked nowhere).",
+        f"`xdp-filter ip {BLOCKED_SOURCE} --mode src`), *tenant* from {UNLISTED_SOURCE} (in a /24 no list "
+        f"touches), *tenant near a block* from {CLIENT_SOURCE} (blocked nowhere, but in a /24 the tenant's "
+        "own list touches, so the tenant table is consulted).",
         f"- **Policy:** {len(POLICY_DOCUMENT['tenants'])} tenants, "
         f"{len(POLICY_DOCUMENT['global']['blocked_sources'])} global blocked prefixes; the measured tenant "
         f"has {len(POLICY_DOCUMENT['tenants'][0]['blocked_sources'])} blocked source prefixes and "
-        f"{len(POLICY_DOCUMENT['tenants'][0]['blocked_ports'])} blocked port rules, so its pass path "
-        "does the VIP, global block, tenant, tenant block and port block lookups, then per-CPU accounting.",
+        f"{len(POLICY_DOCUMENT['tenants'][0]['blocked_ports'])} blocked port rules (ranges in its VIP value); "
+        "its pass path does the VIP lookup, the prefilter, the port ranges and, for a source whose /24 a "
+        "list touches, the tenant block lookups, then per-CPU accounting.",
         "",
         "| # | Program | Packet | Verdict | ns/packet (median) | min | max |",
         "|---|---|---|---|---:|---:|---:|",
     ]
     rows = [("1", drop), *[("2" if s is best_xdp_filter else "2'", s) for s in xdp_filter_variants],
-            ("3", ew_drop), ("3'", subjects["ew-drop-wide"]), ("4", ew_pass), ("5", count_pass)]
+            ("3", ew_drop), ("3'", subjects["ew-drop-wide"]), ("4", ew_pass), ("4'", subjects["ew-pass-near"]), ("5", count_pass),
+            ("6", subjects["parse-lookup-pass"])]
     for number, s in rows:
         lines.append(f"| {number} | {s.label} | {s.packet} | XDP_{ACTION_NAMES[s.expect]} | "
                      f"{fmt_ns(s.median)} | {min(s.samples)} | {max(s.samples)} |")
@@ -462,10 +498,21 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
         "| Ratio | Value | Goal | |",
         "|---|---:|---:|---|",
     ]
+    plp = subjects["parse-lookup-pass"]
+    flood_goal = [ratio_line(f"{s.label.split(',')[0]} / parse_lookup_pass", s.median, plp.median, 1.5)
+                  for key, s in subjects.items() if key in ("flood-syn-rate", "flood-per-source")]
     for name, value, goal, verdict in (
-        ratio_line("edgewarden blocked drop / xdp-filter drop", ew_drop.median, best_xdp_filter.median, 1.0),
+        ratio_line("edgewarden accounted pass / parse_lookup_pass", ew_pass.median, plp.median, 1.3),
+        ratio_line("edgewarden accounted pass, source /24 touched by a list / parse_lookup_pass",
+                   subjects["ew-pass-near"].median, plp.median, None),
+        ratio_line("edgewarden blocked drop, prefix <= /24 / xdp-filter drop",
+                   subjects["ew-drop-wide"].median, best_xdp_filter.median, 1.0),
+        ratio_line("edgewarden blocked drop, prefix /25 / xdp-filter drop", ew_drop.median,
+                   best_xdp_filter.median, 1.2),
+        *flood_goal,
         ratio_line("edgewarden blocked drop / minimal drop", ew_drop.median, drop.median, None),
-        ratio_line("edgewarden accounted pass / count-and-pass", ew_pass.median, count_pass.median, 2.0),
+        ratio_line("edgewarden accounted pass / count-and-pass", ew_pass.median, count_pass.median, None),
+        ratio_line("parse_lookup_pass / count-and-pass", plp.median, count_pass.median, None),
     ):
         lines.append(f"| {name} | {value} | {goal} | {verdict} |")
     lines += ["", ANALYSIS, ""]
@@ -474,31 +521,36 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
         lines += [
             "Flood defences, each on its own tenant (no goal; they explain the load test):",
             "",
-            "| Drop path | ns/packet (median) | min | max | x minimal drop |",
-            "|---|---:|---:|---:|---:|",
+            "| Drop path | ns/packet (median) | min | max | x minimal drop | x parse_lookup_pass |",
+            "|---|---:|---:|---:|---:|---:|",
             *[f"| {s.label} | {fmt_ns(s.median)} | {min(s.samples)} | {max(s.samples)} | "
-              f"{s.median / drop.median:.1f} |" for s in flood],
+              f"{s.median / drop.median:.1f} | {s.median / plp.median:.2f} |" for s in flood],
             "",
         ]
     lines += [f"_Generated by `benchmarks/bench_datapath.py` in {elapsed:.0f} s._", ""]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
 
 
-ANALYSIS = """**Why the goals are missed.** xdp-filter's drop is a parse, one exact-match
-hash lookup and a per-CPU array counter. edgewarden's drop also finds the
-tenant (one hash lookup on the destination: per-tenant attribution of every
-drop is required) and then walks the /16 node, and for prefixes longer than
-/24 the /24 node (hash lookups, ~7 ns each here). Measured by variants of the
-program (2026-11-27): parse ~2 ns, VIP lookup ~8-12 ns, each node lookup
-~7 ns, per-CPU array accounting ~2 ns over the 5-6 ns test-run floor. The
-first design (LPM tries, two VIP lookups, per-CPU hash) measured 56 ns drop /
-92 ns pass; this one 34-36 / 44-46. The count-and-pass baseline parses
-nothing and does one array lookup, so 2x of it (10-12 ns) is below the cost
-of parsing plus a single hash lookup; the pass path here does the VIP, global
-block, tenant block and port block lookups by design. What would close more
-of the gap: the /16 level as an array (inlined lookup) with generation-tagged
-/24 keys so versions still swap atomically; a per-tenant port bitmap instead
-of the port hash."""
+ANALYSIS = """**What the paths cost (issue 14).** `parse_lookup_pass` is the floor
+for a datapath that attributes traffic to tenants: edgewarden's parser, one
+hash lookup on the destination, one per-CPU array count. edgewarden's pass
+path for a source in no list is that plus inlined array lookups only: the
+IPv4 prefilter (one bit per /24 any list touches, `ew_prefilter_v4`) says
+"in no list" without a block-table lookup, and the tenant's blocked ports
+sit as ranges in the VIP value (no port-hash lookup for up to 8 ranges). A
+source whose /24 a list touches still pays the block-table lookups (row
+4'). A global drop of a prefix <= /24 is decided by the prefilter's
+"blocked whole" bitmap (VIP lookup + array lookup); a longer prefix adds the
+one /24-node lookup (the /16 level is no longer visited: the bitmap holds
+what it said). xdp-filter's drop is a parse and one exact-match hash lookup;
+edgewarden's also finds the tenant (a hash lookup: per-tenant attribution
+of every drop is required), so the /25 drop does two hash lookups to its
+one. Tenant-wide rate limits no longer take a lock per packet: each CPU
+spends a share taken from the shared bucket in batches, and a CPU that
+found the shared bucket dry drops without the lock until the rate can have
+refilled it; the clock is the coarse one where every burst holds a 10 ms
+tick of its rate. The per-source path's remaining cost is its LRU hash
+lookup."""
 
 
 def write_results(section: str) -> None:
@@ -533,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         log("compiling and loading the baselines")
         drop_fd = load_baseline(stack, "xdp_drop", workdir, token)
         count_fd = load_baseline(stack, "count_pass", workdir, token)
+        plp_fd = load_baseline(stack, "parse_lookup_pass", workdir, token)
+        fill_destinations(token)
 
         log("loading edgewarden with private maps")
         dp = stack.enter_context(PrivateDatapath(policy_from_document(POLICY_DOCUMENT, "bench policy")))
@@ -548,21 +602,27 @@ def main(argv: list[str] | None = None) -> int:
 
         subjects = {
             "drop": named("drop", "minimal `xdp_drop`", drop_fd, BLOCKED_FRAME, "blocked", XDP_DROP),
-            "ew-drop": named("ew-drop", "edgewarden, global block (/25: two node lookups)", ew_fd, BLOCKED_FRAME,
+            "ew-drop": named("ew-drop", "edgewarden, global block (/25: prefilter + one /24-node lookup)", ew_fd, BLOCKED_FRAME,
                              "blocked", XDP_DROP),
-            "ew-drop-wide": named("ew-drop-wide", "edgewarden, global block (/10: one node lookup)", ew_fd,
+            "ew-drop-wide": named("ew-drop-wide", "edgewarden, global block (/10: prefilter alone)", ew_fd,
                                   WIDE_BLOCKED_FRAME, "blocked wide", XDP_DROP),
-            "ew-pass": named("ew-pass", "edgewarden, tenant pass + accounting", ew_fd, TENANT_FRAME,
-                             "tenant", XDP_PASS),
+            "ew-pass": named("ew-pass", "edgewarden, tenant pass + accounting, source /24 in no list", ew_fd,
+                             UNLISTED_FRAME, "tenant", XDP_PASS),
+            "ew-pass-near": named("ew-pass-near", "edgewarden, tenant pass + accounting, source /24 touched by the "
+                                  "tenant's list", ew_fd, TENANT_FRAME, "tenant near a block", XDP_PASS),
             "count-pass": named("count-pass", "minimal `count_pass` (per-CPU array)", count_fd, TENANT_FRAME,
                                 "tenant", XDP_PASS),
+            "parse-lookup-pass": named("parse-lookup-pass", "`parse_lookup_pass` (edgewarden's parser, one hash "
+                                       "lookup on the destination, per-CPU array count)", plp_fd, TENANT_FRAME,
+                                       "tenant", XDP_PASS),
         }
         flood_dp = stack.enter_context(PrivateDatapath(policy_from_document(FLOOD_DOCUMENT, "bench flood policy")))
         for key, (label, frame) in FLOOD_FRAMES.items():
             flood_dp.run(frame)     # spends the one-packet bursts
             subjects[f"flood-{key}"] = named(f"flood-{key}", label, flood_dp.program.prog_fd, frame, key, XDP_DROP)
         everything = [subjects["drop"], *xdp_filter_variants, subjects["ew-drop"], subjects["ew-drop-wide"],
-                      subjects["ew-pass"], subjects["count-pass"],
+                      subjects["ew-pass"], subjects["ew-pass-near"], subjects["count-pass"],
+                      subjects["parse-lookup-pass"],
                       *[s for key, s in subjects.items() if key.startswith("flood-")]]
 
         log("checking verdicts")

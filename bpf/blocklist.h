@@ -49,6 +49,32 @@ static __always_inline int source_blocked_v4_global(__be32 saddr)
     return block_nodes_match(n16, table, &key24, addr, 0);
 }
 
+/* The global decision for a source whose /24 the prefilter says the global
+ * table has something in but does not block whole: only a level-24 node
+ * can block it (a /16 node that blocks it would have put the /24 in
+ * global_whole), so that one lookup decides. */
+static __always_inline int source_blocked_v4_global_partial(__be32 saddr)
+{
+    __u32 zero = 0, addr = bpf_ntohl(saddr), key24;
+    const struct ew_block_node *n24;
+    void *table = bpf_map_lookup_elem(&ew_gblock_v4, &zero);
+
+    if (!table)
+        return 0;
+    key24 = block_node_key(EW_BLOCK_LEVEL_24, addr);
+    n24 = bpf_map_lookup_elem(table, &key24);
+    return n24 && bit_is_set(n24->full24, addr & 0xff);
+}
+
+/* The prefilter entry of an IPv4 source, and the source's bit in it. */
+static __always_inline const struct ew_prefilter_v4 *prefilter_v4(__be32 saddr, __u64 *bit)
+{
+    __u32 addr = bpf_ntohl(saddr), index = addr >> 14;
+
+    *bit = 1ULL << ((addr >> 8) & 63);
+    return bpf_map_lookup_elem(&ew_prefilter_v4, &index);
+}
+
 static __always_inline int source_blocked_v4_tenant(__be32 saddr, __u32 tenant_id)
 {
     __u32 zero = 0, addr = bpf_ntohl(saddr);

@@ -13,7 +13,7 @@
  * is then a plain integer, and so are the traffic class and tenant slot it
  * leaves in *facts and *tenant, which account_packet indexes the counters
  * by (see account.h). */
-__noinline __u32 ew_packet_verdict(struct xdp_md *ctx, struct packet_facts *facts, struct ew_vip *tenant,
+__noinline __u32 ew_packet_verdict(struct xdp_md *ctx, struct packet_facts *facts, struct tenant_facts *tenant,
                                    __u32 parsed)
 {
     if (!facts || !tenant)
@@ -45,7 +45,7 @@ SEC("xdp.frags")
 int edgewarden_xdp(struct xdp_md *ctx)
 {
     struct packet_facts facts = {};
-    struct ew_vip tenant = {};
+    struct tenant_facts tenant = {};
     __u32 reason;
 
     reason = ew_packet_verdict(ctx, &facts, &tenant, parse_packet(ctx, &facts));

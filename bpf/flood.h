@@ -41,11 +41,17 @@ static __always_inline int limit_allows(__u32 slot, const struct ew_flood_policy
     const struct ew_rate *limit = &policy->limits[kind & (EW_BUCKET_KINDS - 1)];
     __u32 key = slot * EW_BUCKET_KINDS + (kind & (EW_BUCKET_KINDS - 1));
     struct ew_bucket *bucket;
+    struct ew_bucket_share *share;
 
     if (limit->rate == 0 && limit->burst == 0)
         return 1;
     bucket = bpf_map_lookup_elem(&ew_buckets, &key);
-    return !bucket || bucket_take(bucket, limit, now, units, policy->generation);
+    share = bpf_map_lookup_elem(&ew_bucket_shares, &key);
+    if (!bucket)
+        return 1;
+    /* An engine without per-CPU shares (the DPDK build) takes from the bucket itself. */
+    return share ? share_take(share, bucket, limit, now, units, policy->generation)
+                 : bucket_take(bucket, limit, now, units, policy->generation);
 }
 
 /* Clears the host bits of the first `prefixlen` bits of an address. */
@@ -139,16 +145,19 @@ static __always_inline __u32 flood_verdict(struct xdp_md *ctx, const struct pack
     }
     if (!(policy->flags & EW_FLOOD_HAS_LIMITS))     /* the clock is not free: only read it when needed */
         return wants_syn_cookie(f, policy->flags) ? EW_REASON_ANSWER_SYN_COOKIE : EW_REASON_PASS_ALLOWED;
-    now = bpf_ktime_get_ns();
+    now = (policy->flags & EW_FLOOD_COARSE_CLOCK) ? bpf_ktime_get_coarse_ns() : bpf_ktime_get_ns();
+    /* Per-source tokens first, so that one (spoofed) prefix over its own
+     * limit spends none of the tenant's; bytes before packets, so that a
+     * packet the byte limit drops spends no packet token. */
+    if (!source_allows(f, slot, policy, now))
+        return EW_REASON_DROP_SOURCE_RATE;
     if (f->traffic_class == EW_CLASS_TCP_SYN && !limit_allows(slot, policy, EW_BUCKET_SYN, now, 1))
         return EW_REASON_DROP_SYN_RATE;
     if (f->fragment == EW_NONFIRST_FRAGMENT && (policy->flags & EW_FLOOD_LIMIT_FRAGMENTS) &&
         !limit_allows(slot, policy, EW_BUCKET_FRAGMENTS, now, 1))
         return EW_REASON_DROP_FRAGMENT;
-    if (!source_allows(f, slot, policy, now))
-        return EW_REASON_DROP_SOURCE_RATE;
-    if (!limit_allows(slot, policy, EW_BUCKET_PACKETS, now, 1) ||
-        !limit_allows(slot, policy, EW_BUCKET_BYTES, now, f->length))
+    if (!limit_allows(slot, policy, EW_BUCKET_BYTES, now, f->length) ||
+        !limit_allows(slot, policy, EW_BUCKET_PACKETS, now, 1))
         return EW_REASON_DROP_RATE_LIMIT;
     return wants_syn_cookie(f, policy->flags) ? EW_REASON_ANSWER_SYN_COOKIE : EW_REASON_PASS_ALLOWED;
 }

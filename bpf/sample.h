@@ -9,6 +9,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "edgewarden_abi.h"
+#include "verdict.h"     /* struct tenant_facts */
 
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -91,7 +92,8 @@ static __noinline __attribute__((unused)) int sample_packet_slow(struct xdp_md *
 }
 #endif
 
-static __always_inline void sample_packet(struct xdp_md *ctx, const struct ew_vip *tenant, __u32 reason, __u32 length)
+static __always_inline void sample_packet(struct xdp_md *ctx, const struct tenant_facts *tenant, __u32 reason,
+                                          __u32 length)
 {
 #ifndef EW_SAMPLING_COMPILED_OUT
     if (tenant->flags & EW_TENANT_SAMPLED)

@@ -2,8 +2,8 @@
  *   global source block > tenant suspended > tenant source block >
  *   malformed > blocked destination port > amplification source port >
  *   dropped fragment > SYN-ACK without connection > segment without
- *   connection or cookie > SYN rate > fragment rate > per-source rate >
- *   packet/byte rate > SYN answered with a cookie > pass.
+ *   connection or cookie > per-source rate > SYN rate > fragment rate >
+ *   byte/packet rate > SYN answered with a cookie > pass.
  * Rate limits come after the drops, so blocked packets spend no tokens, and
  * before the cookie answer, so the SYN limit also caps the SYN-ACKs sent.
  * agent/reference.py is the executable statement of the same rules. */
@@ -16,6 +16,14 @@
 #include "flood.h"
 #include "syn_cookie_answer.h"
 
+/* The head of the VIP value the packet's destination matched: what the
+ * caller accounts by (slot) and the verdict decides by. */
+struct tenant_facts {
+    __u32 tenant_id;
+    __u32 slot;
+    __u32 flags;
+};
+
 static __always_inline int has_port(const struct packet_facts *f)
 {
     return f->l4_parsed && (f->l4_proto == IPPROTO_TCP || f->l4_proto == IPPROTO_UDP);
@@ -24,7 +32,7 @@ static __always_inline int has_port(const struct packet_facts *f)
 /* (VIP, protocol, port) first, then (VIP, any port); else unassigned. The
  * any-port entry is looked up first because it also says whether the
  * address has port-specific VIPs at all, which most do not. */
-static __always_inline void lookup_tenant(const struct packet_facts *f, struct ew_vip *out)
+static __always_inline const struct ew_vip *lookup_tenant(const struct packet_facts *f, struct tenant_facts *out)
 {
     const struct ew_vip *vip, *port_vip = NULL;
 
@@ -52,22 +60,40 @@ static __always_inline void lookup_tenant(const struct packet_facts *f, struct e
     }
     if (port_vip)
         vip = port_vip;
+    /* The head only: the port ranges are read where they are, in the map value. */
     if (vip) {
-        *out = *vip;
+        out->tenant_id = vip->tenant_id;
+        out->slot = vip->slot;
+        out->flags = vip->flags;
     } else {
         out->tenant_id = EW_TENANT_UNASSIGNED;
         out->slot = EW_TENANT_UNASSIGNED;
         out->flags = 0;
     }
+    return vip;
 }
 
-static __always_inline int source_globally_blocked(const struct packet_facts *f, __u32 config_flags)
+/* Which source checks an IPv4 packet needs, from its /24's prefilter entry:
+ * a source in no list (almost every legitimate one) needs none. Without
+ * an entry (cannot happen: the array covers every /24) everything is
+ * looked up the way it was before the prefilter. */
+enum ew_source_checks {
+    EW_CHECK_GLOBAL = 1,        /* look in the global table */
+    EW_CHECK_TENANT = 2,        /* look in the tenant tables */
+    EW_BLOCKED_GLOBALLY = 4,    /* decided: the global list blocks the /24 whole */
+    EW_CHECK_GLOBAL_NODES = 8,  /* no prefilter: walk the global table from its /16 node */
+};
+
+static __always_inline __u32 source_checks_v4(__be32 saddr)
 {
-    if (f->family == EW_FAMILY_IPV4) {
-        return (config_flags & EW_CONFIG_GLOBAL_V4_BLOCKS) && source_blocked_v4_global(f->saddr.v4);
-    } else {
-        return (config_flags & EW_CONFIG_GLOBAL_V6_BLOCKS) && source_blocked_v6_global(&f->saddr.v6);
-    }
+    __u64 bit;
+    const struct ew_prefilter_v4 *pf = prefilter_v4(saddr, &bit);
+
+    if (!pf)    /* an engine without the prefilter (the DPDK build) */
+        return EW_CHECK_GLOBAL_NODES | EW_CHECK_TENANT;
+    if (pf->global_whole & bit)
+        return EW_BLOCKED_GLOBALLY;
+    return ((pf->global_listed & bit) ? EW_CHECK_GLOBAL : 0) | ((pf->tenant_listed & bit) ? EW_CHECK_TENANT : 0);
 }
 
 static __always_inline int source_blocked_for_tenant(const struct packet_facts *f, __u32 tenant_id)
@@ -79,33 +105,71 @@ static __always_inline int source_blocked_for_tenant(const struct packet_facts *
     }
 }
 
-static __always_inline int port_blocked_for_tenant(const struct packet_facts *f, __u32 tenant_id)
+static __always_inline int port_blocked_in_ranges(const struct ew_vip *vip, const struct packet_facts *f)
+{
+    __u16 port = bpf_ntohs(f->dport);
+
+#pragma unroll
+    for (int i = 0; i < EW_VIP_PORT_RANGES; i++) {
+        const struct ew_port_range *r = &vip->port_blocks[i];
+
+        if (r->proto == 0)
+            break;
+        if (r->proto == f->l4_proto && port >= r->first && port <= r->last)
+            return 1;
+    }
+    return 0;
+}
+
+static __always_inline int port_blocked_for_tenant(const struct packet_facts *f, const struct ew_vip *vip,
+                                                   __u32 tenant_id)
 {
     struct ew_port_key key = {};
 
     if (!has_port(f))
         return 0;
+    if (vip && (vip->flags & EW_TENANT_PORT_RANGES))
+        return port_blocked_in_ranges(vip, f);
     key.tenant_id = tenant_id;
     key.port = f->dport;
     key.proto = f->l4_proto;
     return bpf_map_lookup_elem(&ew_port_blocks, &key) != NULL;
 }
 
+/* `vip`: the VIP map value *tenant was copied from, or NULL (unassigned). */
 static __always_inline __u32 decide_ip_verdict(struct xdp_md *ctx, const struct packet_facts *f,
-                                               const struct ew_vip *tenant)
+                                               const struct tenant_facts *tenant, const struct ew_vip *vip)
 {
-    __u32 zero = 0;
-    struct ew_config *config = bpf_map_lookup_elem(&ew_config, &zero);
+    __u32 checks = EW_CHECK_TENANT;
 
-    if (config && source_globally_blocked(f, config->flags))
-        return EW_REASON_DROP_GLOBAL_BLOCK;
+    if (f->family == EW_FAMILY_IPV4) {
+        checks = source_checks_v4(f->saddr.v4);
+        if (checks & EW_BLOCKED_GLOBALLY)
+            return EW_REASON_DROP_GLOBAL_BLOCK;
+        if ((checks & EW_CHECK_GLOBAL) && source_blocked_v4_global_partial(f->saddr.v4))
+            return EW_REASON_DROP_GLOBAL_BLOCK;
+        if (checks & EW_CHECK_GLOBAL_NODES) {
+            __u32 zero = 0;
+            struct ew_config *config = bpf_map_lookup_elem(&ew_config, &zero);
+
+            if (config && (config->flags & EW_CONFIG_GLOBAL_V4_BLOCKS) && source_blocked_v4_global(f->saddr.v4))
+                return EW_REASON_DROP_GLOBAL_BLOCK;
+        }
+    } else {
+        __u32 zero = 0;
+        struct ew_config *config = bpf_map_lookup_elem(&ew_config, &zero);
+
+        if (config && (config->flags & EW_CONFIG_GLOBAL_V6_BLOCKS) && source_blocked_v6_global(&f->saddr.v6))
+            return EW_REASON_DROP_GLOBAL_BLOCK;
+    }
     if (tenant->flags & EW_TENANT_SUSPENDED)
         return EW_REASON_DROP_TENANT_SUSPENDED;
-    if ((tenant->flags & EW_TENANT_HAS_SOURCE_BLOCKS) && source_blocked_for_tenant(f, tenant->tenant_id))
+    if ((tenant->flags & EW_TENANT_HAS_SOURCE_BLOCKS) && (checks & EW_CHECK_TENANT) &&
+        source_blocked_for_tenant(f, tenant->tenant_id))
         return EW_REASON_DROP_TENANT_BLOCK;
     if (f->malformed)
         return EW_REASON_DROP_MALFORMED;
-    if ((tenant->flags & EW_TENANT_HAS_PORT_BLOCKS) && port_blocked_for_tenant(f, tenant->tenant_id))
+    if ((tenant->flags & EW_TENANT_HAS_PORT_BLOCKS) && port_blocked_for_tenant(f, vip, tenant->tenant_id))
         return EW_REASON_DROP_PORT_BLOCK;
     if (tenant->flags & EW_TENANT_HAS_FLOOD_POLICY)
         return flood_verdict(ctx, f, tenant->slot);
@@ -130,12 +194,13 @@ static __always_inline int reason_action(__u32 reason)
  * verified once rather than once per parser path (without CAP_PERFMON the
  * verifier also walks every branch's speculative side, and the product of
  * parser and verdict paths would exceed its budget). */
-static __always_inline __u32 ip_verdict(struct xdp_md *ctx, struct packet_facts *f, struct ew_vip *tenant)
+static __always_inline __u32 ip_verdict(struct xdp_md *ctx, struct packet_facts *f, struct tenant_facts *tenant)
 {
     __u32 reason;
 
-    lookup_tenant(f, tenant);
-    reason = decide_ip_verdict(ctx, f, tenant);
+    const struct ew_vip *vip = lookup_tenant(f, tenant);
+
+    reason = decide_ip_verdict(ctx, f, tenant, vip);
     if (reason == EW_REASON_ANSWER_SYN_COOKIE)
         reason = answer_syn_with_cookie(ctx, f);
     return reason;

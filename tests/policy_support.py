@@ -242,6 +242,10 @@ def expected_flood(flood: FloodPolicy) -> Flood | None:
              | (abi.FLOOD_HAS_LIMITS if limits != NO_LIMITS or per_source != (0, 0) else 0)
              | (abi.FLOOD_SYN_COOKIES if flood.syn_cookies else 0)
              | {"drop": abi.FLOOD_SYN_ACK_DROP, "track": abi.FLOOD_SYN_ACK_TRACK, "pass": 0}[flood.syn_ack.value])
+    # The coarse clock where every limit's burst holds a coarse tick of its rate.
+    if flags & abi.FLOOD_HAS_LIMITS and all(burst * 10**9 >= rate * abi.COARSE_CLOCK_NS
+                                            for rate, burst in (*limits, per_source)):
+        flags |= abi.FLOOD_COARSE_CLOCK
     if not flags:
         return None
     allowed = 0

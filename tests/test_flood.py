@@ -261,3 +261,31 @@ def test_per_source_prefix_lengths_are_configurable():
             [VerdictReason.pass_allowed, VerdictReason.pass_allowed, VerdictReason.drop_source_rate]
     finally:
         oracle.datapath.close()
+
+
+def test_a_source_over_its_own_limit_spends_none_of_the_tenants_syn_budget():
+    """Per-source tokens are spent before tenant-wide ones: one prefix's flood
+    is dropped as drop_source_rate and leaves the SYN budget to the others."""
+    oracle = oracle_for(flood_policy(syns_per_second=0, syn_burst=3, source_packets_per_second=0,
+                                     source_packet_burst=1))
+    try:
+        flooder, other = "198.51.100.9", "192.0.2.9"
+        reasons = [oracle.check(tcp_ipv4_frame(flooder, VIP, 40000 + i, 443, "S")).reason for i in range(6)]
+        assert reasons == [VerdictReason.pass_allowed] + [VerdictReason.drop_source_rate] * 5
+        assert oracle.check(tcp_ipv4_frame(other, VIP, 40000, 443, "S")).reason is VerdictReason.pass_allowed
+        assert oracle.check(tcp_ipv4_frame("203.0.113.200", VIP, 40000, 443, "S")).reason \
+            is VerdictReason.pass_allowed    # the third SYN token: 1 + 1 + 1
+    finally:
+        oracle.datapath.close()
+
+
+def test_a_packet_the_byte_limit_drops_spends_no_packet_token():
+    oracle = oracle_for(flood_policy(amplification="pass", packets_per_second=0, packet_burst=2,
+                                     bits_per_second=0, bit_burst=8 * 300))
+    try:
+        big, small = udp_ipv4_frame(CLIENT, VIP, 40000, 53, b"x" * 400), udp_ipv4_frame(CLIENT, VIP, 40000, 53)
+        assert oracle.check(big).reason is VerdictReason.drop_rate_limit
+        assert [oracle.check(small).reason for _ in range(3)] == [VerdictReason.pass_allowed] * 2 + [
+            VerdictReason.drop_rate_limit]
+    finally:
+        oracle.datapath.close()

@@ -178,6 +178,7 @@ def make_maps(monkeypatch):
         maps = fake_maps(log, **capacity)
         for name in BLOCK_TABLES:
             maps[name] = Recorded(program.maps[name], name, log, "swap")
+        maps["ew_prefilter_v4"] = program.maps["ew_prefilter_v4"]
         return maps
 
     yield make
@@ -248,7 +249,11 @@ def table_entries(maps, name):
 
 
 def snapshot(maps):
-    return {name: m.items() if isinstance(m, FakeMap) else table_entries(maps, name) for name, m in maps.items()}
+    def contents(name, m):
+        if isinstance(m, FakeMap):
+            return m.items()
+        return bytes(m.array_values()) if name == "ew_prefilter_v4" else table_entries(maps, name)
+    return {name: contents(name, m) for name, m in maps.items()}
 
 
 def assert_maps_hold(maps, compiled):
@@ -495,10 +500,10 @@ def test_token_buckets_are_fresh_when_a_flood_policy_changes(make_maps):
     base = compile_for(maps, FLOOD_BASE_DOC)
     apply_compiled(maps, base)
     assert base.slots == {i: i for i in range(1, 9)}
-    assert flood_entries(base) == {1: Flood(SA | AMP), 3: Flood(LIMITS, 0, ((0, 0), (0, 0), (10, 20), (0, 0))),
-                                   4: Flood(SA | AMP | LIMITS, 0, ((100, 200), (0, 0), (0, 0), (0, 0))),
+    assert flood_entries(base) == {1: Flood(SA | AMP), 3: Flood(LIMITS | abi.FLOOD_COARSE_CLOCK, 0, ((0, 0), (0, 0), (10, 20), (0, 0))),
+                                   4: Flood(SA | AMP | LIMITS | abi.FLOOD_COARSE_CLOCK, 0, ((100, 200), (0, 0), (0, 0), (0, 0))),
                                    5: Flood(SA | AMP), 7: Flood(SA | AMP),
-                                   8: Flood(SA | AMP | LIMITS, 0, ((0, 0), (1000, 2000), (0, 0), (0, 0)))}
+                                   8: Flood(SA | AMP | LIMITS | abi.FLOOD_COARSE_CLOCK, 0, ((0, 0), (1000, 2000), (0, 0), (0, 0)))}
     before = generations_of(maps)
     log.clear()
 
@@ -507,8 +512,8 @@ def test_token_buckets_are_fresh_when_a_flood_policy_changes(make_maps):
     report = apply_compiled(maps, nxt)
     assert_maps_hold(maps, nxt)
     assert flood_entries(nxt) == {1: Flood(SA | AMP), 2: Flood(DROP_FRAGS),
-                                  4: Flood(SA | AMP | LIMITS, 0, ((100, 300), (0, 0), (0, 0), (0, 0))),
-                                  5: Flood(SA | AMP), 8: Flood(SA | AMP | LIMITS, 0, ((0, 0), (1000, 2000), (0, 0), (0, 0))),
+                                  4: Flood(SA | AMP | LIMITS | abi.FLOOD_COARSE_CLOCK, 0, ((100, 300), (0, 0), (0, 0), (0, 0))),
+                                  5: Flood(SA | AMP), 8: Flood(SA | AMP | LIMITS | abi.FLOOD_COARSE_CLOCK, 0, ((0, 0), (1000, 2000), (0, 0), (0, 0))),
                                   9: Flood(SA | AMP)}
     # Fresh: 2 (policy written), 4 (changed), 9 (new); 3 and 7 have none left. Kept: 1, 5, 8.
     after = generations_of(maps)
@@ -781,7 +786,7 @@ def test_slots_and_counters_across_applies(shared_program, capacity, steps):
     log = []
     maps = fake_maps(log, ew_counters=capacity)
     counters, buckets, sources = maps["ew_counters"], maps["ew_buckets"], maps["ew_source_buckets"]
-    for name in BLOCK_TABLES:   # no block lists here: the (empty) tables are only read
+    for name in (*BLOCK_TABLES, "ew_prefilter_v4"):   # no block lists here: the (empty) tables are only read
         maps[name] = shared_program.maps[name]
     traffic = 0
     floods: dict[int, FloodPolicy] = {}   # of the live tenants

@@ -26,6 +26,7 @@ from agent.datapath.compile import (
 
 from policy_support import (
     AMP,
+    vip_of,
     EXAMPLE,
     Flood,
     MAX_ID,
@@ -61,10 +62,26 @@ from policy_support import (
 PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
 
+def port_runs(t: Tenant) -> int:
+    """Maximal runs of consecutive blocked ports, per protocol (brute force)."""
+    runs = 0
+    for proto in {r.protocol for r in t.blocked_ports}:
+        ports = {p for r in t.blocked_ports if r.protocol == proto for p in r.ports()}
+        runs += sum(1 for p in ports if p - 1 not in ports)
+    return runs
+
+
+def port_flags(t: Tenant) -> int:
+    """Port blocks, in the VIP value when they make at most VIP_PORT_RANGES runs."""
+    if not t.blocked_ports:
+        return 0
+    return abi.TENANT_HAS_PORT_BLOCKS | (abi.TENANT_PORT_RANGES if port_runs(t) <= abi.VIP_PORT_RANGES else 0)
+
+
 def expected_flags(t: Tenant) -> int:
     return ((abi.TENANT_SUSPENDED if t.suspended else 0)
             | (abi.TENANT_HAS_SOURCE_BLOCKS if t.blocked_sources else 0)
-            | (abi.TENANT_HAS_PORT_BLOCKS if t.blocked_ports else 0)
+            | port_flags(t)
             | (abi.TENANT_HAS_FLOOD_POLICY if expected_flood(t.flood) is not None else 0))
 
 
@@ -145,7 +162,7 @@ def test_vip_keys_and_values():
     ]})
     assert compiled.slots == {7: 1, 70000: 2, 9: 3}
     flood = abi.TENANT_HAS_FLOOD_POLICY   # every tenant here has the default flood policy
-    a = abi.TENANT_HAS_PORT_BLOCKS | flood
+    a = abi.TENANT_HAS_PORT_BLOCKS | abi.TENANT_PORT_RANGES | flood
     b = abi.TENANT_SUSPENDED | flood
     port = abi.VIP_HAS_PORT_VIPS
     assert any_port_vips(compiled) == {
@@ -168,7 +185,35 @@ def test_vip_keys_and_values():
     assert key4 == ip("203.0.113.11").packed + b"\xff\xff" + bytes([socket.IPPROTO_UDP, 0])
     key6 = next(k for k in compiled.maps["ew_vip_ports_v6"] if decode_port_vip_key("ew_vip_ports_v6", k)[2] == 0x1234)
     assert key6 == ip("2001:db8::10").packed + b"\x12\x34" + bytes([socket.IPPROTO_UDP, 0])
-    assert compiled.maps["ew_vips_v4"][ip("203.0.113.11").packed] == struct.pack("=IIII", 0, 0, port, 0)
+    assert compiled.maps["ew_vips_v4"][ip("203.0.113.11").packed] == struct.pack("=IIII", 0, 0, port, 0) + bytes(
+        8 * abi.VIP_PORT_RANGES)   # no port ranges: tenant 0
+
+
+def port_blocks_of(value: bytes) -> list[tuple[int, int, int]]:
+    """(proto, first, last) of a struct ew_vip's port ranges, up to the first unused one."""
+    ranges = []
+    for i in range(abi.VIP_PORT_RANGES):
+        first, last, proto = struct.unpack_from("=HHB", value, 16 + 8 * i)
+        if proto == 0:
+            break
+        ranges.append((proto, first, last))
+    return ranges
+
+
+def test_blocked_ports_sit_in_the_vip_value_as_merged_ranges_up_to_the_limit():
+    rules = ["tcp/25", "tcp/22-24", "udp/1-1023", "udp/500", "tcp/26-30", "tcp/3306", "udp/1024"]
+    compiled = compile_doc({"tenants": [
+        {"id": 1, "name": "few", "vips": ["192.0.2.1"], "blocked_ports": rules},
+        {"id": 2, "name": "many", "vips": ["192.0.2.2"],
+         "blocked_ports": [f"tcp/{p}" for p in range(100, 100 + 2 * (abi.VIP_PORT_RANGES + 1), 2)]}]})
+    few, many = (compiled.maps["ew_vips_v4"][ip(a).packed] for a in ("192.0.2.1", "192.0.2.2"))
+    assert port_blocks_of(few) == [(socket.IPPROTO_TCP, 22, 30), (socket.IPPROTO_TCP, 3306, 3306),
+                                   (socket.IPPROTO_UDP, 1, 1024)]
+    assert vip_of(few)[2] & abi.TENANT_PORT_RANGES
+    # One range too many: none in the value, the port hash decides.
+    assert port_blocks_of(many) == [] and not vip_of(many)[2] & abi.TENANT_PORT_RANGES
+    assert vip_of(many)[2] & abi.TENANT_HAS_PORT_BLOCKS
+    assert len(compiled.maps["ew_port_blocks"]) == (1 + 3 + 5 + 1) + (1023 + 1) + (abi.VIP_PORT_RANGES + 1)
 
 
 def test_any_port_vip_of_a_tenant_without_port_vips_has_no_port_flag():
@@ -208,7 +253,7 @@ def test_tenant_flags(state, sources, ports, flood):
     ]})
     expected = ((abi.TENANT_SUSPENDED if state == "suspended" else 0)
                 | (abi.TENANT_HAS_SOURCE_BLOCKS if sources else 0)
-                | (abi.TENANT_HAS_PORT_BLOCKS if ports else 0)
+                | (abi.TENANT_HAS_PORT_BLOCKS | abi.TENANT_PORT_RANGES if ports else 0)
                 | (abi.TENANT_HAS_FLOOD_POLICY if has_flood else 0))
     assert tenant_entry(compiled, 4) == (expected, 1)
     assert tenant_entry(compiled, 5) == (abi.TENANT_HAS_FLOOD_POLICY, 2)   # the default flood policy
@@ -443,7 +488,8 @@ def test_named_lists_are_united_into_the_tables():
 
     # Tenant 1 has source blocks now, from its named list: in ew_tenants and in every VIP value.
     # (Every tenant of NAMED_DOC has the default flood policy.)
-    has, ports, flood = abi.TENANT_HAS_SOURCE_BLOCKS, abi.TENANT_HAS_PORT_BLOCKS, abi.TENANT_HAS_FLOOD_POLICY
+    has, ports, flood = (abi.TENANT_HAS_SOURCE_BLOCKS, abi.TENANT_HAS_PORT_BLOCKS | abi.TENANT_PORT_RANGES,
+                         abi.TENANT_HAS_FLOOD_POLICY)
     assert tenant_entry(plain, 1) == (ports | flood, 1)
     assert {t: tenant_entry(compiled, t) for t in (1, 2, 3)} == {1: (ports | has | flood, 1), 2: (has | flood, 2),
                                                                  3: (flood, 3)}

@@ -66,15 +66,16 @@ def test_flood_policy_values_are_keyed_by_slot():
     ]}
     compiled = compile_doc(doc, live={10: 7, 11: 3, 12: 9, 13: 1, 14: 5})
     assert compiled.slots == {10: 7, 11: 3, 12: 9, 13: 1, 14: 5, 15: 2, 16: 4, 17: 6}
+    COARSE = abi.FLOOD_COARSE_CLOCK   # every burst here holds 10 ms of its rate
     expected = {
         7: Flood(SA | AMP),
         3: Flood(SA | AMP | DROP_FRAGS, 1 << 1 | 1 << 3),
-        9: Flood(SA | LIMIT_FRAGS | LIMITS, 0x7FFF, ((1000, 2000), (1_000_000, 200_000), (0, 5), (100, 200)),
+        9: Flood(SA | LIMIT_FRAGS | LIMITS | COARSE, 0x7FFF, ((1000, 2000), (1_000_000, 200_000), (0, 5), (100, 200)),
                  (20, 40), 32, 64),
-        5: Flood(SA | AMP | LIMITS, 0, ((MAX_RATE, MAX_RATE),) * 4, (MAX_RATE, MAX_RATE), 8, 128),
-        2: Flood(SA | LIMITS, 0, ((0, 0), (127, 2), (0, 0), (0, 0))),   # bits // 8
-        4: Flood(SA | LIMITS, 0, ((0, 0), (0, 0), (0, 0), (9, 9))),
-        6: Flood(SA | LIMITS, 0, NO_LIMITS, (0, 3), 24, 16),   # a per-source limit alone is a limit
+        5: Flood(SA | AMP | LIMITS | COARSE, 0, ((MAX_RATE, MAX_RATE),) * 4, (MAX_RATE, MAX_RATE), 8, 128),
+        2: Flood(SA | LIMITS | COARSE, 0, ((0, 0), (127, 2), (0, 0), (0, 0))),   # bits // 8
+        4: Flood(SA | LIMITS | COARSE, 0, ((0, 0), (0, 0), (0, 0), (9, 9))),
+        6: Flood(SA | LIMITS | COARSE, 0, NO_LIMITS, (0, 3), 24, 16),   # a per-source limit alone is a limit
         1: Flood(SA, 1, NO_LIMITS, (0, 0), 16, 56),   # amplification passed, but SYN-ACKs dropped
     }
     assert flood_entries(compiled) == expected
@@ -94,7 +95,7 @@ def test_each_allowed_amplification_port_is_its_bit(port):
     assert flood_entries(compiled) == {1: Flood(SA | AMP, 1 << bit)}
 
 
-@pytest.mark.parametrize("fragments,flags", [("pass", 0), ("drop", DROP_FRAGS), ("limit", LIMIT_FRAGS | LIMITS)])
+@pytest.mark.parametrize("fragments,flags", [("pass", 0), ("drop", DROP_FRAGS), ("limit", LIMIT_FRAGS | LIMITS | abi.FLOOD_COARSE_CLOCK)])
 @pytest.mark.parametrize("amplification", ["drop", "pass"])
 def test_flood_flags(fragments, flags, amplification):
     table = {"amplification": amplification, "fragments": fragments}
@@ -115,7 +116,7 @@ def test_each_limit_lands_in_its_bucket_kind(kind, rate_key, burst_key):
                                                                    burst_key: 7 * scale})]}))
     limits = [(0, 0)] * 4
     limits[kind] = (3000, 7)
-    assert entries == {1: Flood(SA | LIMITS, 0, tuple(limits))}
+    assert entries == {1: Flood(SA | LIMITS, 0, tuple(limits))}   # a burst of 7 holds less than 10 ms of 3000/s
 
 
 @pytest.mark.parametrize("v4,v6", [(None, None), (8, 16), (32, 128), (20, 48)])
@@ -136,9 +137,9 @@ def test_flood_policy_value():
     assert flood_policy_value(FloodPolicy(False, bits=Rate(7, 7), **off)) is None   # under a byte: no byte limit
     assert flood_policy_value(FloodPolicy(False, source_prefix_v4=8, **off)) is None   # prefixes without a limit
     assert flood_of(flood_policy_value(FloodPolicy(False, (11211,), syns=Rate(0, 1), **off))) == Flood(
-        LIMITS, 1 << 13, ((0, 0), (0, 0), (0, 1), (0, 0)))
+        LIMITS | abi.FLOOD_COARSE_CLOCK, 1 << 13, ((0, 0), (0, 0), (0, 1), (0, 0)))
     assert flood_of(flood_policy_value(FloodPolicy(per_source=Rate(1, 2), source_prefix_v6=100))) == Flood(
-        SA | AMP | LIMITS, 0, NO_LIMITS, (1, 2), 24, 100)
+        SA | AMP | LIMITS | abi.FLOOD_COARSE_CLOCK, 0, NO_LIMITS, (1, 2), 24, 100)
     assert flood_of(flood_policy_value(FloodPolicy(False, syn_cookies=True, syn_ack=SynAckPolicy.TRACK))) == Flood(
         abi.FLOOD_SYN_COOKIES | abi.FLOOD_SYN_ACK_TRACK)
 

@@ -61,6 +61,9 @@ BLOCK_LEVEL_24 = lib.EW_BLOCK_LEVEL_24
 VIP_HAS_PORT_VIPS = lib.EW_VIP_HAS_PORT_VIPS
 MAX_TENANTS = lib.EW_MAX_TENANTS
 TENANT_HAS_FLOOD_POLICY = lib.EW_TENANT_HAS_FLOOD_POLICY
+TENANT_PORT_RANGES = lib.EW_TENANT_PORT_RANGES
+VIP_PORT_RANGES = lib.EW_VIP_PORT_RANGES
+PREFILTER_V4_ENTRIES = lib.EW_PREFILTER_V4_ENTRIES
 TENANT_SAMPLED = lib.EW_TENANT_SAMPLED
 SAMPLE_BYTES = lib.EW_SAMPLE_BYTES
 FLOOD_DROP_AMPLIFICATION = lib.EW_FLOOD_DROP_AMPLIFICATION
@@ -70,6 +73,8 @@ FLOOD_HAS_LIMITS = lib.EW_FLOOD_HAS_LIMITS
 FLOOD_SYN_COOKIES = lib.EW_FLOOD_SYN_COOKIES
 FLOOD_SYN_ACK_DROP = lib.EW_FLOOD_SYN_ACK_DROP
 FLOOD_SYN_ACK_TRACK = lib.EW_FLOOD_SYN_ACK_TRACK
+FLOOD_COARSE_CLOCK = lib.EW_FLOOD_COARSE_CLOCK
+COARSE_CLOCK_NS = lib.EW_COARSE_CLOCK_NS
 SYNACK_TCP_LEN = lib.EW_SYNACK_TCP_LEN
 SYNACK_TCP_LEN_TS = lib.EW_SYNACK_TCP_LEN_TS
 SYNACK_TTL = lib.EW_SYNACK_TTL
@@ -96,15 +101,17 @@ MAP_LAYOUTS: dict[str, tuple[str, str]] = {
     "ew_config": ("__u32", "struct ew_config"),
     "ew_flood_policies": ("__u32", "struct ew_flood_policy"),
     "ew_buckets": ("__u32", "struct ew_bucket"),
+    "ew_bucket_shares": ("__u32", "struct ew_bucket_share"),
     "ew_source_buckets": ("struct ew_source_key", "struct ew_source_bucket"),
     "ew_sample_config": ("__u32", "struct ew_sample_config"),
     "ew_sample_budget": ("__u32", "struct ew_sample_budget"),
+    "ew_prefilter_v4": ("__u32", "struct ew_prefilter_v4"),
 }
 # Maps pinned beside those above that have no key/value layout (the sample ring buffer).
 RING_MAPS = ("ew_samples",)
 # Array maps hold every index; "removing" an entry means writing zeroes.
 ARRAY_MAPS = frozenset({"ew_flood_policies"})
-PERCPU_MAPS = frozenset({"ew_counters", "ew_sample_budget"})
+PERCPU_MAPS = frozenset({"ew_counters", "ew_sample_budget", "ew_bucket_shares"})
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from agent.datapath import abi
 from agent.policy.model import PROTOCOL_NUMBERS, FloodPolicy, FragmentPolicy, Policy, Rate, SynAckPolicy, Tenant
 
 GLOBAL_LIST_ID = 0  # list id of entries from the policy's own block lists
+NS_PER_SECOND = 10**9
 
 # Regular maps, in the order new entries are written (removals go in reverse):
 # rules before the tenants and VIPs that make them reachable, port-specific
@@ -42,6 +43,8 @@ def tenant_flags(tenant: Tenant, with_source_blocks: set[int] | None = None) -> 
         flags |= abi.TENANT_HAS_SOURCE_BLOCKS
     if tenant.blocked_ports:
         flags |= abi.TENANT_HAS_PORT_BLOCKS
+        if len(port_ranges(tenant)) <= abi.VIP_PORT_RANGES:
+            flags |= abi.TENANT_PORT_RANGES
     if flood_policy_value(tenant.flood) is not None:
         flags |= abi.TENANT_HAS_FLOOD_POLICY
     if tenant.sampled:
@@ -70,6 +73,10 @@ def flood_policy_value(flood: FloodPolicy) -> bytes | None:
     limits[abi.BucketKind.fragments] = flood.fragment_rate
     if not all(r.unlimited for r in limits) or not flood.per_source.unlimited:
         flags |= abi.FLOOD_HAS_LIMITS
+        # The coarse clock (a jiffy's resolution, cheaper to read) suffices
+        # when no limit's burst is smaller than a tick of its rate.
+        if all(r.burst * NS_PER_SECOND >= r.per_second * abi.COARSE_CLOCK_NS for r in (*limits, flood.per_source)):
+            flags |= abi.FLOOD_COARSE_CLOCK
     if not flags:
         return None
     allowed = sum(1 << abi.AMPLIFICATION_PORTS[port] for port in flood.allow_amplification_ports)
@@ -93,8 +100,23 @@ def with_generation(value: bytes, tenant_id: int) -> bytes:
     return value[:GENERATION_OFFSET] + pack_u32(generation) + value[GENERATION_OFFSET + 4:]
 
 
-def vip_value(tenant_id: int, slot: int, flags: int) -> bytes:
-    return _pack("struct ew_vip", {"tenant_id": tenant_id, "slot": slot, "flags": flags})
+def port_ranges(tenant: Tenant) -> list[tuple[int, int, int]]:
+    """(protocol number, first, last) of the tenant's blocked ports, merged
+    where rules overlap or touch, in order."""
+    merged: list[list[int]] = []
+    for proto, first, last in sorted((PROTOCOL_NUMBERS[r.protocol], r.first, r.last) for r in tenant.blocked_ports):
+        if merged and merged[-1][0] == proto and first <= merged[-1][2] + 1:
+            merged[-1][2] = max(merged[-1][2], last)
+        else:
+            merged.append([proto, first, last])
+    return [tuple(r) for r in merged]
+
+
+def vip_value(tenant_id: int, slot: int, flags: int, ranges: list[tuple[int, int, int]] = ()) -> bytes:
+    """`ranges`: the tenant's blocked ports, held in the value when flags has TENANT_PORT_RANGES."""
+    blocks = [{"proto": proto, "first": first, "last": last} for proto, first, last in ranges] \
+        if flags & abi.TENANT_PORT_RANGES else []
+    return _pack("struct ew_vip", {"tenant_id": tenant_id, "slot": slot, "flags": flags, "port_blocks": blocks})
 
 
 def tenant_value(flags: int, slot: int) -> bytes:
@@ -160,7 +182,7 @@ def _vip_maps(policy: Policy, slots: dict[int, int], with_source_blocks: set[int
     any_port: dict[bytes, tuple[int, str]] = {}      # packed address -> (tenant id, family suffix)
     with_ports: dict[bytes, str] = {}
     for tenant in policy.tenants:
-        value = vip_value(tenant.id, slots[tenant.id], tenant_flags(tenant, with_source_blocks))
+        value = vip_value(tenant.id, slots[tenant.id], tenant_flags(tenant, with_source_blocks), port_ranges(tenant))
         for vip in tenant.vips:
             addr = vip.address.packed
             suffix = "v4" if vip.address.version == 4 else "v6"
@@ -175,9 +197,11 @@ def _vip_maps(policy: Policy, slots: dict[int, int], with_source_blocks: set[int
     for addr in any_port.keys() | with_ports.keys():
         tenant_id, suffix = any_port.get(addr, (abi.TENANT_UNASSIGNED, with_ports.get(addr)))
         flags = abi.VIP_HAS_PORT_VIPS if addr in with_ports else 0
+        ranges = []
         if tenant_id != abi.TENANT_UNASSIGNED:
             flags |= tenant_flags(by_id[tenant_id], with_source_blocks)
-        maps[f"ew_vips_{suffix}"][addr] = vip_value(tenant_id, slots.get(tenant_id, 0), flags)
+            ranges = port_ranges(by_id[tenant_id])
+        maps[f"ew_vips_{suffix}"][addr] = vip_value(tenant_id, slots.get(tenant_id, 0), flags, ranges)
     return maps
 
 

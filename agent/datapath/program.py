@@ -14,6 +14,7 @@ from agent.datapath import abi
 from agent.datapath.blocktables import SwappableTable
 from agent.datapath.conntrack import CONNTRACK_KFUNCS, conntrack_available, object_kfuncs
 from agent.datapath.errors import InterfaceError
+from agent.datapath.prefilter import MAP_NAME as PREFILTER_MAP, sync_prefilter
 from agent.datapath.scope import pin_dir_for
 from agent.datapath.bpf_object import BpfObject
 from agent.datapath.syscalls import BpfMap
@@ -43,8 +44,11 @@ class LoadedProgram:
         if tenant_capacity is not None:
             capacities = {**(capacities or {}), "ew_counters": tenant_capacity, "ew_tenants": tenant_capacity,
                           "ew_flood_policies": tenant_capacity,
-                          "ew_buckets": tenant_capacity * abi.BUCKET_KINDS, "ew_sample_budget": tenant_capacity}
+                          "ew_buckets": tenant_capacity * abi.BUCKET_KINDS, "ew_sample_budget": tenant_capacity,
+                          "ew_bucket_shares": tenant_capacity * abi.BUCKET_KINDS}
         pins = {name: pin_dir / name for name in (*abi.MAP_LAYOUTS, *abi.RING_MAPS)} if pin_dir is not None else None
+        # Tables pinned by an edgewarden without the prefilter get one built from them.
+        new_prefilter = pins is not None and not pins[PREFILTER_MAP].exists()
         path = object_file or object_path(conntrack=conntrack_available())
         self.kfuncs = object_kfuncs(path)
         self._object = BpfObject(path, max_entries=capacities, pin_paths=pins)
@@ -59,6 +63,8 @@ class LoadedProgram:
             # A new (not adopted) swappable table starts with an empty inner table.
             for name in abi.SWAPPABLE_TABLES:
                 SwappableTable(self.maps[name]).ensure_inner()
+            if new_prefilter:
+                sync_prefilter(self.maps)
         except Exception:
             self.close()
             raise

@@ -52,6 +52,7 @@ struct ew_frame {
 static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map, const void *key);
 static inline long bpf_map_update_elem(void *map, const void *key, const void *value, __u64 flags);
 static inline __u64 bpf_ktime_get_ns(void);
+static inline __u64 bpf_ktime_get_coarse_ns(void);
 static inline void bpf_spin_lock(struct bpf_spin_lock *lock);
 static inline void bpf_spin_unlock(struct bpf_spin_lock *lock);
 

@@ -78,6 +78,10 @@ static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map
     }
     if (map == (void *)&ew_source_buckets)
         return ew_source_cache_lookup(v->sources, key);
+    /* Not kept by this engine: the datapath then walks the block tables
+     * without the prefilter and takes tenant-wide tokens under the lock. */
+    if (map == (void *)&ew_prefilter_v4 || map == (void *)&ew_bucket_shares)
+        return NULL;
     /* An inner table returned by one of the outer lookups above. */
     return ew_table_find(map, key);
 }
@@ -91,6 +95,11 @@ static inline long bpf_map_update_elem(void *map, const void *key, const void *v
 }
 
 static inline __u64 bpf_ktime_get_ns(void)
+{
+    return ew_clock_ns();
+}
+
+static inline __u64 bpf_ktime_get_coarse_ns(void)
 {
     return ew_clock_ns();
 }

@@ -25,6 +25,13 @@
 #define EW_MAX_SOURCE_BLOCKS_V6 262144
 #define EW_MAX_SOURCE_BUCKETS 262144
 
+/* Port ranges held in each VIP value (struct ew_vip.port_blocks). */
+#define EW_VIP_PORT_RANGES 8
+
+/* IPv4 source prefilter (ew_prefilter_v4): one entry per 64 consecutive
+ * /24s, index = source address >> 14, bit = (address >> 8) & 63. */
+#define EW_PREFILTER_V4_ENTRIES 262144
+
 /* Parser bounds: the verifier needs fixed loop bounds. */
 #define EW_MAX_VLAN_TAGS 2
 #define EW_MAX_IPV6_EXT_HEADERS 6
@@ -40,8 +47,10 @@
 #define EW_TENANT_HAS_PORT_BLOCKS 4
 #define EW_VIP_HAS_PORT_VIPS 8      /* the address also has (protocol, port) VIPs */
 #define EW_TENANT_HAS_FLOOD_POLICY 16 /* consult ew_flood_policies[slot] */
+#define EW_TENANT_PORT_RANGES 64    /* every blocked port is in ew_vip.port_blocks: no ew_port_blocks lookup */
 
-/* Values of ew_config.flags: let the datapath skip empty global lists. */
+/* Values of ew_config.flags: let the datapath skip empty global lists (IPv6;
+ * IPv4 is decided by the prefilter, where an engine has one). */
 #define EW_CONFIG_GLOBAL_V4_BLOCKS 1
 #define EW_CONFIG_GLOBAL_V6_BLOCKS 2
 
@@ -117,6 +126,13 @@ enum ew_amplification_port {
 #define EW_FLOOD_SYN_COOKIES 16         /* answer SYNs with cookies; other TCP needs a connection or a cookie */
 #define EW_FLOOD_SYN_ACK_DROP 32        /* drop every SYN-ACK: the tenant's VIPs never connect out */
 #define EW_FLOOD_SYN_ACK_TRACK 64       /* drop SYN-ACKs that match no conntrack connection */
+#define EW_FLOOD_COARSE_CLOCK 128       /* every burst covers EW_COARSE_CLOCK_NS of its rate: the coarse clock suffices */
+
+/* The coarse clock's tick is a jiffy (at most 10 ms at HZ=100): a limit
+ * whose burst holds less than this much of its rate would lose the tokens
+ * of a tick to the cap, so only policies whose every limit has the room
+ * read bpf_ktime_get_coarse_ns. */
+#define EW_COARSE_CLOCK_NS 10000000
 
 /* The SYN-ACK a SYN cookie is sent in: IPv4 without options or IPv6 without
  * extension headers, and TCP with the MSS the cookie encodes. A client that
@@ -184,12 +200,36 @@ struct ew_bucket {
     __u64 last_ns;
 };
 
-/* Value of every VIP map: who owns the destination and its state. */
+/* A range of blocked destination ports of one protocol, inside the VIP
+ * value so that the pass path needs no port lookup. proto 0 ends the list. */
+struct ew_port_range {
+    __u16 first;        /* host byte order, inclusive */
+    __u16 last;
+    __u8 proto;         /* IPPROTO_TCP / IPPROTO_UDP; 0: unused (and every later one) */
+    __u8 pad[3];
+};
+
+/* ew_bucket_shares: per-CPU, indexed like ew_buckets: the tokens one CPU
+ * took from the tenant-wide bucket and has not spent yet (bpf/token_bucket.h
+ * share_take), in unit-nanoseconds. */
+struct ew_bucket_share {
+    __u64 tokens;
+    __u64 dry_ns;       /* when the shared bucket last could not cover a packet (0: never) */
+    __u64 dry_tokens;   /* what it held then: it holds at most that plus the rate since */
+    __u32 generation;   /* of the flood policy; another one: the share starts empty */
+    __u32 reserved;
+};
+
+/* Value of every VIP map: who owns the destination and its state. A tenant
+ * whose blocked ports merge into at most EW_VIP_PORT_RANGES ranges has them
+ * in port_blocks and EW_TENANT_PORT_RANGES set; one with more keeps
+ * EW_TENANT_HAS_PORT_BLOCKS alone and the datapath looks in ew_port_blocks. */
 struct ew_vip {
     __u32 tenant_id;
     __u32 slot;         /* index into ew_counters */
     __u32 flags;        /* EW_TENANT_* | EW_VIP_HAS_PORT_VIPS */
     __u32 reserved;
+    struct ew_port_range port_blocks[8];    /* EW_VIP_PORT_RANGES */
 };
 
 /* ew_vips_v4 / ew_vips_v6: destination address (any port) -> ew_vip. An
@@ -266,6 +306,21 @@ struct ew_block_value {
     __u32 reserved;
 };
 
+/* ew_prefilter_v4: per /24 of IPv4 sources, whether any list touches it, so
+ * a source in no list is decided by one inlined array lookup, and whether
+ * the global list blocks it whole, so most global drops need no hash
+ * lookup. Always a superset of the block tables: bits are set before a
+ * table gains entries and cleared after it lost them (agent/datapath/
+ * prefilter.py). Three bitmaps of 2 MiB and a spare word, interleaved (8
+ * MiB), so that one lookup (one cache line) answers every question the
+ * packet path asks about a /24. */
+struct ew_prefilter_v4 {
+    __u64 global_listed;    /* the global table has something inside the /24 */
+    __u64 global_whole;     /* the global list blocks the whole /24 */
+    __u64 tenant_listed;    /* some tenant's table has something inside the /24 */
+    __u64 reserved;
+};
+
 /* ew_counters: per-CPU array indexed by tenant slot. */
 struct ew_counters {
     __u64 class_packets[6];    /* EW_CLASS_COUNT */
@@ -326,6 +381,9 @@ _Static_assert(sizeof(((struct ew_counters *)0)->reason_packets) == EW_REASON_SL
 _Static_assert(EW_REASON_COUNT <= EW_REASON_SLOTS, "too many verdict reasons");
 _Static_assert(sizeof(struct ew_vip_port_v4_key) == 8, "ew_vip_port_v4_key layout changed");
 _Static_assert(sizeof(struct ew_block_node) == 72, "ew_block_node layout changed");
+_Static_assert(sizeof(((struct ew_vip *)0)->port_blocks) == EW_VIP_PORT_RANGES * sizeof(struct ew_port_range),
+               "port_blocks must hold EW_VIP_PORT_RANGES ranges");
+_Static_assert(sizeof(struct ew_prefilter_v4) == 32, "ew_prefilter_v4 layout changed");
 _Static_assert(sizeof(((struct ew_flood_policy *)0)->limits) == EW_BUCKET_KINDS * sizeof(struct ew_rate),
                "one limit per bucket kind");
 _Static_assert(sizeof(((struct ew_sample *)0)->data) == EW_SAMPLE_BYTES, "one sample holds EW_SAMPLE_BYTES");

@@ -1,0 +1,118 @@
+"""The IPv4 source prefilter (struct ew_prefilter_v4, map ew_prefilter_v4):
+per /24 of source addresses, whether the global table has anything inside
+it, whether the global list blocks it whole, and whether any tenant's
+table has anything inside it. The packet path reads it with one inlined
+array lookup, so a source in no list costs no hash lookup at all, and a
+source in a /24 the global list blocks whole is dropped without one.
+
+The bitmaps are derived from the level-16 nodes of the IPv4 block tables
+(struct ew_block_node): the four words of a node's full24 and partial24
+bitmaps are exactly the four prefilter entries of its /16, one bit per /24.
+
+They must never miss a /24 that a live table blocks something in, so a
+change goes in two steps around the table update: widen() before it (every
+bit of the old and the new version set), narrow() after it (only the new
+version's bits). In between, the prefilter answers for the union of both
+versions; a /24 blocked whole by either is dropped whole."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent._prefixes import EntryTable
+from agent.datapath import abi
+from agent.datapath.syscalls import BpfMap
+
+MAP_NAME = "ew_prefilter_v4"
+GLOBAL_TABLE, TENANT_TABLE = "ew_gblock_v4", "ew_tblock_v4"
+# Words of struct ew_prefilter_v4, in its order.
+GLOBAL_LISTED, GLOBAL_WHOLE, TENANT_LISTED, ENTRY_WORDS = 0, 1, 2, 4
+ENTRIES_PER_16 = 4          # 256 /24s in a /16, 64 per entry
+ALL_BITS = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+NODE_WORDS = 9              # struct ew_block_node as u64: flags and reserved, full24[4], partial24[4]
+
+
+def _level16_nodes(table: EntryTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(/16 index, whole bitmap words, listed bitmap words) of every
+    level-16 node of a v4 node table (global: u32 node keys; tenant:
+    (tenant id, node) keys, the node key last)."""
+    keys = np.frombuffer(table.keys_view(), dtype=np.uint32).reshape(-1, table.key_size // 4)[:, -1]
+    values = np.frombuffer(table.values_view(), dtype=np.uint64).reshape(-1, NODE_WORDS)
+    level16 = (keys >> 24) == abi.BLOCK_LEVEL_16
+    index16, nodes = (keys[level16] & 0xFFFF).astype(np.int64), values[level16]
+    full_node = (nodes[:, 0] & np.uint64(abi.BLOCK_NODE_FULL)) != 0
+    whole = nodes[:, 1:5].copy()
+    whole[full_node] = ALL_BITS
+    return index16, whole, whole | nodes[:, 5:9]
+
+
+def _scatter(entries: np.ndarray, word: int, index16: np.ndarray, bits: np.ndarray) -> None:
+    """OR each node's four words into the entries of its /16 (several
+    tenants may have a node for the same /16)."""
+    column = entries.reshape(-1, ENTRIES_PER_16, ENTRY_WORDS)[:, :, word]
+    column[...] = 0
+    np.bitwise_or.at(column, index16, bits)
+
+
+def desired_entries(live: np.ndarray, tables: dict[str, EntryTable]) -> np.ndarray:
+    """The prefilter for the tables in `tables`, keeping what `live` says
+    for the tables not rebuilt."""
+    entries = live.copy()
+    if GLOBAL_TABLE in tables:
+        index16, whole, listed = _level16_nodes(tables[GLOBAL_TABLE])
+        _scatter(entries, GLOBAL_WHOLE, index16, whole)
+        _scatter(entries, GLOBAL_LISTED, index16, listed)
+    if TENANT_TABLE in tables:
+        index16, _, listed = _level16_nodes(tables[TENANT_TABLE])
+        _scatter(entries, TENANT_LISTED, index16, listed)
+    return entries
+
+
+@dataclass
+class PrefilterUpdate:
+    """One change of the prefilter around one change of the v4 tables."""
+
+    bpf_map: BpfMap
+    live: np.ndarray
+    desired: np.ndarray
+    written: int = 0
+
+    @classmethod
+    def for_tables(cls, bpf_map: BpfMap, tables: dict[str, EntryTable]) -> "PrefilterUpdate":
+        live = np.frombuffer(bpf_map.array_values(), dtype=np.uint64).reshape(-1, ENTRY_WORDS).copy()
+        return cls(bpf_map, live, desired_entries(live, tables))
+
+    def widen(self) -> None:
+        """Before the tables change: the union of the old and new versions."""
+        union = self.live | self.desired
+        self._write(union, self.live)
+        self.live = union
+
+    def narrow(self) -> None:
+        """After the tables changed: the new version only."""
+        self._write(self.desired, self.live)
+        self.live = self.desired
+
+    def _write(self, entries: np.ndarray, current: np.ndarray) -> None:
+        changed = np.nonzero((entries != current).any(axis=1))[0]
+        if len(changed):
+            self.bpf_map.update_packed(changed.astype(np.uint32).tobytes(),
+                                       np.ascontiguousarray(entries[changed]).tobytes())
+            self.written += len(changed)
+
+
+def sync_prefilter(maps: dict[str, BpfMap]) -> None:
+    """Rebuild the prefilter from the live v4 tables (a program loaded
+    beside tables pinned by an edgewarden that had no prefilter)."""
+    from agent.datapath.blocktables import SwappableTable
+    tables = {name: SwappableTable(maps[name]).entries_table() for name in (GLOBAL_TABLE, TENANT_TABLE)}
+    update = PrefilterUpdate.for_tables(maps[MAP_NAME], tables)
+    update.widen()
+    update.narrow()
+
+
+def prefilter_bits(maps: dict[str, BpfMap]) -> np.ndarray:
+    """The live prefilter as (entries, 4) u64 words (tests, status)."""
+    return np.frombuffer(maps[MAP_NAME].array_values(), dtype=np.uint64).reshape(-1, ENTRY_WORDS).copy()
