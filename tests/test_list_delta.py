@@ -17,6 +17,7 @@ from agent.datapath.apply import apply_policy_to_maps
 from agent.datapath.blocktables import SwappableTable
 from agent.datapath.compile import BLOCK_TABLES
 from agent.datapath.errors import InterfaceError
+from agent.datapath.prefilter import prefilter_bits
 from agent.datapath.list_delta import ListState, apply_delta_to_maps
 from agent.datapath.named_lists import ListId, ListStore, scope_unions
 from agent.datapath.private import PrivateDatapath
@@ -148,6 +149,11 @@ def test_random_deltas_leave_the_tables_of_a_full_rebuild(datapaths, base_a, bas
         assert state.list(list_id) == lists[list_id]
         full_apply(rebuilt, lists)
         assert tables(live) == tables(rebuilt)
+        # the IPv4 prefilter: the global words exactly as a rebuild has them,
+        # the tenant word a superset (a delta never clears other tenants' bits)
+        live_bits, rebuilt_bits = prefilter_bits(live.program.maps), prefilter_bits(rebuilt.program.maps)
+        assert (live_bits[:, :2] == rebuilt_bits[:, :2]).all()
+        assert ((live_bits[:, 2] & rebuilt_bits[:, 2]) == rebuilt_bits[:, 2]).all()
         # the rest of the maps too (config flags, tenant flags)
         for name in ("ew_config", "ew_tenants"):
             assert live.program.maps[name].items() == rebuilt.program.maps[name].items()

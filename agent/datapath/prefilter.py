@@ -116,3 +116,71 @@ def sync_prefilter(maps: dict[str, BpfMap]) -> None:
 def prefilter_bits(maps: dict[str, BpfMap]) -> np.ndarray:
     """The live prefilter as (entries, 4) u64 words (tests, status)."""
     return np.frombuffer(maps[MAP_NAME].array_values(), dtype=np.uint64).reshape(-1, ENTRY_WORDS).copy()
+
+
+@dataclass
+class NodePrefilterUpdate:
+    """The prefilter change of an in-place delta (agent.datapath.list_delta),
+    read and written for the /16s it touches only, so its cost follows the
+    delta, not the list. The global words of a touched /16 follow its new
+    level-16 node exactly (the global table has one node per /16); the
+    tenant word only gains bits, since other tenants' nodes for the same
+    /16 are not read: a bit left set costs a lookup, never a missed block."""
+
+    bpf_map: BpfMap
+    indexes: np.ndarray         # entry indexes, 4 per touched /16
+    live: np.ndarray
+    desired: np.ndarray
+
+    @classmethod
+    def for_writes(cls, bpf_map: BpfMap, writes: dict[str, list[tuple[bytes, bytes]]],
+                   stale: dict[str, list[bytes]]) -> "NodePrefilterUpdate | None":
+        global_nodes: dict[int, bytes | None] = {}
+        tenant_bits: dict[int, np.ndarray] = {}
+        for key, value in writes.get(GLOBAL_TABLE, []):
+            node = int.from_bytes(key[-4:], "little")
+            if node >> 24 == abi.BLOCK_LEVEL_16:
+                global_nodes[node & 0xFFFF] = value
+        for key in stale.get(GLOBAL_TABLE, []):
+            node = int.from_bytes(key[-4:], "little")
+            if node >> 24 == abi.BLOCK_LEVEL_16:
+                global_nodes.setdefault(node & 0xFFFF, None)
+        for key, value in writes.get(TENANT_TABLE, []):
+            node = int.from_bytes(key[-4:], "little")
+            if node >> 24 == abi.BLOCK_LEVEL_16:
+                _, listed = _node_bits(value)
+                tenant_bits[node & 0xFFFF] = tenant_bits.get(node & 0xFFFF, 0) | listed
+        touched = sorted(set(global_nodes) | set(tenant_bits))
+        if not touched:
+            return None
+        indexes = np.array([i * ENTRIES_PER_16 + j for i in touched for j in range(ENTRIES_PER_16)], dtype=np.uint32)
+        live = np.zeros((len(indexes), ENTRY_WORDS), dtype=np.uint64)
+        for row, index in enumerate(indexes):
+            raw = bpf_map.lookup(int(index).to_bytes(4, "little"))
+            live[row] = np.frombuffer(raw, dtype=np.uint64)
+        desired = live.copy()
+        for n, index16 in enumerate(touched):
+            rows = slice(n * ENTRIES_PER_16, (n + 1) * ENTRIES_PER_16)
+            if index16 in global_nodes:
+                value = global_nodes[index16]
+                whole, listed = _node_bits(value) if value is not None else (np.zeros(4, np.uint64),) * 2
+                desired[rows, GLOBAL_WHOLE], desired[rows, GLOBAL_LISTED] = whole, listed
+            if index16 in tenant_bits:
+                desired[rows, TENANT_LISTED] |= tenant_bits[index16]
+        return cls(bpf_map, indexes, live, desired)
+
+    def widen(self) -> None:
+        self._write(self.live | self.desired)
+
+    def narrow(self) -> None:
+        self._write(self.desired)
+
+    def _write(self, entries: np.ndarray) -> None:
+        self.bpf_map.update_packed(self.indexes.tobytes(), np.ascontiguousarray(entries).tobytes())
+
+
+def _node_bits(value: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(whole, listed) words of one level-16 node, as _level16_nodes derives them."""
+    node = np.frombuffer(value, dtype=np.uint64)
+    whole = np.full(4, ALL_BITS) if int(node[0]) & abi.BLOCK_NODE_FULL else node[1:5].copy()
+    return whole, whole | node[5:9]
