@@ -55,7 +55,7 @@ def test_kill_9_under_a_flood_from_a_blocked_source_lets_nothing_through(tmp_pat
             time.sleep(2)
             flood = subprocess.Popen(in_namespace(lab.ns["attacker"], [
                 sys.executable, "-m", "agent.cli", "flood", "udp", "--iface", attacker_if, "--target", lab.vip,
-                "--dst-mac", lab.mac_of("edge", edge_if), "--packets", "4000000", "--seconds", "8",
+                "--dst-mac", lab.mac_of("edge", edge_if), "--packets", "100000000", "--seconds", "12",
                 "--threads", "1", "--json"]), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             time.sleep(2)
             before_kill = _drops(lab, edge_if)
