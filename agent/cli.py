@@ -8,7 +8,6 @@ import ipaddress
 import json
 import sys
 import time
-from dataclasses import replace
 from typing import Callable
 
 from agent.datapath.abi import DROP_REASONS, TrafficClass, VerdictReason, action_name
@@ -16,6 +15,7 @@ from agent.datapath.blocktables import blocked_prefixes
 from agent.datapath.counters import read_counters
 from agent.blocklist import BlockListError, LoadedList, read_blocklist
 from agent.cli_output import emit, print_table
+from agent.daemon import changes
 from agent.datapath import (
     AttachMode, InterfaceError, apply_policy, attach, change_policy, current_policy, detach, interface_status,
     list_store, live_maps, managed_interfaces, replace_named_list,
@@ -97,51 +97,25 @@ def _change_policy(args, change: Callable[[Policy], Policy], what: str) -> int:
     return 0
 
 
-def _tenant_or_fail(policy: Policy, tenant_id: int):
-    tenant = policy.tenant(tenant_id)
-    if tenant is None:
-        known = ", ".join(f"{t.id} ({t.name})" for t in policy.tenants) or "none"
-        raise UsageError(f"no tenant {tenant_id} in the live policy (tenants: {known})")
-    return tenant
-
-
-def _network(text: str):
-    try:
-        return ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise UsageError(f"{text!r} is not an IP address or CIDR prefix") from None
-
-
 def cmd_block_add(args) -> int:
     net = _network(args.cidr)
-
-    def change(policy: Policy) -> Policy:
-        if args.tenant is None:
-            return policy if net in policy.blocked_sources else replace(policy, blocked_sources=(*policy.blocked_sources, net))
-        tenant = _tenant_or_fail(policy, args.tenant)
-        if net in tenant.blocked_sources:
-            return policy
-        return policy.replace_tenant(replace(tenant, blocked_sources=(*tenant.blocked_sources, net)))
-
     scope = f"tenant {args.tenant}" if args.tenant is not None else "global"
-    return _change_policy(args, change, f"blocked {net} ({scope})")
+    return _change_policy(args, lambda policy: changes.block_add(policy, args.cidr, args.tenant),
+                          f"blocked {net} ({scope})")
 
 
 def cmd_block_del(args) -> int:
     net = _network(args.cidr)
-
-    def change(policy: Policy) -> Policy:
-        if args.tenant is None:
-            if net not in policy.blocked_sources:
-                raise UsageError(f"{net} is not on the global block list")
-            return replace(policy, blocked_sources=tuple(n for n in policy.blocked_sources if n != net))
-        tenant = _tenant_or_fail(policy, args.tenant)
-        if net not in tenant.blocked_sources:
-            raise UsageError(f"{net} is not on tenant {args.tenant}'s block list")
-        return policy.replace_tenant(replace(tenant, blocked_sources=tuple(n for n in tenant.blocked_sources if n != net)))
-
     scope = f"tenant {args.tenant}" if args.tenant is not None else "global"
-    return _change_policy(args, change, f"unblocked {net} ({scope})")
+    return _change_policy(args, lambda policy: changes.block_del(policy, args.cidr, args.tenant),
+                          f"unblocked {net} ({scope})")
+
+
+def _network(text: str):
+    try:
+        return changes.network(text)
+    except changes.ChangeError as err:
+        raise UsageError(str(err)) from None
 
 
 def cmd_block_list(args) -> int:
@@ -284,10 +258,8 @@ def cmd_block_lists(args) -> int:
 
 
 def _set_state(args, state: TenantState) -> int:
-    def change(policy: Policy) -> Policy:
-        return policy.replace_tenant(replace(_tenant_or_fail(policy, args.tenant), state=state))
-
-    return _change_policy(args, change, f"tenant {args.tenant} {state.value}")
+    return _change_policy(args, lambda policy: changes.set_state(policy, args.tenant, state),
+                          f"tenant {args.tenant} {state.value}")
 
 
 # --- stats -------------------------------------------------------------------
@@ -626,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (PolicyError, UsageError, BlockListError) as err:
+    except (PolicyError, UsageError, BlockListError, changes.ChangeError) as err:
         print(f"edgewarden: {err}", file=sys.stderr)
         return 2
     except (InterfaceError, BpfError, CaptureError, OSError, ValueError) as err:
