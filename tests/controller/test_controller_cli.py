@@ -6,14 +6,14 @@ terminal, audit verify, and `controller --check`."""
 import json
 import os
 import pty
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+from controller_support import controller_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,36 +26,13 @@ def cli(*args, env=None, check=True):
     return result
 
 
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def controller(store_url, tmp_path):
     token = cli("controller", "token", "create", "--db", store_url, "--name", "root-admin", "--role", "admin").stdout.strip()
-    listen = f"127.0.0.1:{_port()}"
-    log = open(tmp_path / "controller.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "controller", "--config",
-                             str(REPO / "configs" / "controller.toml"), "--db", store_url, "--listen", listen],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    url = f"http://{listen}"
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.terminate()
-        pytest.fail("controller did not start: " + (tmp_path / "controller.log").read_text())
-    env = dict(os.environ, EDGEWARDEN_CONTROLLER=url, EDGEWARDEN_TOKEN=token,
-               EDGEWARDEN_CLIENT_CONFIG=str(tmp_path / "absent.toml"))
-    yield {"url": url, "token": token, "env": env, "db": store_url, "tmp": tmp_path}
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with controller_process(REPO / "configs" / "controller.toml", store_url, tmp_path) as url:
+        env = dict(os.environ, EDGEWARDEN_CONTROLLER=url, EDGEWARDEN_TOKEN=token,
+                   EDGEWARDEN_CLIENT_CONFIG=str(tmp_path / "absent.toml"))
+        yield {"url": url, "token": token, "env": env, "db": store_url, "tmp": tmp_path}
 
 
 def test_tenant_lifecycle_and_errors(controller):

@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_workflow_notify import Receiver, free_port, smtp_relay  # noqa: F401  (the relay fixture)
+from controller_support import controller_process
+from test_workflow_notify import Receiver, smtp_relay  # noqa: F401  (the relay fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,25 +50,9 @@ def service(store_url, tmp_path, smtp_relay):  # noqa: F811
     for name, role in (("root", "admin"), ("alice", "operator")):
         tokens[name] = cli("controller", "token", "create", "--db", store_url, "--name", name, "--role", role,
                            env=base).stdout.strip()
-    listen = f"127.0.0.1:{free_port()}"
-    log = open(tmp_path / "controller.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "controller", "--config", str(config),
-                             "--db", store_url, "--listen", listen], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    url = f"http://{listen}"
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.terminate()
-        pytest.fail("controller did not start: " + (tmp_path / "controller.log").read_text())
-    env = {name: dict(base, EDGEWARDEN_CONTROLLER=url, EDGEWARDEN_TOKEN=token) for name, token in tokens.items()}
-    yield {"url": url, "env": env, "box": box, "hook": hook, "tokens": tokens, "tmp": tmp_path, "rules": rules}
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with controller_process(config, store_url, tmp_path) as url:
+        env = {name: dict(base, EDGEWARDEN_CONTROLLER=url, EDGEWARDEN_TOKEN=token) for name, token in tokens.items()}
+        yield {"url": url, "env": env, "box": box, "hook": hook, "tokens": tokens, "tmp": tmp_path, "rules": rules}
     hook.close()
 
 
