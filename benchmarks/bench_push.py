@@ -25,6 +25,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -39,6 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import machine_facts, publish   # noqa: E402
 
 SECTION = "## Distribution: push latency to 1,000 agents"
+SENT_LINE = re.compile(r"revision \d+: sent to (?P<agents>\d+) connected agent\(s\) in (?P<ms>[0-9.]+) ms")
+ACKED_LINE = re.compile(r"revision \d+: acknowledged by all (?P<agents>\d+) agent\(s\) connected at its push "
+                        r"(?P<ms>[0-9.]+) ms after")
 GOAL_MS = 100.0
 
 
@@ -95,11 +99,14 @@ def agent_worker(controller_dir: str, agent_port: int, names: list[str], ready, 
 
 
 def proc_stats(pid: int) -> tuple[float, int]:
-    """(CPU seconds, peak RSS bytes) of a process, all its threads."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    """(CPU seconds, peak RSS bytes) of a process, all its threads (CPU from
+    schedstat, in nanoseconds: clock ticks are too coarse for one push)."""
+    cpu = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            cpu += int((task / "schedstat").read_text().split()[0]) / 1e9
+        except (OSError, IndexError, ValueError):
+            pass   # a thread that ended meanwhile
     with open(f"/proc/{pid}/status") as f:
         peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
     return cpu, peak
@@ -112,12 +119,12 @@ def percentiles(latencies: list[float]) -> dict:
             "max_ms": round(xs[-1] * 1000, 1), "count": len(xs)}
 
 
-def run_edgewarden(args, directory: Path) -> dict:
+def run_edgewarden(args, directory: Path, tree: Path) -> dict:
     from fleet_support import Controller
     from controller.distribution.nodes import add_node
     from controller.store import migrate, open_engine
 
-    controller = Controller(directory / "controller", digest_interval=600).setup()
+    controller = Controller(directory / "controller", digest_interval=600, tree=tree).setup()
     names = [f"sim-{i:04d}" for i in range(args.agents)]
     t0 = time.time()
     # the node registry in one go (the CLI per node would take minutes): the same calls `node add` makes
@@ -191,10 +198,19 @@ def run_edgewarden(args, directory: Path) -> dict:
             proc.join(30)
     finally:
         controller.stop()
+    # the controller's own account of each push (hub.py): frames written to all, acks from all
+    own = {"sent_ms": [], "acked_ms": []}
+    for line in (controller.directory / "controller.log").read_text(errors="replace").splitlines():
+        for key, pattern in (("sent_ms", SENT_LINE), ("acked_ms", ACKED_LINE)):
+            m = pattern.search(line)
+            if m and int(m.group("agents")) == args.agents:
+                own[key].append(float(m.group("ms")))
     return {"agents": connected, "processes": args.processes, "single_entry": single, "delta_10000": big,
             "controller_cpu_connect_s": round(cpu_connected - cpu_start, 2),
             "controller_cpu_total_s": round(cpu_end - cpu_start, 2),
-            "controller_peak_rss_mib": round(peak / 2**20, 1)}
+            "controller_peak_rss_mib": round(peak / 2**20, 1),
+            # the first is the connect phase's revision, the last the 10,000-entry delta
+            "controller_log": {k: v[-(args.rounds + 1):] for k, v in own.items()}}
 
 
 # -- CrowdSec: bouncers polling the LAPI's decision stream ---------------------------
@@ -328,54 +344,79 @@ def run_crowdsec(args, directory: Path) -> dict:
 
 
 # -- the RESULTS.md section -------------------------------------------------------------
-def section(args, ours: dict, crowdsec: dict | None, crowdsec_error: str | None, wall_s: float) -> str:
-    single = ours["single_entry"]
-    big = ours["delta_10000"]
-    n = ours["agents"]
+def _range(values, fmt="{:.0f}") -> str:
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
 
-    def rng(values, fmt="{:.0f}"):
-        lo, hi = min(values), max(values)
-        return fmt.format(lo) if lo == hi else f"{fmt.format(lo)}-{fmt.format(hi)}"
-    rows = [
-        f"| single entry, {len(single)} rounds | {rng([r['p50_ms'] for r in single])} | "
-        f"{rng([r['p99_ms'] for r in single])} | {rng([r['max_ms'] for r in single])} | "
-        f"{sum(r['missing'] for r in single)} | {rng([r['controller_cpu_s'] / n * 1000 for r in single], '{:.2f}')} | "
-        f"{rng([r['agents_cpu_s'] / n * 1000 for r in single], '{:.2f}')} | {rng([r['load_average'] for r in single], '{:.1f}')} |",
-        f"| 10,000-entry delta | {big['p50_ms']:.0f} | {big['p99_ms']:.0f} | {big['max_ms']:.0f} | {big['missing']} | "
-        f"{big['controller_cpu_s'] / n * 1000:.2f} | {big['agents_cpu_s'] / n * 1000:.2f} | {big['load_average']:.1f} |",
+
+def _rows(label: str, ours: dict) -> list[str]:
+    single, big, n = ours["single_entry"], ours["delta_10000"], ours["agents"]
+    own = ours["controller_log"]
+    sent = _range(own["sent_ms"][1:-1]) if len(own["sent_ms"]) > 2 else "-"
+    acked = _range(own["acked_ms"][1:-1]) if len(own["acked_ms"]) > 2 else "-"
+    big_sent = f"{own['sent_ms'][-1]:.0f}" if own["sent_ms"] else "-"
+    big_acked = f"{own['acked_ms'][-1]:.0f}" if own["acked_ms"] else "-"
+    return [
+        f"| {label}single entry, {len(single)} rounds | {_range([r['p50_ms'] for r in single])} | "
+        f"{_range([r['p99_ms'] for r in single])} | {_range([r['max_ms'] for r in single])} | "
+        f"{sum(r['missing'] for r in single)} | {sent} | {acked} | "
+        f"{statistics.median(r['controller_cpu_s'] for r in single) / n * 1000:.3f} | "
+        f"{statistics.median(r['agents_cpu_s'] for r in single) / n * 1000:.3f} | "
+        f"{_range([r['load_average'] for r in single], '{:.1f}')} |",
+        f"| {label}10,000-entry delta | {big['p50_ms']:.0f} | {big['p99_ms']:.0f} | {big['max_ms']:.0f} | "
+        f"{big['missing']} | {big_sent} | {big_acked} | {big['controller_cpu_s'] / n * 1000:.3f} | "
+        f"{big['agents_cpu_s'] / n * 1000:.3f} | {big['load_average']:.1f} |",
     ]
+
+
+def section(args, arms: list[tuple[str, dict]], crowdsec: dict | None, crowdsec_error: str | None,
+            wall_s: float) -> str:
+    current = [ours for label, ours in arms if label == "after"][-1]
+    n = current["agents"]
+    single, big = current["single_entry"], current["delta_10000"]
     worst_p99 = max([r["p99_ms"] for r in single] + [big["p99_ms"]])
+    command = (f"`benchmarks/bench_push.py --agents {args.agents} --processes {args.processes} --rounds {args.rounds}"
+               + (f" --before-tree CHECKOUT --repeat {args.repeat}" if args.before_tree else "") + "`")
+    rows = [row for label, ours in arms
+            for row in _rows(f"{label}: " if args.before_tree else "", ours)]
     lines = [SECTION, "", *(f"- {k}: {v}" for k, v in machine_facts()), "",
-             f"`benchmarks/bench_push.py --agents {args.agents} --processes {args.processes} --rounds {args.rounds}` "
-             f"(whole run {wall_s:.0f} s). A real controller process (SQLite, its distribution server on loopback "
-             f"mutual TLS 1.3, uvloop) and {n:,} protocol-speaking simulated agents in {args.processes} processes "
-             "(tests/fleet_support.SimAgent on uvloop: each its own client certificate, real TLS, Ed25519 "
+             f"{command} (whole run {wall_s:.0f} s). A real controller process (SQLite, its distribution server on "
+             f"loopback mutual TLS 1.3, uvloop) and {n:,} protocol-speaking simulated agents in {args.processes} "
+             "processes (tests/fleet_support.SimAgent on uvloop: each its own client certificate, real TLS, Ed25519 "
              "verification and delta application, no datapath). Latency is from the operator's API call "
              "(`POST /lists/entries`, one entry; `POST /lists/import`, 10,000 new /24s) to each agent sending its "
-             "Ack. CPU is per agent per revision: the controller's, and the simulated agents' (which on a real "
-             "fleet each edge server spends on its own, but here share the controller's two cores). The two real "
-             "lab agents are not part of this run (the lab end-to-end test covers them).", "",
-             "| push | p50 ms | p99 ms | max = all acked ms | missed | controller CPU ms/agent | "
-             "simulated agents CPU ms/agent | load average |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|", *rows, "",
-             f"- Controller: {ours['controller_cpu_connect_s']:.1f} s CPU to accept {n:,} agents (TLS handshakes, "
-             f"hellos, first snapshots), {ours['controller_cpu_total_s']:.1f} s for the whole run; peak RSS "
-             f"{ours['controller_peak_rss_mib']:.0f} MiB.",
-             f"- Goal, p99 under {GOAL_MS:.0f} ms at {n:,} agents: "
-             + (f"**met** (worst p99 {worst_p99:.0f} ms)." if worst_p99 < GOAL_MS else
-                f"**not met** on this machine (worst p99 {worst_p99:.0f} ms)."), ""]
+             "Ack. \"sent\" and \"acked\" are the controller's own log of each push (hub.py): from its seeing the "
+             "revision to the frame written to every agent, and to every agent's Ack read. CPU is per agent per "
+             "revision (median of the rounds): the controller's, and the simulated agents' (which on a real fleet "
+             "each edge server spends on its own, but here share the controller's two cores). The two real lab "
+             "agents are not part of this run (the lab end-to-end test covers them)."]
+    if args.before_tree:
+        lines += ["", f"before/after: the controller run from the checkout before this change (\"before\") and from "
+                  f"this one (\"after\"), alternating in the same run ({args.repeat} of each), against the same "
+                  "simulated agents (this checkout's code), so both see the same machine load."]
+    lines += ["", "| push | p50 ms | p99 ms | max = all acked ms | missed | sent ms (controller) | "
+              "acked ms (controller) | controller CPU ms/agent | simulated agents CPU ms/agent | load average |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "",
+              f"- Controller: {current['controller_cpu_connect_s']:.1f} s CPU to accept {n:,} agents (TLS handshakes, "
+              f"hellos, first snapshots), {current['controller_cpu_total_s']:.1f} s for the whole run; peak RSS "
+              f"{current['controller_peak_rss_mib']:.0f} MiB.",
+              f"- Goal, p99 under {GOAL_MS:.0f} ms at {n:,} agents: "
+              + (f"**met** (worst p99 {worst_p99:.0f} ms)." if worst_p99 < GOAL_MS else
+                 f"**not met** on this machine (worst p99 {worst_p99:.0f} ms)."), ""]
     if crowdsec is None:
         lines += [f"**CrowdSec baseline NOT RUN: {crowdsec_error}**", ""]
     else:
+        ours_all = max(r["max_ms"] for r in single)
         lines += [f"Baseline, the same run: CrowdSec {crowdsec['version']} LAPI (`crowdsec -no-cs`, its own SQLite "
                   f"in a temporary directory), {crowdsec['bouncers']:,} bouncers registered with `cscli bouncers "
                   f"add`, each polled by a simulated bouncer (real HTTP/1.1 keep-alive, {args.processes} processes, "
-                  "random phase) on `GET /v1/decisions/stream`; latency from the start of `cscli decisions add` "
-                  "to each bouncer's first poll whose answer holds the decision.", "",
+                  "each bouncer at a random phase) on `GET /v1/decisions/stream`; latency from the start of `cscli "
+                  "decisions add` to each bouncer's first poll whose answer holds the decision. The ratio is "
+                  f"CrowdSec's last bouncer against edgewarden's worst all-acknowledged single entry ({ours_all:.0f} "
+                  "ms).", "",
                   "| poll interval | p50 ms | p99 ms | max = all have it ms | missed | polls | poll errors | "
-                  "LAPI CPU s | all-acked ratio (CrowdSec / edgewarden 1-entry worst) |",
+                  "LAPI CPU s | ratio |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        ours_all = max(r["max_ms"] for r in single)
         for interval, r in crowdsec["intervals"].items():
             if not r.get("count"):
                 lines.append(f"| {float(interval):g} s | | | | {r['missing']} (all) | {r['polls']} | "
@@ -399,13 +440,22 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5, help="single-entry blocks measured")
     p.add_argument("--crowdsec-intervals", type=float, nargs="*", default=[10.0, 1.0],
                    help="bouncer poll intervals for the baseline (none: skip it)")
+    p.add_argument("--before-tree", help="also run the controller from this checkout (the code before a change), "
+                   "alternating with this one in the same run; the simulated agents always run this one's code")
+    p.add_argument("--repeat", type=int, default=1, help="with --before-tree: runs of each")
     p.add_argument("--write-results", action="store_true", help="record the section in benchmarks/RESULTS.md")
+    p.add_argument("--json", help="also write the raw figures here")
     args = p.parse_args()
     if args.write_results and args.agents != 1000:
         p.error("--write-results records the 1,000-agent figure; run with --agents 1000")
     start = time.time()
     directory = Path(tempfile.mkdtemp(prefix="bench-push-"))
-    ours = run_edgewarden(args, directory)
+    plan = [("after", REPO)] if not args.before_tree else \
+        [arm for _ in range(args.repeat) for arm in (("before", Path(args.before_tree).resolve()), ("after", REPO))]
+    arms = []
+    for n, (label, tree) in enumerate(plan):
+        print(f"== edgewarden, controller from {tree} ({label})", file=sys.stderr, flush=True)
+        arms.append((label, run_edgewarden(args, directory / f"arm-{n}", tree)))
     crowdsec, crowdsec_error = None, None
     if not args.crowdsec_intervals:
         crowdsec_error = "skipped (--crowdsec-intervals given no interval)"
@@ -416,10 +466,12 @@ def main() -> int:
         except CrowdsecUnavailable as err:
             crowdsec_error = str(err)
             print(f"\n!!! CrowdSec baseline NOT RUN: {err}\n", file=sys.stderr, flush=True)
-    report = {"edgewarden": ours, "crowdsec": crowdsec, "crowdsec_error": crowdsec_error}
+    report = {"edgewarden": [{"code": label, **ours} for label, ours in arms], "crowdsec": crowdsec,
+              "crowdsec_error": crowdsec_error}
     print(json.dumps(report, indent=2))
-    (directory / "report.json").write_text(json.dumps(report, indent=2))
-    publish(SECTION, section(args, ours, crowdsec, crowdsec_error, time.time() - start), args.write_results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    publish(SECTION, section(args, arms, crowdsec, crowdsec_error, time.time() - start), args.write_results)
     import shutil
     shutil.rmtree(directory, ignore_errors=True)
     return 0
