@@ -263,8 +263,12 @@ def bouncer_worker(port: int, keys: list[str], interval: float, value: str, read
                     body = await _poll(reader, writer, host, keys[i], startup=False)
                 except Exception as err:   # counted, and the bouncer keeps polling as a real one would
                     errors.append(f"{type(err).__name__}: {err}")
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
                     body = b""
+                    try:
+                        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    except OSError as err:
+                        errors.append(f"reconnect: {type(err).__name__}: {err}")
                 polls[0] += 1
                 if needle in body:
                     seen[i] = time.time()
@@ -306,6 +310,7 @@ def run_crowdsec(args, directory: Path) -> dict:
           file=sys.stderr, flush=True)
     lapi.start()
     out = {"version": lapi.version(), "bouncers": len(keys), "intervals": {}}
+    procs = []
     try:
         ctx = multiprocessing.get_context("spawn")
         for n, interval in enumerate(args.crowdsec_intervals):
@@ -319,11 +324,19 @@ def run_crowdsec(args, directory: Path) -> dict:
             polling = sum(ready.get(timeout=120) for _ in procs)
             timeout = 2 * interval + 10   # a poll every interval: all should have it after one
             cpu0, _ = proc_stats(lapi.process.pid)
-            for _ in procs:
-                go.put(time.time() + timeout + interval)   # the pollers' own deadline (they start at random phases)
+            for _ in procs:   # the pollers' own deadline (they stop sooner, once they have the decision)
+                go.put(time.time() + interval + 2 * timeout)
             time.sleep(interval)     # the pollers at their steady rate before the decision
             start = time.time()
-            lapi.cscli("decisions", "add", "--ip", value, "--duration", "4h", "--reason", "bench_push baseline")
+            refused = []   # an operator would retry: "database is locked" while the bouncers' polls write
+            while True:
+                try:
+                    lapi.cscli("decisions", "add", "--ip", value, "--duration", "4h", "--reason", "bench_push baseline")
+                    break
+                except RuntimeError as err:
+                    refused.append(str(err).rsplit("msg=", 1)[-1].strip()[:200])
+                    if time.time() - start > timeout / 2:
+                        raise
             added = time.time() - start
             replies = [results.get(timeout=timeout + 2 * interval + 60) for _ in procs]
             cpu1, peak = proc_stats(lapi.process.pid)
@@ -334,11 +347,15 @@ def run_crowdsec(args, directory: Path) -> dict:
             result = percentiles(done) if done else {"count": 0}
             result.update(bouncers=polling, missing=len(seen) - len(done), polls=sum(r[1] for r in replies),
                           poll_errors=sum(r[3] for r in replies), error_sample=[e for r in replies for e in r[2]][:3],
-                          cscli_add_ms=round(added * 1000, 1), lapi_cpu_s=round(cpu1 - cpu0, 2),
+                          cscli_add_ms=round(added * 1000, 1), cscli_add_refused=len(refused),
+                          cscli_add_refusal=refused[:1], lapi_cpu_s=round(cpu1 - cpu0, 2),
                           lapi_peak_rss_mib=round(peak / 2**20, 1))
             out["intervals"][str(interval)] = result
             print(f"CrowdSec, polling every {interval:g} s: {result}", file=sys.stderr, flush=True)
     finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
         lapi.stop()
     return out
 
@@ -427,6 +444,11 @@ def section(args, arms: list[tuple[str, dict]], crowdsec: dict | None, crowdsec_
                          f"{r['max_ms'] / ours_all:.1f}x |")
         lines += ["", "CrowdSec's bouncers never acknowledge: its figure is when the last bouncer *fetched* the "
                   "decision, edgewarden's when the last agent *applied* it and said so.", ""]
+        for interval, r in crowdsec["intervals"].items():
+            if r["cscli_add_refused"]:
+                lines += [f"At {float(interval):g} s polling, `cscli decisions add` was refused "
+                          f"{r['cscli_add_refused']} time(s) ({r['cscli_add_refusal'][0]!r}) before it went through, "
+                          f"{r['cscli_add_ms']:.0f} ms after the first try (the latency counts from the first).", ""]
         errors = [e for r in crowdsec["intervals"].values() for e in r["error_sample"]]
         if errors:
             lines += [f"Poll errors seen (sample): {'; '.join(errors)}", ""]
@@ -456,6 +478,9 @@ def main() -> int:
     for n, (label, tree) in enumerate(plan):
         print(f"== edgewarden, controller from {tree} ({label})", file=sys.stderr, flush=True)
         arms.append((label, run_edgewarden(args, directory / f"arm-{n}", tree)))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"edgewarden": [{"code": label, **ours} for label, ours in arms]},
+                                              indent=2))
     crowdsec, crowdsec_error = None, None
     if not args.crowdsec_intervals:
         crowdsec_error = "skipped (--crowdsec-intervals given no interval)"
@@ -466,6 +491,9 @@ def main() -> int:
         except CrowdsecUnavailable as err:
             crowdsec_error = str(err)
             print(f"\n!!! CrowdSec baseline NOT RUN: {err}\n", file=sys.stderr, flush=True)
+        except Exception as err:   # the baseline failed mid-way: say so in the section, keep our figures
+            crowdsec_error = f"failed: {type(err).__name__}: {err}"
+            print(f"\n!!! CrowdSec baseline FAILED: {err}\n", file=sys.stderr, flush=True)
     report = {"edgewarden": [{"code": label, **ours} for label, ours in arms], "crowdsec": crowdsec,
               "crowdsec_error": crowdsec_error}
     print(json.dumps(report, indent=2))
