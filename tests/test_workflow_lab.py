@@ -33,8 +33,7 @@ import socketserver
 import subprocess
 import sys
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from aiosmtpd.controller import Controller as SmtpController
 
 from agent.lab.topology import Topology, TopologyLab, in_namespace, run
 from agent.policy import policy_from_document, policy_to_toml
+from controller.workflow.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from clocked_controller import offset_seconds, set_offset
 from daemon_harness import DaemonProcess, write_config
 from fleet_support import Controller
@@ -140,7 +140,6 @@ class World:
     offset_file: Path
     secret: bytes
     operator_token: str
-    notices_seen: set = field(default_factory=set)
 
     # -- the controller --------------------------------------------------------
     def api(self, method, path, body=None):
@@ -215,15 +214,15 @@ class World:
         def arrived():
             hooks = [r for r in self.hooks.requests if _payload(r)["case"]["id"] == case_id
                      and _payload(r)["event"] == event]
-            mails = [m for m in self.mail.messages if f"case #{case_id}," in m["Subject"] + ","
+            mails = [m for m in self.mail.messages if m["Subject"].endswith(f"case #{case_id}")
                      and _event_of(m) == event]
             return hooks, mails
         hooks, mails = wait_until(arrived, lambda hm: hm[0] and hm[1], timeout,
                                   f"the {event} notice of case {case_id} by webhook and e-mail")
         hook = hooks[0]
-        timestamp = hook["headers"]["X-Edgewarden-Timestamp"]
+        timestamp = hook["headers"][TIMESTAMP_HEADER]
         expected = "sha256=" + hmac.new(self.secret, timestamp.encode() + b"." + hook["body"], hashlib.sha256).hexdigest()
-        assert hook["headers"]["X-Edgewarden-Signature"] == expected
+        assert hook["headers"][SIGNATURE_HEADER] == expected
         return _payload(hook), mails[0]
 
     def audit_verified(self) -> None:
