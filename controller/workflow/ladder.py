@@ -246,10 +246,13 @@ class Workflow:
                     # the suspension in force is an operator's, not this case's rule's (it was
                     # suspended before the rule acted, or again since): only that operator's
                     # decision lifts it
-                    step.kept.append(
-                        f"tenant {case['tenant_id']} stays suspended: {current['operator']} suspended it "
-                        f"({current['reason']}), not case {case['id']}'s rule; lift that with: "
-                        f"edgewarden tenant resume {case['tenant_id']} --reason ...")
+                    kept = (f"tenant {case['tenant_id']} stays suspended: {current['operator']} suspended it "
+                            f"({current['reason']}), not case {case['id']}'s rule; lift that with: "
+                            f"edgewarden tenant resume {case['tenant_id']} --reason ...")
+                    step.kept.append(kept)
+                    audit.record(conn, head, operator=operator, action="case.suspension_kept",
+                                 tenant_id=case["tenant_id"], target=f"case {case['id']}", reason=kept,
+                                 after={"suspended_by": current["operator"], "suspended_at": current["at"]})
         if watch and effects.get("watch"):
             effects["watch"] = False
             if not self._holds_watch_elsewhere(conn, case):

@@ -311,6 +311,7 @@ def test_a_cases_resolution_leaves_an_operators_suspension_in_force(engine):
     assert out["done"] == [] and "resume" not in out["done"]
     assert out["kept"] and "bob suspended it" in out["kept"][0] and "edgewarden tenant resume 1" in out["kept"][0]
     assert tenant(engine)["state"] == "suspended" and policy_tenant(engine)["state"] == "suspended"
+    assert actions(engine, case["id"])[-2:] == ["case.remediating", "case.suspension_kept"]
     wf.close(case["id"], operator="alice", reason="verified clean")
     assert tenant(engine)["state"] == "suspended" and policy_tenant(engine)["state"] == "suspended"
 
