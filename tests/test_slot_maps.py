@@ -1,0 +1,165 @@
+"""Counter slots sized to the policy: an attached interface with a small
+policy has small per-CPU slot maps (read back with bpftool); a policy with
+more tenants than their headroom grows them, by a reload that carries every
+count over, and a counter monitor opened before the growth follows it.
+Traffic is BPF_PROG_TEST_RUN on the pinned program, in a namespace of the
+test's own; the sizing arithmetic is checked against the kernel's own
+figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent.datapath import abi
+from agent.datapath.scope import bpffs_base, forget_namespace, namespace_scope_of
+from agent.datapath.slot_maps import SLOT_MAPS, SLOT_STEP, bytes_per_slot, capacity_for, slots_needed
+from agent.datapath.syscalls import possible_cpus
+from agent.policy import policy_from_document
+
+REPO = Path(__file__).resolve().parent.parent
+
+# In the namespace: attach with a few tenants, count traffic, hold a monitor,
+# apply a policy with more tenants than the slots, count more, report.
+GROW = """
+import json, sys
+sys.path.insert(0, "tests")
+from agent.datapath import attachment, apply_policy
+from agent.datapath.counters import CounterMonitor, read_counters
+from agent.datapath.program import live_maps, open_pinned_maps
+from agent.datapath.scope import pin_dir_for
+from agent.datapath.syscalls import obj_get, prog_info, test_run
+from agent.policy import policy_from_document
+from frames import icmp_ipv4_frame
+
+ifname, small, big = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+def doc(revision, tenants):
+    return {"revision": revision, "tenants": [
+        {"id": i, "name": f"t{i}", "vips": [f"198.51.{100 + i // 250}.{i % 250 + 1}"]} for i in range(1, tenants + 1)]}
+
+def send(tenant, count):
+    fd = obj_get(str(pin_dir_for(ifname) / "prog"))
+    frame = icmp_ipv4_frame("192.0.2.1", f"198.51.{100 + tenant // 250}.{tenant % 250 + 1}")
+    test_run(fd, frame, repeat=count)
+    return prog_info(fd).id
+
+def packets():
+    with live_maps(ifname) as maps:
+        return {str(t): c.packets for t, c in read_counters(maps).items()}
+
+attachment.attach(ifname, attachment.AttachMode.GENERIC, policy_from_document(doc(1, small), "small"))
+first_program = send(1, 5)
+send(2, 3)
+send(small, 7)
+held = open_pinned_maps(pin_dir_for(ifname))
+monitor = CounterMonitor(held)
+monitor.scan()
+before = packets()
+print(json.dumps({"before": before}), flush=True)
+input()                       # the test reads the map sizes
+apply_policy(ifname, policy_from_document(doc(2, big), "big"))
+second_program = send(1, 2)
+send(big, 4)
+scan = monitor.scan()
+followed = {str(t): sum(scan.row(i)[0][f] for f in range(12, 12 + 16))
+            for i, t in enumerate(scan.tenant_ids) if t is not None}
+print(json.dumps({"after": packets(), "followed": followed,
+                  "reloaded": first_program != second_program}), flush=True)
+input()
+attachment.detach(ifname)
+"""
+
+
+def bpftool_max_entries(path: Path) -> int:
+    shown = subprocess.run(["bpftool", "-j", "map", "show", "pinned", str(path)], capture_output=True, text=True,
+                           check=True)
+    return json.loads(shown.stdout)["max_entries"]
+
+
+def test_slot_maps_are_small_for_a_small_policy_and_grow_keeping_every_count():
+    tag = uuid.uuid4().hex[:6]
+    ns, ifname = f"ewslot-{tag}", f"ews{tag}"
+    small, big = 3, 100
+    pin_dir = bpffs_base() / namespace_scope_of(ns) / ifname
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    engine = None
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", f"ewt{tag}"],
+                       check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", ifname, "up"], check=True)
+        engine = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{ns}", sys.executable, "-c", GROW, ifname,
+                                   str(small), str(big)], cwd=REPO, text=True, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+        def report() -> dict:
+            line = engine.stdout.readline()
+            assert line, engine.stderr.read()
+            return json.loads(line)
+
+        before = report()["before"]
+        assert before == {"0": 0, "1": 5, "2": 3, str(small): 7}
+        assert {name: bpftool_max_entries(pin_dir / name) for name in SLOT_MAPS} == \
+            {name: SLOT_STEP * per_slot for name, per_slot in SLOT_MAPS.items()}
+        engine.stdin.write("\n")
+        engine.stdin.flush()
+        after = report()
+        grown = capacity_for(big + 1)
+        assert grown > SLOT_STEP
+        assert {name: bpftool_max_entries(pin_dir / name) for name in SLOT_MAPS} == \
+            {name: grown * per_slot for name, per_slot in SLOT_MAPS.items()}
+        assert after["reloaded"], "growing the slot maps loads the program again"
+        # Every count made before the growth is still there, and the new program counts on.
+        expected = {str(t): 0 for t in range(big + 1)} | {"1": 7, "2": 3, str(small): 7, str(big): 4}
+        assert after["after"] == expected
+        assert after["followed"] == expected, "a monitor opened before the growth reads the grown maps"
+        assert not list(pin_dir.glob("*_grown")), "no staged pin is left behind"
+        engine.stdin.write("\n")
+        engine.stdin.flush()
+        assert engine.wait(timeout=60) == 0, engine.stderr.read()
+    finally:
+        if engine is not None and engine.poll() is None:
+            engine.kill()
+            engine.wait()
+        forget_namespace(ns)
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+
+
+def test_sizing_follows_the_policy_with_headroom():
+    policy = policy_from_document({"revision": 1, "tenants": [
+        {"id": i, "name": f"t{i}", "vips": [f"198.51.100.{i}"]} for i in range(1, 11)]}, "ten")
+    assert slots_needed(policy, {}) == 11
+    assert slots_needed(None, {5: 40}) == 41
+    assert slots_needed(policy, {5: 40}) == 41          # tenant 5 keeps slot 40, the others take 1..9
+    assert [capacity_for(n) for n in (1, 11, 51, 52, 1001, abi.MAX_TENANTS)] == [64, 64, 64, 128, 1280, abi.MAX_TENANTS]
+    for n in range(1, abi.MAX_TENANTS + 1, 37):
+        capacity = capacity_for(n)
+        assert capacity % SLOT_STEP == 0 and n <= capacity <= abi.MAX_TENANTS
+        assert capacity >= n + n // 4 or capacity == abi.MAX_TENANTS, n
+
+
+def test_bytes_per_slot_is_what_the_kernel_charges():
+    """The memory figure's arithmetic (values rounded to 8 bytes, one per
+    possible CPU) against the kernel's own memlock of a loaded map."""
+    from agent.datapath.program import LoadedProgram
+    with LoadedProgram(pin_dir=None, tenant_capacity=SLOT_STEP * 8) as small, \
+            LoadedProgram(pin_dir=None, tenant_capacity=SLOT_STEP * 16) as large:
+        charged = 0
+        for name in SLOT_MAPS:
+            fds = small.maps[name].fd, large.maps[name].fd
+            memlock = [_fd_memlock(fd) for fd in fds]
+            charged += memlock[1] - memlock[0]
+    assert charged == bytes_per_slot(possible_cpus()) * SLOT_STEP * 8
+
+
+def _fd_memlock(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as info:
+        for line in info:
+            if line.startswith("memlock:"):
+                return int(line.split()[1])
+    pytest.fail(f"no memlock in /proc/self/fdinfo/{fd}")
