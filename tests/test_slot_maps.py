@@ -163,3 +163,55 @@ def _fd_memlock(fd: int) -> int:
             if line.startswith("memlock:"):
                 return int(line.split()[1])
     pytest.fail(f"no memlock in /proc/self/fdinfo/{fd}")
+
+
+def test_counts_the_old_program_makes_during_a_growth_are_carried_over():
+    """The instant between the copy and the swap: the old program (still
+    loaded, on the old maps) and the new one both count; after the commit
+    the live pin holds the copy, the old program's late counts and the new
+    program's own. Maps pinned in a directory of the test's own; nothing is
+    attached (the programs run through BPF_PROG_TEST_RUN)."""
+    from agent.datapath.apply import apply_policy_to_maps
+    from agent.datapath.counters import read_counters
+    from agent.datapath.program import LoadedProgram, close_maps, open_pinned_maps
+    from agent.datapath.syscalls import test_run
+    from frames import icmp_ipv4_frame
+
+    pin_dir = Path("/sys/fs/bpf") / f"ewslot-test-{uuid.uuid4().hex[:8]}"
+    pin_dir.mkdir()
+    policy = policy_from_document({"revision": 1, "tenants": [
+        {"id": i, "name": f"t{i}", "vips": [f"198.51.100.{i}"]} for i in (1, 2)]}, "two")
+    frame = {i: icmp_ipv4_frame("192.0.2.1", f"198.51.100.{i}") for i in (1, 2)}
+    try:
+        with LoadedProgram(pin_dir=pin_dir, slots=SLOT_STEP) as old:
+            old.commit_slot_maps()
+            apply_policy_to_maps(old.maps, policy)
+            test_run(old.prog_fd, frame[1], repeat=10)
+            with LoadedProgram(pin_dir=pin_dir, slots=SLOT_STEP * 3) as new:
+                assert new.slots == SLOT_STEP * 3 and old.slots == SLOT_STEP
+                assert sorted(p.name for p in pin_dir.glob("*_grown")) == sorted(f"{n}_grown" for n in SLOT_MAPS)
+                test_run(old.prog_fd, frame[1], repeat=4)       # late: after the copy, on the old maps
+                test_run(old.prog_fd, frame[2], repeat=6)
+                test_run(new.prog_fd, frame[1], repeat=3)       # the new program, on the new maps
+                new.commit_slot_maps()
+            assert not list(pin_dir.glob("*_grown"))
+            maps = open_pinned_maps(pin_dir)
+            try:
+                assert maps["ew_counters"].max_entries == SLOT_STEP * 3
+                assert {t: c.packets for t, c in read_counters(maps).items()} == {0: 0, 1: 17, 2: 6}
+            finally:
+                close_maps(maps)
+            # A load that is not committed (its program never attached) leaves the live maps as they are.
+            with LoadedProgram(pin_dir=pin_dir, slots=SLOT_STEP * 5) as abandoned:
+                assert abandoned.slots == SLOT_STEP * 5
+            assert not list(pin_dir.glob("*_grown"))
+            maps = open_pinned_maps(pin_dir)
+            try:
+                assert maps["ew_counters"].max_entries == SLOT_STEP * 3
+                assert read_counters(maps)[1].packets == 17
+            finally:
+                close_maps(maps)
+    finally:
+        for entry in pin_dir.iterdir():
+            entry.unlink()
+        pin_dir.rmdir()
