@@ -215,3 +215,55 @@ def test_counts_the_old_program_makes_during_a_growth_are_carried_over():
         for entry in pin_dir.iterdir():
             entry.unlink()
         pin_dir.rmdir()
+
+
+@pytest.mark.live
+def test_the_daemon_grows_the_slots_on_reload_and_its_metrics_keep_counting(tmp_path):
+    """The agent daemon in lab namespaces: a reload with more tenants than
+    the slots grows them; the daemon's own counter scans (its metrics)
+    follow the grown maps, and the pings counted before are still there."""
+    import re
+    import signal
+
+    from agent.lab import EdgeLab, in_namespace
+    from daemon_harness import DaemonProcess, NotifySocket, free_port, write_config
+    from waiting import wait_until
+
+    one = 'revision = 1\n[[tenants]]\nid = 1\nname = "shop"\nvips = ["203.0.113.10"]\n'
+    many = one.replace("revision = 1", "revision = 2") + "".join(
+        f'[[tenants]]\nid = {t}\nname = "t{t}"\nvips = ["2001:db8::{t:x}"]\n' for t in range(2, 101))
+    port = free_port()
+    with EdgeLab() as lab:
+        config = write_config(tmp_path, [lab.edge_if], one, metrics_port=port,
+                              extra="[accounting]\ninterval_seconds = 0.2\n")
+        notify = NotifySocket(tmp_path / "notify.sock")
+        daemon = DaemonProcess(lab.edge_ns, config, notify)
+        pin_dir = bpffs_base() / namespace_scope_of(lab.edge_ns) / lab.edge_if
+
+        def tenant_packets() -> float | None:
+            out = subprocess.run(in_namespace(lab.edge_ns, [sys.executable, "-c",
+                                 f"import urllib.request; print(urllib.request.urlopen("
+                                 f"'http://127.0.0.1:{port}/metrics').read().decode())"]),
+                                 capture_output=True, text=True, timeout=30)
+            found = re.search(r'edgewarden_tenant_packets_total\{tenant="1"\} (\S+)', out.stdout)
+            return float(found.group(1)) if found else None
+
+        def ping(count: int) -> None:
+            lab.ns(lab.peer_ns, ["ping", "-q", "-c", str(count), "-i", "0.01", "-I", "198.51.100.1", "203.0.113.10"],
+                   check=False)
+
+        try:
+            notify.wait_for("READY", "1")
+            assert bpftool_max_entries(pin_dir / "ew_counters") == SLOT_STEP
+            ping(20)
+            wait_until(tenant_packets, lambda n: n == 20, 30, "the daemon's metrics to count 20 pings")
+            (tmp_path / "policy.toml").write_text(many)
+            mark = len(daemon.lines)
+            daemon.signal(signal.SIGHUP)
+            daemon.wait_log("reloaded", after=mark, revision=2)
+            assert bpftool_max_entries(pin_dir / "ew_counters") == capacity_for(101) > SLOT_STEP
+            ping(5)
+            wait_until(tenant_packets, lambda n: n == 25, 30, "the daemon's metrics to count 25 pings")
+        finally:
+            daemon.stop()
+            notify.close()
