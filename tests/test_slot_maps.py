@@ -9,6 +9,7 @@ figures."""
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 import uuid
@@ -165,7 +166,7 @@ def _fd_memlock(fd: int) -> int:
     pytest.fail(f"no memlock in /proc/self/fdinfo/{fd}")
 
 
-def test_counts_the_old_program_makes_during_a_growth_are_carried_over():
+def test_counts_the_old_program_makes_during_a_growth_are_carried_over(monkeypatch):
     """The instant between the copy and the swap: the old program (still
     loaded, on the old maps) and the new one both count; after the commit
     the live pin holds the copy, the old program's late counts and the new
@@ -177,11 +178,15 @@ def test_counts_the_old_program_makes_during_a_growth_are_carried_over():
     from agent.datapath.syscalls import test_run
     from frames import icmp_ipv4_frame
 
+    from agent.datapath import slot_maps
+    # Copies in chunks of 5 counter slots, so the copy and the late counts cross chunk boundaries.
+    monkeypatch.setattr(slot_maps, "CHUNK_BYTES", 5 * 352 * possible_cpus())
     pin_dir = Path("/sys/fs/bpf") / f"ewslot-test-{uuid.uuid4().hex[:8]}"
     pin_dir.mkdir()
+    ids = (1, 2, *range(3, 13))     # tenants 1 and 2 in slots 1 and 2; 12 in slot 12, in the third chunk
     policy = policy_from_document({"revision": 1, "tenants": [
-        {"id": i, "name": f"t{i}", "vips": [f"198.51.100.{i}"]} for i in (1, 2)]}, "two")
-    frame = {i: icmp_ipv4_frame("192.0.2.1", f"198.51.100.{i}") for i in (1, 2)}
+        {"id": i, "name": f"t{i}", "vips": [f"198.51.100.{i}"]} for i in ids]}, "twelve")
+    frame = {i: icmp_ipv4_frame("192.0.2.1", f"198.51.100.{i}") for i in ids}
     try:
         with LoadedProgram(pin_dir=pin_dir, slots=SLOT_STEP) as old:
             old.commit_slot_maps()
@@ -192,13 +197,16 @@ def test_counts_the_old_program_makes_during_a_growth_are_carried_over():
                 assert sorted(p.name for p in pin_dir.glob("*_grown")) == sorted(f"{n}_grown" for n in SLOT_MAPS)
                 test_run(old.prog_fd, frame[1], repeat=4)       # late: after the copy, on the old maps
                 test_run(old.prog_fd, frame[2], repeat=6)
+                test_run(old.prog_fd, frame[12], repeat=2)
                 test_run(new.prog_fd, frame[1], repeat=3)       # the new program, on the new maps
+                test_run(new.prog_fd, frame[12], repeat=1)
                 new.commit_slot_maps()
             assert not list(pin_dir.glob("*_grown"))
             maps = open_pinned_maps(pin_dir)
             try:
                 assert maps["ew_counters"].max_entries == SLOT_STEP * 3
-                assert {t: c.packets for t, c in read_counters(maps).items()} == {0: 0, 1: 17, 2: 6}
+                assert {t: c.packets for t, c in read_counters(maps).items()} == \
+                    {t: 0 for t in (0, *ids)} | {1: 17, 2: 6, 12: 3}
             finally:
                 close_maps(maps)
             # A load that is not committed (its program never attached) leaves the live maps as they are.
@@ -267,3 +275,17 @@ def test_the_daemon_grows_the_slots_on_reload_and_its_metrics_keep_counting(tmp_
         finally:
             daemon.stop()
             notify.close()
+
+
+def test_array_values_reads_from_any_index():
+    """The chunked reads of a growth: `entries` values from `start`, for a per-CPU array."""
+    from agent.datapath.program import LoadedProgram
+    with LoadedProgram(pin_dir=None, tenant_capacity=SLOT_STEP) as program:
+        budgets = program.maps["ew_sample_budget"]
+        for slot in range(SLOT_STEP):
+            budgets.update(struct.pack("=I", slot), bytes([slot]) * budgets.value_size)
+        size = budgets.value_size
+        assert bytes(budgets.array_values(3, 5)) == b"".join(bytes([s]) * size for s in (5, 6, 7))
+        assert bytes(budgets.array_values(None, SLOT_STEP - 2)) == \
+            b"".join(bytes([s]) * size for s in (SLOT_STEP - 2, SLOT_STEP - 1))
+        assert bytes(budgets.array_values(2)) == bytes([0]) * size + bytes([1]) * size

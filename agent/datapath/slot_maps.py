@@ -31,6 +31,7 @@ SLOT_MAPS: dict[str, int] = {"ew_counters": 1, "ew_bucket_shares": abi.BUCKET_KI
 # gets room to add some without a reload.
 SLOT_STEP = 64
 STAGED_SUFFIX = "_grown"        # a slot map built by a growth, until its program is attached (bpffs allows no dots)
+CHUNK_BYTES = 16 << 20        # read at a time when a growth copies a map
 # Any swappable table does to wait for running programs (see _wait_for_running_programs).
 _SYNC_TABLE = "ew_gblock_v4"
 
@@ -119,14 +120,18 @@ class SlotMapGrowth:
 
     def carry_over(self, maps: dict[str, BpfMap]) -> None:
         """Copy the replaced maps' slots into the new ones (before the new
-        program runs, so nothing else writes them)."""
+        program runs, so nothing else writes them), in chunks: on a big
+        server a map is hundreds of MB, and only the counters' copy is kept."""
         for name, old in self.replaced.items():
             new = maps[name]
-            entries = min(old.max_entries, new.max_entries)
-            values = bytes(old.array_values(entries))
-            new.update_packed(array.array("I", range(entries)).tobytes(), values)
+            copied = bytearray()
+            for start, values in _chunks(old, min(old.max_entries, new.max_entries)):
+                new.update_packed(array.array("I", range(start, start + len(values) // old.value_size)).tobytes(),
+                                  values)
+                if name == "ew_counters":
+                    copied += values
             if name == "ew_counters":
-                self._copied[name] = values
+                self._copied[name] = bytes(copied)
 
     def commit(self, maps: dict[str, BpfMap]) -> None:
         """After the new program is attached: add what the old program
@@ -175,17 +180,24 @@ def _add_late_counts(old: BpfMap, new: BpfMap, copied: bytes) -> None:
     """What the old program counted between the copy and the swap, added
     slot by slot (a read and a write per slot, so the new program's counts
     in that instant are at stake on one slot at a time, not on all)."""
-    entries = len(copied) // old.value_size
-    now = bytes(old.array_values(entries))
     size = old.value_size
-    for slot in range(entries):
-        before, after = copied[slot * size:(slot + 1) * size], now[slot * size:(slot + 1) * size]
-        if before == after:
-            continue
-        key = struct.pack("=I", slot)
-        total = bytearray(new.lookup(key))
-        _counters.add_counts(total, after, before)
-        new.update(key, bytes(total))
+    for start, now in _chunks(old, len(copied) // size):
+        for slot in range(start, start + len(now) // size):
+            before = copied[slot * size:(slot + 1) * size]
+            after = now[(slot - start) * size:(slot - start + 1) * size]
+            if before == after:
+                continue
+            key = struct.pack("=I", slot)
+            total = bytearray(new.lookup(key))
+            _counters.add_counts(total, after, before)
+            new.update(key, bytes(total))
+
+
+def _chunks(bpf_map: BpfMap, entries: int):
+    """(first index, values) of the map's first `entries` indexes, CHUNK_BYTES at a time."""
+    step = max(1, CHUNK_BYTES // bpf_map.value_size)
+    for start in range(0, entries, step):
+        yield start, bytes(bpf_map.array_values(min(step, entries - start), start))
 
 
 def follow_grown_maps(maps: dict) -> bool:

@@ -174,11 +174,11 @@ class BpfMap:
         ks, vs = self.key_size, self.value_size
         return {keys[i * ks:(i + 1) * ks]: values[i * vs:(i + 1) * vs] for i in range(len(keys) // ks)}
 
-    def array_values(self, entries: int | None = None) -> memoryview:
-        """The values of the first `entries` indexes (all by default) of an
-        (per-CPU) array map in index order, one batched read into a buffer
+    def array_values(self, entries: int | None = None, start: int = 0) -> memoryview:
+        """The values of `entries` indexes from `start` (all by default) of
+        an (per-CPU) array map in index order, one batched read into a buffer
         reused by the next call (valid until then)."""
-        entries = self.max_entries if entries is None else min(entries, self.max_entries)
+        entries = self.max_entries - start if entries is None else min(entries, self.max_entries - start)
         if self._batch_buffers is None or self._batch_buffers[4] < entries:
             # Sized to what is read, not to the map: a scan reads the slots in use.
             self._batch_buffers = (ffi.new("char[]", self.key_size * max(entries, 1)),
@@ -186,7 +186,9 @@ class BpfMap:
                                    ffi.new("__u32 *"), ffi.new("__u32 *"), entries)
         keys, values, count, out_batch, _ = self._batch_buffers
         count[0] = entries
-        rc = lib.ew_map_lookup_batch(self.fd, ffi.NULL, out_batch, keys, values, count)
+        # The batch starts after the key it is given (the kernel's get_next_key).
+        in_batch = ffi.new("__u32 *", start - 1) if start else ffi.NULL
+        rc = lib.ew_map_lookup_batch(self.fd, in_batch, out_batch, keys, values, count)
         if rc < 0 and rc != -2:
             check(rc, f"batch read of {self.name}")
         if count[0] != entries:
