@@ -16,6 +16,7 @@ from pathlib import Path
 from agent._libbpf import lib
 from agent.datapath import abi, netfilter
 from agent.datapath.apply import ApplyReport, live_slots
+from agent.datapath.compile import BLOCK_TABLES
 from agent.datapath.enforcement import apply_to_maps
 from agent.datapath.errors import InterfaceError
 from agent.datapath.locking import interface_lock, lock_path_for
@@ -115,10 +116,12 @@ def attach(ifname: str, mode: AttachMode = AttachMode.NATIVE, policy: Policy | N
     return interface_status(ifname), report
 
 
-def attach_locked(ifname: str, mode: AttachMode | None, policy: Policy | None) -> ApplyReport | None:
+def attach_locked(ifname: str, mode: AttachMode | None, policy: Policy | None,
+                  tables: frozenset[str] = frozenset(BLOCK_TABLES)) -> ApplyReport | None:
     """attach() for a caller that holds the interface lock. `mode` None:
     the mode the program runs in now (a reload to grow the slot maps); not
-    attached, the maps are grown and nothing is attached."""
+    attached, the maps are grown and nothing is attached. `tables`: the
+    block tables the policy's apply rebuilds (all by default)."""
     ifindex = _ifindex(ifname)
     pin_dir = pin_dir_for(ifname)
     current = xdp_query(ifindex)
@@ -134,7 +137,7 @@ def attach_locked(ifname: str, mode: AttachMode | None, policy: Policy | None) -
     with LoadedProgram(pin_dir=pin_dir, slots=_slots_for(pin_dir, policy)) as program:
         report = None
         if policy is not None:
-            report = apply_to_maps(ifname, program.maps, applied_policy(ifname), policy,
+            report = apply_to_maps(ifname, program.maps, applied_policy(ifname), policy, tables,
                                    conntrack=program.conntrack)
         if mode is not None:
             _attach_in_mode(ifname, ifindex, program.prog_fd, mode, current.prog_id, current.attach_mode)

@@ -77,13 +77,14 @@ def change_policy(ifname: str, change: Callable[[Policy], Policy]) -> tuple[Poli
 def _apply_locked(ifname: str, policy: Policy) -> ApplyReport:
     with live_maps(ifname) as maps:
         old = current_policy(ifname)
+        tables = tables_changed_by(old, policy)
         needed = slots_needed(policy, live_slots(maps), maps["ew_tenants"].max_entries)
         if needed <= maps["ew_counters"].max_entries:
-            return apply_to_maps(ifname, maps, old, policy, tables_changed_by(old, policy))
+            return apply_to_maps(ifname, maps, old, policy, tables)
     # More tenants than counter slots: the program is loaded again with more,
     # which carry the counts over (agent.datapath.slot_maps), and it applies the policy.
     from agent.datapath.attachment import attach_locked     # attachment imports this module
-    return attach_locked(ifname, None, policy)
+    return attach_locked(ifname, None, policy, tables)
 
 
 def tables_changed_by(old: Policy, new: Policy) -> frozenset[str]:
