@@ -9,6 +9,7 @@ figures."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -289,3 +290,74 @@ def test_array_values_reads_from_any_index():
         assert bytes(budgets.array_values(None, SLOT_STEP - 2)) == \
             b"".join(bytes([s]) * size for s in (SLOT_STEP - 2, SLOT_STEP - 1))
         assert bytes(budgets.array_values(2)) == bytes([0]) * size + bytes([1]) * size
+
+
+DIES_MID_GROWTH = """
+import os, sys
+from pathlib import Path
+from agent.datapath.program import LoadedProgram
+from agent.datapath.scope import PROGRAM_PIN
+
+pin_dir, slots, attached = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "attached"
+grown = LoadedProgram(pin_dir=pin_dir, slots=slots)
+if attached:
+    grown.pin_program(pin_dir / PROGRAM_PIN)     # as attach_locked does right after the attach
+os._exit(0)                                      # killed before the commit: no close, no rename
+"""
+
+
+def test_a_growth_killed_before_its_commit_is_finished_or_dropped_by_the_next_load():
+    """kill -9 between the attach and the renames: the next load finds the
+    staged maps in use by the pinned program and makes them the live ones,
+    counts made since included; killed before the attach, the staged maps
+    are dropped and the live ones kept."""
+    from agent.datapath.apply import apply_policy_to_maps
+    from agent.datapath.counters import read_counters
+    from agent.datapath.program import LoadedProgram, close_maps, open_pinned_maps
+    from agent.datapath.scope import PROGRAM_PIN
+    from agent.datapath.syscalls import obj_get, test_run
+    from frames import icmp_ipv4_frame
+
+    pin_dir = Path("/sys/fs/bpf") / f"ewslot-test-{uuid.uuid4().hex[:8]}"
+    pin_dir.mkdir()
+    policy = policy_from_document({"revision": 1, "tenants": [{"id": 1, "name": "t1", "vips": ["198.51.100.1"]}]},
+                                  "one")
+    frame = icmp_ipv4_frame("192.0.2.1", "198.51.100.1")
+
+    def die_growing(slots: int, attached: bool) -> None:
+        done = subprocess.run([sys.executable, "-c", DIES_MID_GROWTH, str(pin_dir), str(slots),
+                               "attached" if attached else "loaded"], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert sorted(p.name for p in pin_dir.glob("*_grown")) == sorted(f"{n}_grown" for n in SLOT_MAPS)
+
+    def live() -> tuple[int, int]:
+        maps = open_pinned_maps(pin_dir)
+        try:
+            return maps["ew_counters"].max_entries, read_counters(maps)[1].packets
+        finally:
+            close_maps(maps)
+
+    try:
+        with LoadedProgram(pin_dir=pin_dir, slots=SLOT_STEP) as first:
+            first.commit_slot_maps()
+            apply_policy_to_maps(first.maps, policy)
+            first.pin_program(pin_dir / PROGRAM_PIN)
+            test_run(first.prog_fd, frame, repeat=10)
+        die_growing(SLOT_STEP * 3, attached=True)
+        program = obj_get(str(pin_dir / PROGRAM_PIN))      # the grown program, on the staged maps
+        try:
+            test_run(program, frame, repeat=3)
+        finally:
+            os.close(program)
+        with LoadedProgram(pin_dir=pin_dir, slots=SLOT_STEP):
+            assert not list(pin_dir.glob("*_grown"))
+        assert live() == (SLOT_STEP * 3, 13)
+        die_growing(SLOT_STEP * 5, attached=False)
+        with LoadedProgram(pin_dir=pin_dir, slots=SLOT_STEP):
+            assert not list(pin_dir.glob("*_grown"))
+        assert live() == (SLOT_STEP * 3, 13)
+    finally:
+        for entry in pin_dir.iterdir():
+            entry.unlink()
+        pin_dir.rmdir()

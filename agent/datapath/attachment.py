@@ -24,12 +24,10 @@ from agent.datapath.policy_store import applied_policy
 from agent.datapath.program import (
     PROGRAM_NAME, LoadedProgram, close_maps, ensure_bpffs, live_maps, open_pinned_maps, read_revision,
 )
-from agent.datapath.scope import bpffs_root, pin_dir_for, state_dir_for
+from agent.datapath.scope import PROGRAM_PIN, bpffs_root, pin_dir_for, state_dir_for
 from agent.datapath.slot_maps import capacity_for, slots_needed
 from agent.datapath.syscalls import BpfError, obj_get, prog_fd_by_id, prog_info, xdp_attach, xdp_detach, xdp_query
 from agent.policy.model import Policy
-
-PROGRAM_PIN = "prog"
 
 
 class AttachMode(str, enum.Enum):

@@ -22,7 +22,8 @@ from agent._libbpf import ffi
 from agent.datapath import abi
 from agent.datapath.blocktables import SLOT as TABLE_SLOT, SwappableTable
 from agent.datapath.compile import assign_slots
-from agent.datapath.syscalls import BpfMap, map_info, obj_get, round_up_8
+from agent.datapath.scope import PROGRAM_PIN
+from agent.datapath.syscalls import BpfMap, map_info, obj_get, prog_map_ids, round_up_8
 from agent.policy.model import Policy
 
 # Map name -> entries per tenant slot.
@@ -94,6 +95,7 @@ class SlotMapGrowth:
     @classmethod
     def plan(cls, pin_dir: Path, slots: int) -> "SlotMapGrowth":
         """Never smaller than what is pinned: a growth is one way."""
+        finish_died_growth(pin_dir)
         growth = cls(pin_dir, max(slots, pinned_slots(pin_dir) or 0))
         try:
             for name, entries in slot_capacities(growth.slots).items():
@@ -106,9 +108,7 @@ class SlotMapGrowth:
                     old.close()
                     continue
                 growth.replaced[name] = old
-                staged = pin_dir / (name + STAGED_SUFFIX)
-                staged.unlink(missing_ok=True)       # left by a growth that died before its commit
-                growth.pins[name] = staged
+                growth.pins[name] = pin_dir / (name + STAGED_SUFFIX)
         except Exception:
             growth.abort()
             raise
@@ -161,6 +161,35 @@ class SlotMapGrowth:
             old.close()
         self.replaced = {}
         self._copied = {}
+
+
+def finish_died_growth(pin_dir: Path) -> None:
+    """Staged pins left by a growth that died (kill -9): those the pinned
+    program uses (it died after the attach) are renamed over the live pins,
+    as its commit would have (only what the old program counted in the
+    instant before the swap is lost); the others (it died before) are
+    dropped, and the live maps stay."""
+    staged = {name: pin_dir / (name + STAGED_SUFFIX) for name in SLOT_MAPS}
+    staged = {name: path for name, path in staged.items() if path.exists()}
+    if not staged:
+        return
+    in_use: set[int] = set()
+    if (pin_dir / PROGRAM_PIN).exists():
+        fd = obj_get(str(pin_dir / PROGRAM_PIN))
+        try:
+            in_use = prog_map_ids(fd)
+        finally:
+            os.close(fd)
+    for name, path in staged.items():
+        fd = obj_get(str(path))
+        try:
+            used = map_info(fd).id in in_use
+        finally:
+            os.close(fd)
+        if used:
+            path.replace(pin_dir / name)
+        else:
+            path.unlink()
 
 
 def _wait_for_running_programs(maps: dict[str, BpfMap]) -> None:

@@ -64,6 +64,17 @@ def map_info(fd: int) -> MapInfo:
     return MapInfo(id_[0], ffi.string(name).decode(), type_[0], ks[0], vs[0], me[0])
 
 
+def prog_map_ids(fd: int) -> set[int]:
+    """The ids of the maps a loaded program uses."""
+    count = ffi.new("__u32 *", 64)
+    while True:
+        ids = ffi.new("__u32[]", count[0])
+        wanted = count[0]
+        check(lib.ew_prog_map_ids(fd, ids, count), "reading the maps of a program")
+        if count[0] <= wanted:
+            return {ids[i] for i in range(count[0])}
+
+
 @dataclass(frozen=True)
 class ProgInfo:
     id: int
