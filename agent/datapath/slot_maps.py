@@ -150,11 +150,11 @@ class SlotMapGrowth:
         self._close_replaced()
 
     def abort(self) -> None:
-        """The new program was not attached: drop the staged maps, keep the live ones."""
-        for name in self.replaced:
-            if self.pins.get(name, self.pin_dir / name).name.endswith(STAGED_SUFFIX):
-                self.pins[name].unlink(missing_ok=True)
+        """No commit: staged maps no pinned program uses are dropped and the
+        live ones kept; if the new program was attached and pinned (the
+        commit itself failed), its maps become the live ones all the same."""
         self._close_replaced()
+        finish_died_growth(self.pin_dir)
 
     def _close_replaced(self) -> None:
         for old in self.replaced.values():
