@@ -8,8 +8,11 @@ thread. What differs from XDP, said in STATUS and the log:
   (a bump in the wire then forwards nothing: it fails closed);
 - evidence sampling has no DPDK counterpart: watched tenants and tenants
   under incident are counted and raise incidents, but are not sampled;
-- named block lists live in the engine's memory, not in pinned maps, so
-  they are loaded again after a restart (the policy file's lists are not lost);
+- named block lists live in the engine's memory, not in pinned maps: each
+  is stored once the engine has it, in the same list store as an XDP
+  interface's (agent.datapath.named_lists, under the engine's name), and a
+  restarted agent enforces them with its first policy, as an XDP agent
+  adopts its pins;
 - a policy the engine cannot enforce (SYN cookies, syn_ack = "track") is
   refused before anything is written: the running one stays in force."""
 
@@ -88,19 +91,23 @@ class DpdkEnforcer(Enforcer):
             journal.error("DPDK engine not enforcing", event="interface_error", interface=self.name, error=str(err))
             return
         try:
+            # The lists stored by the agent before this one enforce with the first policy, as pins would.
+            engine.named_lists = self.list_store().load_all()
             compiled = engine.apply(self.policy)
             engine.start()
-        except OSError as err:
+        except (OSError, ValueError) as err:
             engine.close()
             state.attached, state.mode, state.error = False, "none", str(err)
             journal.error("DPDK engine not enforcing", event="interface_error", interface=self.name, error=str(err))
             return
         self.engine = engine
         self._guard = _GuardedEngine(engine, self._lock)
+        self._record_applied()
         state.attached, state.mode, state.error = True, MODE, None
         journal.info("DPDK engine enforcing", event="attached", interface=self.name, mode=MODE,
                      revision=self.policy.revision, tenants=len(compiled.slots), lcores=engine.lcores,
-                     ports=[p.name for p in self.config.dpdk.ports])
+                     ports=[p.name for p in self.config.dpdk.ports],
+                     named_lists={str(list_id): len(prefixes) for list_id, prefixes in engine.named_lists.items()})
         journal.warning(NO_SAMPLING, event="sampling_unavailable", interface=self.name)
 
     def attach_one(self, ifname: str) -> InterfaceState:
@@ -118,6 +125,7 @@ class DpdkEnforcer(Enforcer):
                           event="apply_error", interface=self.name, error=str(err))
             return {self.name: f"failed: {err}"}
         state.error = None
+        self._record_applied()
         return {self.name: f"revision {self.policy.revision}, {len(compiled.slots) - 1} tenants, swapped whole"}
 
     def reload(self, config: AgentConfig, policy: Policy) -> dict[str, str]:
@@ -148,9 +156,32 @@ class DpdkEnforcer(Enforcer):
         if self.engine is None:
             raise OSError("the DPDK engine is not running")
         compiled = self.engine.replace_named_list(list_id, prefixes)
+        # Stored once the engine enforces it (as XDP stores once the kernel has it).
+        if prefixes is None:
+            self.list_store().remove(list_id)
+        else:
+            self.list_store().save(list_id, prefixes)
         _return_freed_memory()
         what = f"{len(prefixes)} prefixes loaded" if prefixes is not None else "unloaded"
         return {self.name: f"list {list_id} {what}; revision {compiled.revision} swapped whole"}
+
+    def _record_applied(self) -> None:
+        """Beside the stored lists, the policy in force (agent.datapath.policy_store),
+        as for an XDP interface: what `edgewarden block lists` reads to say whether
+        a tenant's list is enforced."""
+        from agent.datapath.policy_store import record_applied_policy
+        try:
+            record_applied_policy(self.name, self.engine.policy)
+        except OSError as err:
+            journal.warning("cannot record the applied policy beside the engine's lists", event="state_error",
+                            interface=self.name, error=str(err))
+
+    def list_store(self):
+        """Where the engine's named lists are kept across restarts: the XDP
+        path's list store, under the engine's name (`edgewarden block lists`
+        reads it the same way)."""
+        from agent.datapath.named_lists import list_store
+        return list_store(self.name)
 
     def interface_gone(self, ifname: str) -> None:
         pass          # DPDK port names are not kernel interfaces
