@@ -5,7 +5,10 @@ in force on the engine; an allowed source passes and a blocked one is
 dropped; a CLI `block add` goes through the daemon's socket and takes
 effect; SIGHUP with a policy the engine cannot enforce keeps the old one;
 the counters reach the metrics through the same aggregation; SIGTERM
-stops cleanly. Only namespaces this test makes, only documentation addresses."""
+stops cleanly. `edgewarden stats`/`status`/`block lists` read the running
+engine through the agent, named lists survive a restart, and a watched
+tenant's packets are sealed as evidence that tshark reads. Only namespaces
+this test makes, only documentation addresses."""
 
 from __future__ import annotations
 
@@ -151,8 +154,6 @@ def test_daemon_runs_the_dpdk_engine(tmp_path):
         attached = daemon.wait_log("attached", timeout=1)
         assert attached["mode"] == "dpdk" and attached["revision"] == 1
         assert "revision 1" in ready["STATUS"] and "enforcing on net_af_packet0 (dpdk)" in ready["STATUS"]
-        assert "no evidence sampling" in ready["STATUS"]
-        daemon.wait_log("sampling_unavailable", timeout=1)
 
         # An allowed source passes through the engine; the blocked source is dropped.
         assert _ping(topo, CLIENT)
@@ -424,3 +425,73 @@ def test_stats_status_and_named_lists_of_a_running_dpdk_engine(tmp_path):
         topo.down()
     listed_ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(name in listed_ns for name in topo.ns.values())
+
+
+EVIDENCE_SEND = """
+import socket, sys
+src, dst, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 40000))
+for i in range(count):
+    s.sendto(b"EW-EVIDENCE-%05d-" % i + bytes(range(256))[: 60], (dst, 9))
+"""
+
+
+def test_watched_tenant_on_the_dpdk_engine_is_sealed_as_evidence_tshark_reads(tmp_path):
+    """The lcores sample a watched tenant's frames (bpf/sample.h compiled into
+    the worker) into their rings; the agent's evidence recorder drains them
+    into the same sealed pcapng files as on XDP: every frame byte for byte,
+    with its verdict, passed and dropped alike."""
+    from daemon_harness import tshark_frames
+    metrics_port = free_port()
+    config = tmp_path / "agent.toml"
+    # All within the budget (1000 a second per tenant and lcore, the first second's burst whole): every frame is kept.
+    config.write_text(_config(tmp_path, metrics_port) + "samples_per_second = 1000\nmin_free_bytes = 1\n"
+                      "[watch]\ntenants = [1]\n")
+    (tmp_path / "policy.toml").write_text(POLICY)
+    topo = _topology()
+    notify = NotifySocket(tmp_path / "notify.sock")
+    daemon = None
+    try:
+        topo.up()
+        server_mac = topo.run_in("server", ["cat", "/sys/class/net/s0/address"]).stdout.strip()
+        topo.run_in("client", ["ip", "neigh", "replace", SERVER, "lladdr", server_mac, "dev", "c0", "nud", "permanent"])
+        daemon = _start(tmp_path, topo, config, notify)
+        passed, dropped = 150, 20
+        topo.run_in("client", [sys.executable, "-c", EVIDENCE_SEND, CLIENT, SERVER, str(passed)], timeout=30)
+        topo.run_in("client", [sys.executable, "-c", EVIDENCE_SEND, BLOCKED, SERVER, str(dropped)], timeout=30)
+        wait_until(lambda: _metric(topo, metrics_port, "edgewarden_samples_total"), lambda n: n >= passed + dropped,
+                   30, "the evidence recorder to receive every sample")
+        assert _metric(topo, metrics_port, "edgewarden_sample_ring_lost_samples_total") == 0
+        assert daemon.stop() == 0
+        sealed = [line for line in daemon.lines if line.get("event") == "evidence_sealed"]
+        assert len(sealed) == 1 and sealed[0]["tenant"] == 1 and sealed[0]["incident"] == "watch:1", sealed
+        assert sealed[0]["packets"] == passed + dropped
+        directory = tmp_path / "evidence"
+        files = sorted(directory.glob("*.pcapng"))
+        assert [f.name for f in files] == [sealed[0]["file"]]
+        frames = tshark_frames(files[0])
+        assert len(frames) == passed + dropped
+        sources = {CLIENT: [], BLOCKED: []}
+        for frame in frames:
+            assert frame[12:14] == b"\x08\x00" and frame[23] == 17
+            payload = frame[42:]
+            index = int(payload[12:17])
+            assert payload == b"EW-EVIDENCE-%05d-" % index + bytes(range(256))[:60]    # byte for byte what was sent
+            assert frame[30:34] == bytes(map(int, SERVER.split(".")))
+            sources[".".join(str(b) for b in frame[26:30])].append(index)
+        assert sorted(sources[CLIENT]) == list(range(passed)) and sorted(sources[BLOCKED]) == list(range(dropped))
+        fields = subprocess.run(["tshark", "-r", str(files[0]), "-T", "fields", "-e", "frame.comment",
+                                 "-e", "frame.interface_name"], capture_output=True, text=True).stdout.splitlines()
+        assert fields.count("tenant=1; verdict=pass_allowed; incident=watch:1\tnet_af_packet0") == passed, fields[:3]
+        assert fields.count("tenant=1; verdict=drop_global_block; incident=watch:1\tnet_af_packet0") == dropped
+        verify = subprocess.run([sys.executable, "-m", "agent.cli", "evidence", "verify", str(directory)],
+                                capture_output=True, text=True, cwd=REPO)
+        assert verify.returncode == 0, verify.stdout
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        notify.close()
+        topo.down()
+    assert not any(name in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+                   for name in topo.ns.values())

@@ -6,8 +6,9 @@ same one-writer rule: every engine call that changes it runs in the writer
 thread. What differs from XDP, said in STATUS and the log:
 - the engine lives in this process, so stopping the agent ends enforcement
   (a bump in the wire then forwards nothing: it fails closed);
-- evidence sampling has no DPDK counterpart: watched tenants and tenants
-  under incident are counted and raise incidents, but are not sampled;
+- evidence: watched tenants and tenants under incident are sampled by the
+  lcores into their sample rings, which the daemon's evidence recorder
+  drains (agent.dpdk.samples) into the same sealed files as on XDP;
 - named block lists live in the engine's memory, not in pinned maps: each
   is stored once the engine has it, in the same list store as an XDP
   interface's (agent.datapath.named_lists, under the engine's name), and a
@@ -27,9 +28,6 @@ from agent.daemon.enforcer import Enforcer, InterfaceState, _return_freed_memory
 from agent.policy import Policy, PolicyError
 
 MODE = "dpdk"
-NO_SAMPLING = ("evidence sampling has no DPDK counterpart: watched tenants and tenants under incident are "
-               "counted and raise incidents, but no packets are sampled (use the XDP engine where evidence "
-               "must be sealed)")
 
 
 def refuse_unsupported(policy: Policy, source: str) -> None:
@@ -43,9 +41,10 @@ def refuse_unsupported(policy: Policy, source: str) -> None:
 
 
 class _GuardedEngine:
-    """What the counter views read (compiled, lcores, slot_capacity,
-    read_counter_slot), refused once the engine is closed: a scan still
-    running in the accounting thread never reads freed memory."""
+    """What the counter and evidence views read (compiled, lcores,
+    slot_capacity, read_counter_slot, the samples and their budget), refused
+    once the engine is closed: a scan still running in the accounting or
+    evidence thread never reads freed memory."""
 
     def __init__(self, engine, lock: threading.Lock):
         self._engine, self._lock = engine, lock
@@ -61,6 +60,24 @@ class _GuardedEngine:
                 raise OSError("the DPDK engine has stopped")
             return self._engine.read_counter_slot(slot)
 
+    def read_samples(self, out, max_samples: int) -> int:
+        with self._lock:
+            if self._engine is None:
+                raise OSError("the DPDK engine has stopped")
+            return self._engine.read_samples(out, max_samples)
+
+    def read_sample_config(self) -> bytes:
+        with self._lock:
+            if self._engine is None:
+                raise OSError("the DPDK engine has stopped")
+            return self._engine.read_sample_config()
+
+    def write_sample_config(self, raw: bytes) -> None:
+        with self._lock:
+            if self._engine is None:
+                raise OSError("the DPDK engine has stopped")
+            self._engine.write_sample_config(raw)
+
     def closed(self) -> None:
         with self._lock:
             self._engine = None
@@ -69,7 +86,6 @@ class _GuardedEngine:
 class DpdkEnforcer(Enforcer):
     def __init__(self, config: AgentConfig, policy: Policy):
         super().__init__(config, policy)
-        self._can_sample = False
         self.engine = None
         self._guard: _GuardedEngine | None = None
         self._lock = threading.Lock()
@@ -93,7 +109,7 @@ class DpdkEnforcer(Enforcer):
         try:
             # The lists stored by the agent before this one enforce with the first policy, as pins would.
             engine.named_lists = self.list_store().load_all()
-            compiled = engine.apply(self.policy)
+            compiled = engine.apply(self.effective_policy())
             engine.start()
         except (OSError, ValueError) as err:
             engine.close()
@@ -108,7 +124,6 @@ class DpdkEnforcer(Enforcer):
                      revision=self.policy.revision, tenants=len(compiled.slots), lcores=engine.lcores,
                      ports=[p.name for p in self.config.dpdk.ports],
                      named_lists={str(list_id): len(prefixes) for list_id, prefixes in engine.named_lists.items()})
-        journal.warning(NO_SAMPLING, event="sampling_unavailable", interface=self.name)
 
     def attach_one(self, ifname: str) -> InterfaceState:
         return self.interfaces[ifname]          # the engine starts once per process (attach_all)
@@ -147,10 +162,6 @@ class DpdkEnforcer(Enforcer):
                 refuse_unsupported(new, what)     # before the file is written: nothing changes
             return new
         return super().change_policy(checked, what)
-
-    def set_incident_tenants(self, tenants: frozenset[int]) -> bool:
-        self.incident_tenants = frozenset(tenants)
-        return False                              # no sampling to switch on (NO_SAMPLING)
 
     def replace_list(self, list_id, prefixes) -> dict[str, str]:
         if self.engine is None:
@@ -213,13 +224,16 @@ class DpdkEnforcer(Enforcer):
             raise OSError("the DPDK engine is not running")
         return engine_maps(self._guard)
 
+    def sample_ring(self):
+        """The lcores' sample rings, drained by the evidence recorder (agent.dpdk.samples)."""
+        from agent.dpdk.samples import EngineSampleRing
+        if self._guard is None:
+            raise OSError("the DPDK engine is not running")
+        return EngineSampleRing(self._guard)
+
     def map_fill(self, maps) -> dict[str, float]:
         """The engine's tables grow with each snapshot; its fixed size is the counter slots."""
         return {"ew_counters": (len(maps["ew_tenants"].items()) + 1) / maps["ew_counters"].max_entries}
-
-    def status_line(self) -> str:
-        line = super().status_line()
-        return line + "; no evidence sampling (DPDK)" if self.engine is not None else line
 
 
 def _keep_engine(new: AgentConfig, running: AgentConfig) -> AgentConfig:

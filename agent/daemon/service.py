@@ -73,7 +73,8 @@ class AgentDaemon:
         self._maps[ifname] = maps
         self.accounting.watch(ifname, maps)
         if self.evidence is not None:
-            self.evidence.watch(ifname, maps)
+            ring = self.enforcer.sample_ring() if self.config.engine == "dpdk" else None    # else the pinned ring
+            self.evidence.watch(ifname, maps, ring)
 
     def _sync_watch(self) -> None:
         if self.evidence is not None:
@@ -141,8 +142,6 @@ class AgentDaemon:
         return load_policy(self.config.policy_file)
 
     def _start_evidence(self) -> None:
-        if self.config.engine == "dpdk":
-            return           # no sampling in the DPDK engine (agent.daemon.dpdk_enforcer.NO_SAMPLING)
         try:
             from agent.evidence.recorder import EvidenceRecorder
         except ImportError:
