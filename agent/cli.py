@@ -64,8 +64,7 @@ def cmd_status(args) -> int:
 
     pinned = managed_interfaces()
     rows = [interface_status(i).as_dict() for i in pinned]
-    _, engine_rows = daemon_engine_interfaces(pinned)      # a running DPDK engine has no pins to read
-    rows += engine_rows
+    rows += daemon_engine_interfaces(pinned)      # a running DPDK engine has no pins to read
 
     def human(_) -> None:
         if not rows:
@@ -273,7 +272,7 @@ def _list_interfaces(args) -> list[str]:
         return [args.iface]
     from agent.daemon.cli import daemon_engine_interfaces
     pinned = managed_interfaces()
-    interfaces = pinned + [row["interface"] for row in daemon_engine_interfaces(pinned)[1]]
+    interfaces = pinned + [row["interface"] for row in daemon_engine_interfaces(pinned)]
     if not interfaces:
         return _target_interfaces(args)          # says what to do
     return interfaces

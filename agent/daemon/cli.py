@@ -122,22 +122,22 @@ def route_through_daemon(args) -> int | None:
 
 # --- reading what only a running daemon holds ------------------------------------
 
-def daemon_engine_interfaces(pinned: list[str]) -> tuple[int, list[dict]]:
+def daemon_engine_interfaces(pinned: list[str]) -> list[dict]:
     """For `edgewarden status`: the interfaces of a running daemon whose engine
     keeps no pins (engine = "dpdk"), as rows shaped like InterfaceStatus.as_dict();
-    (revision, []) when no such daemon runs."""
+    [] when no such daemon runs."""
     from agent.daemon.control import ControlError, daemon_listening, default_socket_path, request
     path = default_socket_path()
     if not daemon_listening(path):
-        return 0, []
+        return []
     try:
         status = request(path, {"command": "status"}, timeout=30)
     except ControlError as err:
         print(f"edgewarden: the agent on {path} did not answer: {err}", file=sys.stderr)
-        return 0, []
+        return []
     if status.get("engine", "xdp") == "xdp":
-        return status["revision"], []        # its interfaces are pinned: the CLI reads them itself
-    return status["revision"], [
+        return []           # its interfaces are pinned: the CLI reads them itself
+    return [
         {"interface": name, "ifindex": None, "mode": state["mode"], "program_id": 0,
          "edgewarden": state["attached"], "policy_revision": status["revision"] if state["attached"] else None,
          "pin_dir": None, "engine": status["engine"], "agent": str(path), "error": state.get("error")}
