@@ -3,7 +3,7 @@
 table, with the same interface the service uses from the XDP Enforcer
 (attach_all, reload, change_policy, replace_list, stop, STATUS), and the
 same one-writer rule: every engine call that changes it runs in the writer
-thread. What differs from XDP, said in STATUS and the log:
+thread. How it differs from XDP, and where it is the same:
 - the engine lives in this process, so stopping the agent ends enforcement
   (a bump in the wire then forwards nothing: it fails closed);
 - evidence: watched tenants and tenants under incident are sampled by the
