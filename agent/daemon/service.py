@@ -73,7 +73,8 @@ class AgentDaemon:
         self._maps[ifname] = maps
         self.accounting.watch(ifname, maps)
         if self.evidence is not None:
-            self.evidence.watch(ifname, maps)
+            ring = self.enforcer.sample_ring() if self.config.engine == "dpdk" else None    # else the pinned ring
+            self.evidence.watch(ifname, maps, ring)
 
     def _sync_watch(self) -> None:
         if self.evidence is not None:
@@ -141,8 +142,6 @@ class AgentDaemon:
         return load_policy(self.config.policy_file)
 
     def _start_evidence(self) -> None:
-        if self.config.engine == "dpdk":
-            return           # no sampling in the DPDK engine (agent.daemon.dpdk_enforcer.NO_SAMPLING)
         try:
             from agent.evidence.recorder import EvidenceRecorder
         except ImportError:
@@ -276,7 +275,7 @@ class AgentDaemon:
         command = request.get("command")
         e = self.enforcer
         if command == "status":
-            return {"status": self._status(), "revision": e.policy.revision,
+            return {"status": self._status(), "revision": e.policy.revision, "engine": self.config.engine,
                     "controller": None if self.controller is None else {
                         "address": self.controller.address, "connected": self.controller.connected,
                         "applied_revision": self.controller.verifier.applied_revision},
@@ -284,6 +283,11 @@ class AgentDaemon:
                     "open_incidents": [i.as_record() for i in self.tracker.open.values()]}
         if command == "reload":
             return await self.reload()
+        if command == "counters":
+            # For `edgewarden stats`: the interfaces it cannot read from pins (`skip` are those it can).
+            skip = frozenset(request.get("skip") or ())
+            return {"interfaces": await asyncio.get_running_loop().run_in_executor(
+                None, self._counter_snapshots, skip, request.get("interface"))}
         if self.controller is not None and command in LOCAL_CHANGES:
             raise ValueError(f"this agent is in controller mode: its policy comes from the controller at "
                              f"{self.controller.address}; make the change there (edgewarden lists add ..., "
@@ -322,6 +326,11 @@ class AgentDaemon:
         if command == "incidents_acknowledge":
             return {"acknowledged": self.spool.acknowledge(request.get("ids", []))}
         raise ValueError(f"unknown command {command!r}")
+
+    def _counter_snapshots(self, skip: frozenset[str], only: str | None) -> dict[str, dict]:
+        from agent.daemon.counter_snapshot import take_snapshot
+        return {ifname: take_snapshot(maps, self.enforcer.policy) for ifname, maps in list(self._maps.items())
+                if ifname not in skip and only in (None, ifname)}
 
     def _after_change(self) -> None:
         self._sync_watch()

@@ -64,6 +64,8 @@ class LcoreCounters:
 
 
 def engine_maps(engine) -> dict:
+    from agent.dpdk.samples import SampleConfigView
     maps = {name: PolicyTableView(name, engine) for name in ("ew_tenants", "ew_config", "ew_vips_v4", "ew_vips_v6")}
     maps["ew_counters"] = LcoreCounters(engine)
+    maps["ew_sample_config"] = SampleConfigView(engine)     # the evidence recorder sets the budget here
     return maps
