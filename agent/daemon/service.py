@@ -40,6 +40,10 @@ class AgentDaemon:
         self.config = config
         self.notifier = notifier or Notifier()
         self.stopping = asyncio.Event()
+        # SIGHUP reloads: one at a time, and the signals that arrive while one
+        # waits its turn join it (it reads the files after all of them).
+        self._signal_reload_turn = asyncio.Lock()
+        self._signal_reload_waiting = False
         self.enforcer: Enforcer | None = None
         self.spool = IncidentSpool(config.spool_path)
         self.tracker = IncidentTracker(config.node, config.incident_end_after)
@@ -234,7 +238,16 @@ class AgentDaemon:
 
     # -- reload --------------------------------------------------------------
     def request_reload(self) -> None:
-        asyncio.create_task(self.reload())
+        """SIGHUP. A burst of signals costs at most two reloads, not one each:
+        the one running and one more that starts after the last signal."""
+        if not self._signal_reload_waiting:
+            self._signal_reload_waiting = True
+            asyncio.create_task(self._reload_on_signal())
+
+    async def _reload_on_signal(self) -> None:
+        async with self._signal_reload_turn:
+            self._signal_reload_waiting = False
+            await self.reload()
 
     async def reload(self) -> dict:
         self.notifier.reloading()
