@@ -17,6 +17,7 @@ from agent.datapath.errors import InterfaceError
 from agent.datapath.prefilter import MAP_NAME as PREFILTER_MAP, sync_prefilter
 from agent.datapath.scope import pin_dir_for
 from agent.datapath.bpf_object import BpfObject
+from agent.datapath.policy_arrays import open_typed_map
 from agent.datapath.syscalls import BpfMap
 
 PROGRAM_NAME = "edgewarden_xdp"
@@ -46,23 +47,29 @@ class LoadedProgram:
                           "ew_flood_policies": tenant_capacity,
                           "ew_buckets": tenant_capacity * abi.BUCKET_KINDS, "ew_sample_budget": tenant_capacity,
                           "ew_bucket_shares": tenant_capacity * abi.BUCKET_KINDS}
+        # A policy array's capacity is its inner array's (its outer map has one slot).
+        inner_capacities = {name: n for name, n in (capacities or {}).items() if name in abi.POLICY_ARRAYS}
+        capacities = {name: n for name, n in (capacities or {}).items() if name not in abi.POLICY_ARRAYS}
         pins = {name: pin_dir / name for name in (*abi.MAP_LAYOUTS, *abi.RING_MAPS)} if pin_dir is not None else None
         # Tables pinned by an edgewarden without the prefilter get one built from them.
         new_prefilter = pins is not None and not pins[PREFILTER_MAP].exists()
         path = object_file or object_path(conntrack=conntrack_available())
         self.kfuncs = object_kfuncs(path)
-        self._object = BpfObject(path, max_entries=capacities, pin_paths=pins)
+        self._object = BpfObject(path, max_entries=capacities, pin_paths=pins, inner_max_entries=inner_capacities)
         try:
             self.prog_fd = self._object.program_fd(PROGRAM_NAME)
             self.maps: dict[str, BpfMap] = {
-                name: self._object.map(name, key_type, value_type, percpu=name in abi.PERCPU_MAPS)
-                for name, (key_type, value_type) in abi.MAP_LAYOUTS.items()}
+                name: open_typed_map(name, lambda k, v, name=name: self._object.map(
+                    name, k, v, percpu=name in abi.PERCPU_MAPS), inner_capacities.get(name))
+                for name in abi.MAP_LAYOUTS}
             for name, path in (pins or {}).items():
                 if name in self.maps:       # the ring buffer has no BpfMap view
                     self.maps[name].pin_path = str(path)
             # A new (not adopted) swappable table starts with an empty inner table.
             for name in abi.SWAPPABLE_TABLES:
                 SwappableTable(self.maps[name]).ensure_inner()
+            for name in abi.POLICY_ARRAYS:
+                self.maps[name].ensure_inner()
             if new_prefilter:
                 sync_prefilter(self.maps)
         except Exception:
@@ -91,9 +98,10 @@ def open_pinned_maps(pin_dir: Path) -> dict[str, BpfMap]:
     """The live maps of an attached interface, without loading anything."""
     maps = {}
     try:
-        for name, (key_type, value_type) in abi.MAP_LAYOUTS.items():
+        for name in abi.MAP_LAYOUTS:
             path = pin_dir / name
-            maps[name] = BpfMap.from_pin(str(path), name, key_type, value_type, percpu=name in abi.PERCPU_MAPS)
+            maps[name] = open_typed_map(name, lambda k, v, path=path, name=name: BpfMap.from_pin(
+                str(path), name, k, v, percpu=name in abi.PERCPU_MAPS))
     except Exception:
         for m in maps.values():
             m.close()
