@@ -10,15 +10,21 @@ counters saw must be version A's or version B's for that kind of frame, and
 every ew_config value read meanwhile must be one version's whole."""
 
 import os
+import shutil
 import threading
+from pathlib import Path
 
-from agent._libbpf import ffi
+import pytest
+
+from agent._libbpf import ffi, lib
 from agent.datapath import abi
 from agent.datapath.abi import VerdictReason
 from agent.datapath.compile import compile_policy, pack_u32
+from agent.datapath.errors import InterfaceError
 from agent.datapath.policy_arrays import OUTER_LAYOUT, PolicyArray
 from agent.datapath.private import PrivateDatapath
-from agent.datapath.syscalls import BpfMap, test_run
+from agent.datapath.program import LoadedProgram
+from agent.datapath.syscalls import BpfMap, create_map, obj_pin, test_run
 from agent.policy import policy_from_document
 from agent.reference import ReferenceBuckets, judge
 from frames import ipv4_fragment_frame, tcp_ipv4_frame, udp_ipv4_frame, udp_ipv6_frame
@@ -232,3 +238,16 @@ def test_a_policy_array_holds_its_entries_across_swaps():
         floods.update(pack_u32(3), changed)
         assert floods.outer.lookup(pack_u32(0)) != first_inner      # another inner map in the slot
         assert {k: v for k, v in floods.items().items() if any(v)} == live | {pack_u32(3): changed}
+
+
+def test_pins_of_an_edgewarden_that_wrote_in_place_are_refused_with_what_to_do():
+    pin_dir = Path("/sys/fs/bpf") / f"ew-test-torn-{os.getpid()}"
+    pin_dir.mkdir()
+    try:
+        with create_map(lib.BPF_MAP_TYPE_ARRAY, "ew_config", "__u32", "struct ew_config", 1, 0) as old:
+            obj_pin(old.fd, str(pin_dir / "ew_config"))
+        with pytest.raises(InterfaceError, match="older edgewarden.*detach and attach again"):
+            LoadedProgram(pin_dir)
+        assert sorted(p.name for p in pin_dir.iterdir()) == ["ew_config"]     # nothing else was pinned
+    finally:
+        shutil.rmtree(pin_dir)

@@ -5,11 +5,12 @@ maps for classification and tests."""
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from importlib import resources
 from pathlib import Path
 
-from agent._libbpf import ffi
+from agent._libbpf import ffi, lib
 from agent.datapath import abi
 from agent.datapath.blocktables import SwappableTable
 from agent.datapath.conntrack import CONNTRACK_KFUNCS, conntrack_available, object_kfuncs
@@ -18,7 +19,7 @@ from agent.datapath.prefilter import MAP_NAME as PREFILTER_MAP, sync_prefilter
 from agent.datapath.scope import pin_dir_for
 from agent.datapath.bpf_object import BpfObject
 from agent.datapath.policy_arrays import open_typed_map
-from agent.datapath.syscalls import BpfMap
+from agent.datapath.syscalls import BpfMap, map_info, obj_get
 
 PROGRAM_NAME = "edgewarden_xdp"
 OBJECT_NAME = "edgewarden.bpf.o"
@@ -53,6 +54,8 @@ class LoadedProgram:
         pins = {name: pin_dir / name for name in (*abi.MAP_LAYOUTS, *abi.RING_MAPS)} if pin_dir is not None else None
         # Tables pinned by an edgewarden without the prefilter get one built from them.
         new_prefilter = pins is not None and not pins[PREFILTER_MAP].exists()
+        if pins is not None:
+            refuse_in_place_policy_arrays(pins)
         path = object_file or object_path(conntrack=conntrack_available())
         self.kfuncs = object_kfuncs(path)
         self._object = BpfObject(path, max_entries=capacities, pin_paths=pins, inner_max_entries=inner_capacities)
@@ -92,6 +95,24 @@ class LoadedProgram:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def refuse_in_place_policy_arrays(pins: dict[str, Path]) -> None:
+    """Pins of an edgewarden that wrote ew_config and ew_flood_policies in
+    place (plain arrays) cannot be adopted: libbpf would refuse them with a
+    bare EINVAL."""
+    for name in abi.POLICY_ARRAYS:
+        if not pins[name].exists():
+            continue
+        fd = obj_get(str(pins[name]))
+        try:
+            map_type = map_info(fd).type
+        finally:
+            os.close(fd)
+        if map_type != lib.BPF_MAP_TYPE_ARRAY_OF_MAPS:
+            raise InterfaceError(f"{pins[name]} was pinned by an older edgewarden, which wrote {name} in place; "
+                                 "this one swaps it whole (a map-in-map): run edgewarden detach and attach "
+                                 "again to recreate the maps (enforcement stops in between)")
 
 
 def open_pinned_maps(pin_dir: Path) -> dict[str, BpfMap]:
