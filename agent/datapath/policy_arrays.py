@@ -39,13 +39,22 @@ class PolicyArray:
         self.percpu = False
         spec = abi.POLICY_ARRAYS[self.name]
         self._table = SwappableTable(outer, dataclasses.replace(spec, max_entries=capacity or spec.max_entries))
+        self._sized = False     # learnt from the live array on first use (the pin path is set after __init__)
+
+    def _size_from_live(self) -> None:
+        """An adopted array keeps its size, whatever this process was told:
+        the kernel accepts only inner arrays of the template's size."""
+        if self._sized:
+            return
         live = self._table.inner()
         if live is not None:
             with live:
-                self._table.spec = dataclasses.replace(spec, max_entries=map_info(live.fd).max_entries)
+                self._table.spec = dataclasses.replace(self._table.spec, max_entries=map_info(live.fd).max_entries)
+        self._sized = True
 
     @property
     def max_entries(self) -> int:
+        self._size_from_live()
         return self._table.spec.max_entries
 
     @property
@@ -58,6 +67,7 @@ class PolicyArray:
 
     def ensure_inner(self) -> None:
         """Give a freshly created outer map an all-zero inner array."""
+        self._size_from_live()
         self._table.ensure_inner()
 
     def _live(self) -> BpfMap:
@@ -102,6 +112,7 @@ class PolicyArray:
                                  f"map wants {self.key_size}/{self.value_size}")
         if not entries:
             return
+        self._size_from_live()
         desired = self.items() | entries
         # A fresh array is all zeroes: only the rest needs writing.
         desired = {k: v for k, v in desired.items() if any(v)}
