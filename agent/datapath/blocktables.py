@@ -259,6 +259,11 @@ class SwappableTable:
             self._apply_delta(writes.items(), [key for key, _ in stale.items()])
         return update
 
+    def swap_in(self, desired: EntryTable) -> None:
+        """Make the live table hold exactly `desired` by a swap, never in
+        place (the policy arrays: an array value is not replaced atomically)."""
+        self._swap_in(desired)
+
     def _swap_in(self, desired: EntryTable) -> None:
         if len(desired) > self.spec.max_entries:
             raise ValueError(f"{self.name}: {len(desired)} entries do not fit in {self.spec.max_entries}; "

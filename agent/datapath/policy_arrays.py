@@ -116,7 +116,7 @@ class PolicyArray:
         desired = self.items() | entries
         # A fresh array is all zeroes: only the rest needs writing.
         desired = {k: v for k, v in desired.items() if any(v)}
-        self._table._swap_in(EntryTable.from_packed(b"".join(desired), b"".join(desired.values()),
+        self._table.swap_in(EntryTable.from_packed(b"".join(desired), b"".join(desired.values()),
                                                     self.key_size, self.value_size))
 
     def close(self) -> None:
