@@ -230,7 +230,7 @@ def test_a_policy_array_holds_its_entries_across_swaps():
     array holding the live entries and the change, in the kernel."""
     with PrivateDatapath(policy_from_document(A_DOC)) as datapath:
         floods = datapath.program.maps["ew_flood_policies"]
-        assert isinstance(floods, PolicyArray) and floods.max_entries == datapath.program.maps["ew_counters"].max_entries
+        assert isinstance(floods, PolicyArray) and floods.max_entries == datapath.program.maps["ew_tenants"].max_entries
         first_inner = floods.outer.lookup(pack_u32(0))
         live = {k: v for k, v in floods.items().items() if any(v)}
         assert set(live) == {pack_u32(s) for s in TENANTS.values()}
