@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+import time
 
 from agent.datapath import vip_heads
 from agent.datapath.abi import VerdictReason
@@ -139,8 +140,9 @@ def test_the_flip_test_catches_heads_cleared_before_they_are_written(monkeypatch
     def clear_first(self, bucket, want):
         for way in range(vip_heads.WAYS):
             self._store(bucket, way, 0)
-        for _ in range(2000):    # the moment a careless writer takes between its stores
-            self.ways[bucket, 0]
+        # The moment a careless writer takes between its stores (a sleep lets
+        # the traffic thread, and the GIL, run inside it).
+        time.sleep(0.005)
         original(self, bucket, want)
 
     monkeypatch.setattr(vip_heads.VipHeads, "_sync_bucket", clear_first)
