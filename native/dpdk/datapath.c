@@ -21,8 +21,8 @@
 #include <errno.h>
 #include "table_lookup.h"
 
-/* A map's first word, read whatever its type (map definitions and tables alike). */
-typedef uint32_t __attribute__((may_alias)) ew_word;
+/* The first word of a map or table, read whatever its type. */
+typedef void *__attribute__((may_alias)) ew_first_word;
 
 /* The view of the lcore running this thread, a copy made per burst
  * (initial-exec: one %fs load reaches a field, where a pointer to the view
@@ -38,13 +38,21 @@ static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map
     const struct ew_snapshot *s = v->snapshot;
     __u32 index;
 
-    /* An inner table returned by one of the outer lookups below, found by
-     * one load: otherwise its (run-time) address went through every
-     * comparison below first, three times a packet on the pass path. For
-     * the named maps the comparisons fold away, so this load is all they
-     * pay. */
-    if (map && *(const ew_word *)map == EW_TABLE_MAGIC)
+    /* What the outer lookups below return, tested first: otherwise a
+     * (run-time) inner address went through every comparison with a named
+     * map first, several times a packet. A block table is known by its
+     * first word, which points at itself (a named map's first word is its
+     * NULL `type`); the policy arrays by their addresses in the snapshot.
+     * For the named maps the comparisons further down fold away, so these
+     * few tests are all they pay. */
+    if (map && *(const ew_first_word *)map == map)
         return ew_table_find(map, key);
+    if (map == (void *)&s->config)
+        return *(const __u32 *)key == 0 ? (void *)&s->config : NULL;
+    if (map == (void *)s->flood_policies) {
+        index = *(const __u32 *)key;
+        return index < s->slots ? &s->flood_policies[index] : NULL;
+    }
     if (map == (void *)&ew_vips_v4)
         return ew_exact_lookup_n(s->vips_v4, key, 4);
     if (map == (void *)&ew_vip_ports_v4)
@@ -80,13 +88,6 @@ static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map
             return &trace_scratch;
         }
         return &v->counters[index];
-    }
-    /* The policy arrays, as returned by their outer lookups above. */
-    if (map == (void *)&s->config)
-        return *(const __u32 *)key == 0 ? (void *)&s->config : NULL;
-    if (map == (void *)s->flood_policies) {
-        index = *(const __u32 *)key;
-        return index < s->slots ? &s->flood_policies[index] : NULL;
     }
     if (map == (void *)&ew_buckets) {
         index = *(const __u32 *)key;

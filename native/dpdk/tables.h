@@ -17,15 +17,12 @@ enum ew_table_kind {
     EW_TABLE_LPM = 2,       /* longest prefix: a BPF LPM trie (key = __u32 prefixlen + data) */
 };
 
-/* First word of every struct ew_table. On the packet path an inner table
- * (what an outer map's slot 0 returns) is told from a map definition by
- * it: a map definition's first member is its `type` (bpf_shim.h's
- * __uint), a NULL pointer, so the two can never be confused. */
-#define EW_TABLE_MAGIC 0x6577746bu  /* "ewtk" */
-
 /* Open addressing, linear probing; built once, then read-only. */
 struct ew_table {
-    uint32_t magic;         /* EW_TABLE_MAGIC */
+    /* Itself: on the packet path an inner table (what an outer map's slot 0
+     * returns) is told from a named map by this first word, which in a map
+     * definition is its `type` (bpf_shim.h's __uint), a NULL pointer. */
+    const struct ew_table *self;
     uint32_t kind;
     uint32_t key_size;
     uint32_t value_size;
