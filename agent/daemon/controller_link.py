@@ -5,7 +5,16 @@ jitter, takes snapshots and deltas, applies each through the daemon's one
 writer, stores it, and only then acknowledges it; a revision that does not
 verify or does not apply is rejected with the reason and the last good one
 stays in force. It also sends the spool's incidents until each is
-acknowledged, and per-tenant counter summaries every few seconds."""
+acknowledged, and per-tenant counter summaries every few seconds.
+
+Every list of a revision (the document's own blocked_sources included) is
+a datapath named list, so a delta that only changes list entries is
+written in place on the kernel tables (revision_delta), at a cost of the
+change; the revision file takes the signed delta appended. The digest
+report is what the tables hold: they are read back and compared with the
+digests every write keeps (agent.datapath.table_digest), and a difference
+(a map changed by hand) is reported as drift, which the controller answers
+with a snapshot that rebuilds the tables."""
 
 from __future__ import annotations
 
@@ -411,6 +420,10 @@ class ControllerMode:
                                 entries=sum(c.entries for c in checks.values()))
                 digest = DRIFTED_DIGEST
             else:
+                journal.info("the block tables read back as the agent wrote them", event="digest_checked",
+                             revision=revision, readback_ms=round(seconds * 1e3, 1),
+                             entries=sum(c.entries for c in checks.values()),
+                             decided=all(c.decided for c in checks.values()))
                 undecided = [i for i, c in checks.items() if not c.decided]
                 if undecided and any(digests_for(i).expected is None for i in undecided):
                     # nothing known of these tables yet (an interface attached again): take them as they are
