@@ -123,6 +123,10 @@ def test_killed_mid_delta_it_keeps_enforcing_and_converges_after_restart(fleet, 
     big = [f"{11 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}.1" for i in range(150_000)]
     big_file = tmp_path / "big.txt"
     big_file.write_text("\n".join(big) + "\n")
+    # a small delta first: the stored revision is then the snapshot with this delta appended
+    mark = len(daemon.lines)
+    small = controller.block("198.19.240.1", reason="appended to the stored revision")
+    daemon.wait_log("revision_applied", revision=small, after=mark, datapath="delta", timeout=60)
     mark = len(daemon.lines)
     large = import_list(controller, big_file, "a large delta")
     daemon.wait_log("revision_applying", revision=large, after=mark, timeout=120)
@@ -139,10 +143,13 @@ def test_killed_mid_delta_it_keeps_enforcing_and_converges_after_restart(fleet, 
     # a revision made while it is down; the restarted daemon converges to it
     latest = controller.block("198.19.250.9", reason="while edge-1 is down")
     restarted = fleet.start_agent()
-    restarted.wait_log("revision_restored", timeout=120)
+    restored = restarted.wait_log("revision_restored", timeout=120)
+    # the snapshot with the small delta appended (or, killed between writing the file and logging, the large one)
+    assert restored["revision"] in (small, large), restored
     entry = restarted.wait_log("revision_applied", revision=latest, timeout=300)
     assert entry["revision"] == latest
-    got = lab.verdicts(["198.19.250.9", big[0], big[-1], big[len(big) // 2]] + [s.split("/")[0] for s in sample])
+    got = lab.verdicts(["198.19.250.9", "198.19.240.1", big[0], big[-1], big[len(big) // 2]]
+                       + [s.split("/")[0] for s in sample])
     assert all(v == XDP_DROP for v in got.values()), got
 
     def fleet_at(revision):
