@@ -166,6 +166,14 @@ def test_digests_follow_in_place_deltas_and_catch_a_change_by_hand():
             with table.inner() as inner:
                 inner.update(extra, value)
             assert check_tables(digests, maps).drifted == ["ew_gblock_v4"]
+            with table.inner() as inner:
+                inner.delete(extra)
+        # the scope's first IPv6 entry goes the full way (its flags change): the digests are read back
+        first_v6 = PrefixSet.from_list([(ipaddress.ip_address("2001:db8:77::").packed, 48)])
+        apply_delta_to_maps(maps, state, feed, first_v6, PrefixSet(), digests=digests)
+        check = check_tables(digests, maps)
+        assert check.decided and check.drifted == []
+        assert digests.expected["ew_gblock_v6"] != 0
         # while a change is being written, a readback decides nothing
         with digests.writing():
             assert not check_tables(digests, maps).decided

@@ -405,7 +405,7 @@ def _apply_delta_to_maps(maps, state: ListState, list_id: ListId, added: PrefixS
                                       conntrack=conntrack)
         _after_deletes(hooks, maps, scope, unblocked, added, state)
         if digests is not None:
-            digests.reset(maps)     # the scope's tables were rebuilt: read what they hold
+            digests.reset(maps, affected)     # the scope's tables were rebuilt: read what they hold
         return report
     # Hook point: nothing is written yet.
     if hooks is not None and len(added):

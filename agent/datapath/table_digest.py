@@ -70,9 +70,9 @@ def read_table_digest(bpf_map: BpfMap) -> tuple[int, int]:
         return entries_digest(keys, values, inner.key_size, inner.value_size), len(keys) // inner.key_size
 
 
-def read_digests(maps: dict[str, BpfMap]) -> dict[str, tuple[int, int]]:
-    """Per block table, (digest, entries) read back from the kernel."""
-    return {name: read_table_digest(maps[name]) for name in abi.SWAPPABLE_TABLES}
+def read_digests(maps: dict[str, BpfMap], tables=abi.SWAPPABLE_TABLES) -> dict[str, tuple[int, int]]:
+    """Per block table (all four by default), (digest, entries) read back from the kernel."""
+    return {name: read_table_digest(maps[name]) for name in tables}
 
 
 @dataclass
@@ -101,9 +101,12 @@ class TableDigests:
             self.expected[table] = (self.expected.get(table, 0) - entry_table_digest(before)
                                     + entry_table_digest(after)) & MASK
 
-    def reset(self, maps: dict[str, BpfMap]) -> None:
-        """After a full apply: what the tables hold now is what they should hold."""
-        self.expected = {name: digest for name, (digest, _) in read_digests(maps).items()}
+    def reset(self, maps: dict[str, BpfMap], tables=None) -> None:
+        """After a full apply: what the tables (`tables`, default all) hold now is what they should hold."""
+        if tables is not None and self.expected is not None:
+            self.expected.update({name: digest for name, (digest, _) in read_digests(maps, tables).items()})
+        else:
+            self.expected = {name: digest for name, (digest, _) in read_digests(maps).items()}
 
     def forget(self) -> None:
         self.expected = None
