@@ -15,15 +15,17 @@ it read makes that round undecided rather than drifted."""
 
 from __future__ import annotations
 
+import errno
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from agent._libbpf import ffi, lib
 from agent.datapath import abi
 from agent.datapath.blocktables import SwappableTable
-from agent.datapath.syscalls import BpfMap
+from agent.datapath.syscalls import BpfMap, check
 
 MASK = (1 << 64) - 1
 _SEED = np.uint64(0x9E3779B97F4A7C15)
@@ -60,12 +62,42 @@ def entry_table_digest(table) -> int:
     return entries_digest(table.keys_packed(), table.values_packed(), table.key_size, table.value_size)
 
 
+READ_CHUNK = 262144     # entries per batched read (fewer, larger reads: measured faster than 65,536)
+
+
+def _batched_digest(table: BpfMap) -> tuple[int, int] | None:
+    """(digest, entries) by batched reads hashed in place (no copy of the
+    table), or None for a map type without batch reads (LPM tries)."""
+    chunk = max(1, min(table.max_entries, READ_CHUNK))
+    keys = ffi.new("char[]", table.key_size * chunk)
+    values = ffi.new("char[]", table.value_size * chunk)
+    out_batch = ffi.new("char[]", max(8, table.key_size))
+    in_batch, count = ffi.NULL, ffi.new("__u32 *")
+    digest = entries = 0
+    while True:
+        count[0] = chunk
+        rc = lib.ew_map_lookup_batch(table.fd, in_batch, out_batch, keys, values, count)
+        if rc < 0 and rc != -errno.ENOENT:
+            if rc in (-errno.EINVAL, -errno.EOPNOTSUPP, -524) and entries == 0:
+                return None
+            check(rc, f"batch read of {table.name}")
+        digest += entries_digest(ffi.buffer(keys, table.key_size * count[0]),
+                                 ffi.buffer(values, table.value_size * count[0]), table.key_size, table.value_size)
+        entries += count[0]
+        if rc == -errno.ENOENT:
+            return digest & MASK, entries
+        in_batch = ffi.new("char[]", ffi.buffer(out_batch)[:])
+
+
 def read_table_digest(bpf_map: BpfMap) -> tuple[int, int]:
     """(digest, entries) of what the live inner table of a swappable table holds now."""
     inner = SwappableTable(bpf_map).inner()
     if inner is None:
         return 0, 0
     with inner:
+        found = _batched_digest(inner)
+        if found is not None:
+            return found
         keys, values = inner.items_packed()
         return entries_digest(keys, values, inner.key_size, inner.value_size), len(keys) // inner.key_size
 
