@@ -10,8 +10,8 @@ daemon's own timing (its revision_applied and digest_checked events):
             whole apply in the writer, the revision file appended;
   baseline  in the same run, the same daemon applying a revision whole:
             the 1M-prefix snapshot, and a one-entry revision that goes the
-            full way (it carries an emergency block the agent held, so its
-            emergency set changes);
+            full way (an emergency block, POST /fleet/emergency: the
+            revision that carries it changes the agent's emergency set);
   drift     the read-back of the block tables that every digest exchange
             does (--digest-seconds apart), and its share of one core.
 
@@ -42,7 +42,7 @@ SECTION_TITLE = "## Distribution: the agent's side (deltas in place, drift check
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prefixes", type=int, default=1_000_000)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--digest-seconds", type=float, default=5.0)
     parser.add_argument("--digest-checks", type=int, default=4)
     parser.add_argument("--write-results", action="store_true")
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             snapshot = daemon.wait_log("revision_applied", revision=first, timeout=600)
             print(f"snapshot of {args.prefixes:,} prefixes applied whole in {snapshot['apply_ms']:.0f} ms")
 
-            deltas, end_to_end = [], []
+            deltas, end_to_end, agent_side, api_calls = [], [], [], []
             batch = None
             for round_ in range(args.rounds):
                 mark = len(daemon.lines)
@@ -76,17 +76,21 @@ def main(argv: list[str] | None = None) -> int:
                     revision = controller.api("POST", f"/lists/batches/{batch}/remove",
                                               {"reason": f"round {round_}"})["revision"]
                     batch = None
-                entry = daemon.wait_log("revision_applied", revision=revision, after=mark, timeout=120)
+                api_calls.append((time.monotonic() - started) * 1e3)
+                entry = daemon.wait_log("revision_applied", revision=revision, after=mark, timeout=300)
                 end_to_end.append((time.monotonic() - started) * 1e3)
+                applying = daemon.wait_log("revision_applying", revision=revision, after=mark, timeout=5)
+                agent_side.append((entry["ts"] - applying["ts"]) * 1e3)
+                print(f"round {round_}: revision {revision} {end_to_end[-1]:.0f} ms from the API call, "
+                      f"{agent_side[-1]:.1f} ms from the agent's revision_applying line", flush=True)
                 if entry["datapath"] != "delta":
                     raise SystemExit(f"round {round_}: revision {revision} went the full way: {entry}")
                 deltas.append(entry)
 
             # baseline: a one-entry revision the daemon applies whole (its emergency set changes)
             mark = len(daemon.lines)
-            out = controller.api("POST", "/lists/entries", {"sources": ["198.19.250.1"], "reason": "baseline",
-                                                           "emergency": True})
-            whole = daemon.wait_log("revision_applied", revision=out["revision"], after=mark, timeout=300)
+            out = controller.api("POST", "/fleet/emergency", {"prefixes": ["198.19.250.1"], "reason": "baseline"})
+            whole = daemon.wait_log("revision_applied", revision=out["batch"]["revision"], after=mark, timeout=300)
             if whole["datapath"] != "full":
                 raise SystemExit(f"the baseline revision went the delta way (its emergency block came after it): "
                                  f"{whole}; run again")
@@ -129,8 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{worst('apply_ms'):.2f} ms |",
         f"| the revision file: the signed delta appended (fsync) | {med('persist_ms'):.2f} ms | "
         f"{worst('persist_ms'):.2f} ms |",
-        f"| API call to the daemon's log line (controller, TLS, agent bookkeeping, apply, ack) | "
-        f"{statistics.median(end_to_end):.0f} ms | {max(end_to_end):.0f} ms |",
+        f"| on the agent, from its `revision_applying` line to its `revision_applied` line (apply, revision "
+        f"file, ack) | {statistics.median(agent_side):.1f} ms | {max(agent_side):.1f} ms |",
+        f"| the API call itself (the controller makes and stores the revision) | "
+        f"{statistics.median(api_calls):.0f} ms | {max(api_calls):.0f} ms |",
+        f"| API call to the daemon's `revision_applied` line (the above; the distribution server loading the "
+        f"revision's bundle and making the delta; TLS; the agent) | {statistics.median(end_to_end):.0f} ms | "
+        f"{max(end_to_end):.0f} ms |",
         f"| baseline: the {args.prefixes:,}-prefix snapshot applied whole | {snapshot['apply_ms']:.0f} ms | |",
         f"| baseline: a one-entry revision applied whole (full path) | {whole['apply_ms']:.0f} ms | |",
         "",

@@ -187,6 +187,7 @@ class ControllerMode:
         self._stored_revision: int | None = None    # what the revision file ends with, if this process wrote it
         self._appended = (0, 0)                       # deltas appended to it since it was written whole, bytes
         self._repair_next = False                     # a drift was found: the next snapshot rebuilds the tables
+        self._digest_task: asyncio.Task | None = None  # the digest check running, if any
 
     @property
     def address(self) -> str:
@@ -298,7 +299,11 @@ class ControllerMode:
                 await self._on_event(link, event)
         finally:
             reporter.cancel()
-            await asyncio.gather(reporter, return_exceptions=True)
+            tasks = [reporter]
+            if self._digest_task is not None:
+                self._digest_task.cancel()
+                tasks.append(self._digest_task)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _on_event(self, link, event) -> None:
         if isinstance(event, SnapshotReceived):
@@ -322,7 +327,9 @@ class ControllerMode:
         elif isinstance(event, EmergencyReceived):
             await self._emergency(link, event.block)
         elif isinstance(event, DigestRequest):
-            await self._digest_report(link, event.nonce)
+            # the read-back takes up to a second for a 1M-prefix list: revisions keep being applied meanwhile
+            if self._digest_task is None or self._digest_task.done():
+                self._digest_task = asyncio.create_task(self._digest_report(link, event.nonce), name="digest-check")
         elif isinstance(event, IncidentAck):
             report_id = self._sent_incidents.pop(event.incident_id, None)
             if report_id is not None:
@@ -405,7 +412,11 @@ class ControllerMode:
         revision = self.verifier.applied_revision
         if not isinstance(enforcer, DpdkEnforcer) and self.bundle is not None:
             started = time.perf_counter()
-            checks = await asyncio.get_running_loop().run_in_executor(None, enforcer.check_tables)
+            try:
+                checks = await asyncio.get_running_loop().run_in_executor(None, enforcer.check_tables)
+            except (InterfaceError, OSError) as err:     # (an interface gone meanwhile: no judgement this time)
+                journal.warning(f"the block tables could not be read back: {err}", event="digest_check_failed")
+                checks = {}
             seconds = time.perf_counter() - started
             self.daemon.metrics.table_check_seconds.set(seconds)
             drifted = {ifname: c.drifted for ifname, c in checks.items() if c.drifted}
@@ -423,12 +434,15 @@ class ControllerMode:
                 journal.info("the block tables read back as the agent wrote them", event="digest_checked",
                              revision=revision, readback_ms=round(seconds * 1e3, 1),
                              entries=sum(c.entries for c in checks.values()),
-                             decided=all(c.decided for c in checks.values()))
+                             decided=bool(checks) and all(c.decided for c in checks.values()))
                 undecided = [i for i, c in checks.items() if not c.decided]
                 if undecided and any(digests_for(i).expected is None for i in undecided):
                     # nothing known of these tables yet (an interface attached again): take them as they are
                     await self.daemon.in_writer(enforcer.tables_written)
-        await link.send(DigestReport(revision, digest, nonce))
+        try:
+            await link.send(DigestReport(revision, digest, nonce))
+        except Exception as err:      # the connection closed meanwhile: its session handles that
+            journal.warning(f"digest report not sent: {type(err).__name__}: {err}", event="digest_report_unsent")
 
     async def _emergency(self, link, block) -> None:
         extra = frozenset((block.tenant_id, p) for p in block.prefixes)
