@@ -9,7 +9,7 @@ APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool x
 	postgresql fastnetmon libdpdk-dev dpdk-dev
 BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.py native/*.pyx native/*.cpp native/include/*.h native/dpdk/*.[ch] native/dpdk/*.py bpf/*.c bpf/*.h bpf/lab/*.c)
 
-.PHONY: all setup os-packages build demo test bench bench-import crowdsec loadtest clean install
+.PHONY: all setup os-packages build demo test bench bench-import bench-push crowdsec loadtest clean install
 
 all: build
 
@@ -68,6 +68,10 @@ crowdsec:
 # 1M-line import into the controller (SQLite, PostgreSQL) vs cscli decisions import: a few minutes.
 bench-import: setup crowdsec
 	$(PY) benchmarks/bench_import.py --write-results
+
+# Push latency to 1,000 simulated agents vs CrowdSec bouncers polling its LAPI: a few minutes.
+bench-push: setup crowdsec
+	$(PY) benchmarks/bench_push.py --agents 1000 --processes 4 --write-results
 
 # Attack floods against the lab: a few minutes; writes benchmarks/results/.
 loadtest: setup

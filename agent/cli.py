@@ -4,11 +4,13 @@ agent.policy that works on the live pinned maps, so no daemon has to run."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import sys
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ContextManager
 
 from agent.datapath.abi import DROP_REASONS, TrafficClass, VerdictReason, action_name
 from agent.datapath.blocktables import blocked_prefixes
@@ -58,17 +60,23 @@ def cmd_detach(args) -> int:
 
 
 def cmd_status(args) -> int:
-    statuses = [interface_status(i) for i in managed_interfaces()]
+    from agent.daemon.cli import daemon_engine_interfaces
+
+    pinned = managed_interfaces()
+    rows = [interface_status(i).as_dict() for i in pinned]
+    rows += daemon_engine_interfaces(pinned)      # a running DPDK engine has no pins to read
 
     def human(_) -> None:
-        if not statuses:
+        if not rows:
             print("no interface is managed by edgewarden")
             return
         print_table(["INTERFACE", "MODE", "PROGRAM", "EDGEWARDEN", "REVISION"],
-                     [[s.ifname if s.ifindex else f"{s.ifname} (gone)", s.mode, s.prog_id or "-",
-                       "yes" if s.ours else "NO", s.revision if s.revision is not None else "-"] for s in statuses])
+                    [[r["interface"] if r["ifindex"] or r.get("engine") else f"{r['interface']} (gone)", r["mode"],
+                      r["program_id"] or (f"{r['engine']} engine of the agent" if r.get("engine") else "-"),
+                      "yes" if r["edgewarden"] else "NO",
+                      r["policy_revision"] if r["policy_revision"] is not None else "-"] for r in rows])
 
-    return emit(args, {"interfaces": [s.as_dict() for s in statuses]}, human)
+    return emit(args, {"interfaces": rows}, human)
 
 
 # --- policy ------------------------------------------------------------------
@@ -238,7 +246,7 @@ def cmd_block_diff(args) -> int:
 
 def cmd_block_lists(args) -> int:
     result = {}
-    for ifname in _target_interfaces(args):
+    for ifname in _list_interfaces(args):
         policy = current_policy(ifname)
         result[ifname] = [
             {"list": list_id.name, "tenant_id": list_id.tenant_id, "prefixes": len(prefixes),
@@ -257,6 +265,19 @@ def cmd_block_lists(args) -> int:
     return emit(args, {"interfaces": result}, human)
 
 
+def _list_interfaces(args) -> list[str]:
+    """The managed interfaces, and a running agent's DPDK engine: its lists
+    are kept in the same list store under the engine's name."""
+    if getattr(args, "iface", None):
+        return [args.iface]
+    from agent.daemon.cli import daemon_engine_interfaces
+    pinned = managed_interfaces()
+    interfaces = pinned + [row["interface"] for row in daemon_engine_interfaces(pinned)]
+    if not interfaces:
+        return _target_interfaces(args)          # says what to do
+    return interfaces
+
+
 def _set_state(args, state: TenantState) -> int:
     return _change_policy(args, lambda policy: changes.set_state(policy, args.tenant, state),
                           f"tenant {args.tenant} {state.value}")
@@ -264,23 +285,61 @@ def _set_state(args, state: TenantState) -> int:
 
 # --- stats -------------------------------------------------------------------
 
+@dataclass
+class _CounterSource:
+    """One interface's counters for `stats`: an XDP interface's pinned maps,
+    or the engine of a running daemon that keeps them in its memory (DPDK),
+    as a snapshot of the same maps (agent.daemon.counter_snapshot). Both go
+    through the same aggregation."""
+    ifname: str
+    revision: int
+    labels: dict[int, tuple[str, str]]          # tenant id -> (name, state)
+    open: Callable[[], ContextManager[dict]]
+    refresh: Callable[[], dict] | None = None   # a new snapshot of the maps (--watch on a daemon's engine)
+
+    def label(self, tenant_id: int) -> tuple[str, str]:
+        return self.labels.get(tenant_id) or ("unassigned" if tenant_id == 0 else "?", "-")
+
+
+def _counter_sources(args) -> list[_CounterSource]:
+    from agent.daemon.cli import daemon_counter_snapshots
+    from agent.daemon.counter_snapshot import snapshot_maps, tenant_labels
+
+    pinned = managed_interfaces()
+    local = [i for i in ([args.iface] if args.iface else pinned) if i in pinned]
+    remote = {} if args.iface in pinned else daemon_counter_snapshots(pinned, args.iface)
+    if args.iface and not local and not remote:
+        local = [args.iface]                    # live_maps says why it is not managed
+    if not local and not remote:
+        raise InterfaceError("no interface is managed by edgewarden (no pinned maps, and no running agent with the "
+                             "DPDK engine answers); run: edgewarden attach IFACE, or start the agent")
+    sources = []
+    for ifname in local:
+        policy = current_policy(ifname)
+        sources.append(_CounterSource(ifname, policy.revision, {t.id: (t.name, t.state.value) for t in policy.tenants},
+                                      lambda ifname=ifname: live_maps(ifname)))
+    for ifname, snapshot in remote.items():
+        sources.append(_CounterSource(
+            ifname, snapshot["policy"]["revision"], tenant_labels(snapshot),
+            lambda snapshot=snapshot: contextlib.nullcontext(snapshot_maps(snapshot)),
+            lambda ifname=ifname: snapshot_maps(daemon_counter_snapshots(pinned, ifname)[ifname])))
+    return sources
+
+
 def cmd_stats(args) -> int:
     if args.watch:
         return _watch_stats(args)
     document = {"interfaces": {}}
-    for ifname in _target_interfaces(args):
-        policy = current_policy(ifname)
-        with live_maps(ifname) as maps:
+    for source in _counter_sources(args):
+        with source.open() as maps:
             counters = read_counters(maps)
         tenants = []
         for tenant_id in sorted(counters):
             if args.tenant is not None and tenant_id != args.tenant:
                 continue
-            known = policy.tenant(tenant_id)
-            name = known.name if known else ("unassigned" if tenant_id == 0 else "?")
-            state = known.state.value if known else "-"
+            name, state = source.label(tenant_id)
             tenants.append({"name": name, "state": state, **counters[tenant_id].as_dict()})
-        document["interfaces"][ifname] = {"policy_revision": policy.revision, "tenants": tenants}
+        document["interfaces"][source.ifname] = {"policy_revision": source.revision, "tenants": tenants}
 
     def human(_) -> None:
         for ifname, body in document["interfaces"].items():
@@ -311,18 +370,20 @@ def _watch_stats(args) -> int:
     from agent.datapath.abi import COUNTER_LAYOUT
     from agent.datapath.counters import CounterMonitor
 
-    ifname = _target_interfaces(args)[0]
-    policy = current_policy(ifname)
+    source = _counter_sources(args)[0]
+    ifname = source.ifname
     packets = COUNTER_LAYOUT["reason_packets"]
     nbytes = COUNTER_LAYOUT["reason_bytes"]
     drop_indexes = [packets.start + r.value for r in DROP_REASONS]
     redraw = sys.stdout.isatty()
-    with live_maps(ifname) as maps:
+    with source.open() as maps:
         monitor = CounterMonitor(maps)
         monitor.scan()
         shown = 0
         while args.count is None or shown < args.count:
             time.sleep(args.interval)
+            if source.refresh is not None:
+                maps.update(source.refresh())       # the monitor reads the maps it holds: give it the new ones
             scan = monitor.scan()
             shown += 1
             rows = []
@@ -330,10 +391,9 @@ def _watch_stats(args) -> int:
                 if args.tenant is not None and tenant_id != args.tenant:
                     continue
                 totals, rates = scan.row(scan.tenant_ids.index(tenant_id))
-                known = policy.tenant(tenant_id)
                 drops_by_reason = {r.name: rates[packets.start + r.value] for r in DROP_REASONS
                                    if rates[packets.start + r.value] >= 0.5}
-                rows.append([tenant_id, known.name if known else ("unassigned" if tenant_id == 0 else "?"),
+                rows.append([tenant_id, source.label(tenant_id)[0],
                              f"{sum(rates[packets]):,.0f}", f"{8 * sum(rates[nbytes]) / 1e6:,.2f}",
                              f"{sum(rates[i] for i in drop_indexes):,.0f}",
                              " ".join(f"{k}={v:,.0f}" for k, v in sorted(drops_by_reason.items())) or "-",

@@ -29,11 +29,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from crowdsec_lapi import CrowdsecLapi   # noqa: E402
 from results_file import machine_facts, publish   # noqa: E402
 from controller.throwaway_pg import ThrowawayPostgres   # noqa: E402
 
 SECTION = "## Controller: 1M-line block-list import vs CrowdSec"
-CROWDSEC_CONFIG = "/etc/crowdsec/config.yaml"
 
 
 def free_port() -> int:
@@ -93,51 +93,13 @@ def time_edgewarden(db_url: str, listfile: Path, work: Path, timeout: float) -> 
 
 def time_crowdsec(addresses: list[str], work: Path, timeout: float) -> tuple[float | None, int, str]:
     """(seconds or None if it did not finish within timeout, decisions stored, note)."""
-    if shutil.which("crowdsec") is None or shutil.which("cscli") is None:
-        raise RuntimeError("crowdsec/cscli not installed: apt-get install crowdsec (offline: see DESIGN.md)")
-    port = free_port()
-    data = work / "crowdsec-data"
-    data.mkdir()
-    config = work / "crowdsec.yaml"
-    creds = work / "local_api_credentials.yaml"
-    text = Path(CROWDSEC_CONFIG).read_text()
-    replacements = {
-        "daemonize: true": "daemonize: false",
-        "log_dir: /var/log/": f"log_dir: {work}/",
-        "data_dir: /var/lib/crowdsec/data/": f"data_dir: {data}/",
-        "db_path: /var/lib/crowdsec/data/crowdsec.db": f"db_path: {data}/crowdsec.db",
-        "credentials_path: /etc/crowdsec/local_api_credentials.yaml": f"credentials_path: {creds}",
-        "listen_uri: 127.0.0.1:8080": f"listen_uri: 127.0.0.1:{port}",
-        "  enabled: true": "  enabled: false",          # prometheus
-        # WAL, as Debian's package configures it (in config.yaml.local, which this config does not read)
-        "  type: sqlite\n": "  type: sqlite\n  use_wal: true\n",
-    }
-    for old, new in replacements.items():
-        if old not in text:
-            raise RuntimeError(f"{CROWDSEC_CONFIG} has no {old!r}; the benchmark cannot make its own config")
-        text = text.replace(old, new)
-    # no online_client: the LAPI never talks to the Central API
-    text = text.replace("    online_client: # Central API credentials (to push signals and receive bad IPs)\n"
-                        "      credentials_path: /etc/crowdsec/online_api_credentials.yaml\n", "")
-    config.write_text(text)
-    cscli = ["cscli", "-c", str(config), "--error"]
-    subprocess.run([*cscli, "machines", "add", "benchmark", "--auto", "-f", str(creds), "--force"],
-                   check=True, capture_output=True, text=True, timeout=120)
-    text = creds.read_text().replace("http://127.0.0.1:8080", f"http://127.0.0.1:{port}")
-    creds.write_text(text)
+    lapi = CrowdsecLapi(work)
+    data = lapi.data
+    cscli = ["cscli", "-c", str(lapi.config), "--error"]
     csv_file = work / "decisions.csv"
     csv_file.write_text("value\n" + "\n".join(addresses) + "\n")
-    lapi = subprocess.Popen(["crowdsec", "-c", str(config), "-no-cs"], stdout=open(work / "crowdsec.out", "w"),
-                            stderr=subprocess.STDOUT)
+    lapi.start()
     try:
-        for _ in range(300):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                if lapi.poll() is not None:
-                    raise RuntimeError("crowdsec LAPI exited: " + (work / "crowdsec.out").read_text()[-2000:])
-                time.sleep(0.1)
         # cscli may answer well after the LAPI has stored every decision: watch the database too
         stored_at: list[float] = []
         stop_watch = threading.Event()
@@ -168,8 +130,7 @@ def time_crowdsec(addresses: list[str], work: Path, timeout: float) -> tuple[flo
             done, note = None, [f"did not finish within {timeout:.0f} s"]
     finally:
         stop_watch.set()
-        lapi.terminate()
-        lapi.wait(timeout=60)
+        lapi.stop()
     with sqlite3.connect(data / "crowdsec.db") as db:
         stored = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
     all_stored = f"all {len(addresses)} decisions in its database after {stored_at[0]:.0f} s" if stored_at else \

@@ -83,7 +83,10 @@ struct {
 } ew_prefilter_v4 SEC(".maps");
 
 /* Per-CPU array indexed by tenant slot: the packet path never contends on a
- * counter and the lookup compiles to an address computation. */
+ * counter and the lookup compiles to an address computation. An attached
+ * interface's loader sizes it, ew_bucket_shares and ew_sample_budget to the
+ * policy's slots with headroom (agent/datapath/slot_maps.py): their memory is
+ * slots x possible CPUs. */
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, EW_MAX_TENANTS);

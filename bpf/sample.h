@@ -32,8 +32,9 @@ struct {
 
 #define EW_NS_PER_SECOND 1000000000ULL
 
-/* Compiled out: benchmarks/bench_daemon.py's baseline, and the DPDK engine,
- * which has no ring buffer (native/dpdk/datapath.c). */
+/* Compiled out: benchmarks/bench_daemon.py's baseline. (The DPDK worker
+ * compiles it in: its lcores' sample rings stand in for the ring buffer,
+ * native/dpdk/datapath.c.) */
 #ifndef EW_SAMPLING_COMPILED_OUT
 
 /* One token per sample; refilled at samples_per_second, capped at burst. */

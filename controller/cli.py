@@ -506,8 +506,7 @@ def add_commands(sub) -> None:
     p.add_argument("--reason", required=True)
     # terminate is the workflow's (admin, --confirm): controller.workflow.cli
     for verb, state in (("suspend", "suspended"), ("resume", "active")):
-        p = _cmd(tenant, verb, cmd_tenant_state, f"set a tenant's state to {state}"
-                 + (" (admin)" if state == "terminated" else ""))
+        p = _cmd(tenant, verb, cmd_tenant_state, f"set a tenant's state to {state}")
         p.add_argument("id", type=int)
         p.add_argument("--version", type=int)
         p.add_argument("--reason", required=True)

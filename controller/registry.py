@@ -120,7 +120,9 @@ def create_tenant(conn: Connection, head: dict, *, operator: str, data: TenantCr
 
 
 def update_tenant(conn: Connection, head: dict, *, operator: str, role: Role, tenant_id: int,
-                  patch: TenantPatch) -> tuple[dict, int | None]:
+                  patch: TenantPatch, terminating: bool = False) -> tuple[dict, int | None]:
+    """`terminating` is the confirmed termination of clause 八 (controller.workflow
+    ladder.terminate, its only caller with it set): a patch alone never terminates."""
     before = get_tenant(conn, tenant_id)
     if patch.version != before["version"]:
         raise Conflict(f"tenant {tenant_id} is at version {before['version']}, you sent version {patch.version}: "
@@ -130,6 +132,12 @@ def update_tenant(conn: Connection, head: dict, *, operator: str, role: Role, te
     if "state" in changes and "terminated" in (changes["state"], before["state"]) \
             and changes["state"] != before["state"] and not role.allows(Role.ADMIN):
         raise Forbidden("terminating a tenant, or restoring a terminated one, needs the admin role")
+    if changes.get("state") == "terminated" and before["state"] != "terminated" and not terminating:
+        # termination closes the tenant's cases and notifies it; a field change would skip all that
+        raise Conflict(f"tenant {tenant_id} is not terminated by changing its state: termination (clause 八) "
+                       f"is the admin's confirmed step, which closes its cases and notifies it: "
+                       f"edgewarden tenant terminate {tenant_id} --confirm --reason ... "
+                       f"(API: POST /tenants/{tenant_id}/terminate with confirm: true); nothing was changed")
     vips = _vip_docs(patch.vips) if patch.vips is not None else before["vips"]
     name = changes.get("name", before["name"])
     flood = changes.get("flood", before["flood"])

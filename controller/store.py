@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
+import weakref
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sqlalchemy import Connection, Engine, create_engine, event, select, update
 from sqlalchemy.engine import make_url
@@ -16,6 +18,9 @@ from controller import schema
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 GENESIS_HASH = "0" * 64
+log = logging.getLogger("edgewarden.store")
+# engine -> what to call (with the new head revision) after a write that made a revision commits
+_revision_listeners: "weakref.WeakKeyDictionary[Engine, list[Callable[[int], None]]]" = weakref.WeakKeyDictionary()
 
 
 class StoreError(Exception):
@@ -125,3 +130,19 @@ def writing(engine: Engine) -> Iterator[tuple[Connection, dict]]:
             if head != original:
                 conn.execute(update(schema.head).where(schema.head.c.id == 1).values(
                     audit_seq=head["audit_seq"], audit_hash=head["audit_hash"], revision=head["revision"]))
+    if head["revision"] != original["revision"]:
+        for listener in list(_revision_listeners.get(engine, ())):
+            try:
+                listener(head["revision"])
+            except Exception:   # a listener never undoes or fails a committed write
+                log.exception("revision listener failed")
+
+
+def on_new_revision(engine: Engine, listener: Callable[[int], None]) -> Callable[[], None]:
+    """Call `listener(revision)` (in the writing thread) after each write
+    through `engine` that made a revision has committed, so the distribution
+    server pushes it at once instead of at its next look at the head.
+    Returns the function that stops it."""
+    listeners = _revision_listeners.setdefault(engine, [])
+    listeners.append(listener)
+    return lambda: listeners.remove(listener) if listener in listeners else None

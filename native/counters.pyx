@@ -39,6 +39,25 @@ def sum_percpu(const unsigned char[::1] raw, Py_ssize_t entries, Py_ssize_t ncpu
     return result
 
 
+
+def add_counts(unsigned char[::1] total, const unsigned char[::1] after, const unsigned char[::1] before):
+    """total += after - before, u64 by u64, wrapping at 2**64 like the
+    kernel's counters: what one map counted between two reads, added to
+    another (agent.datapath.slot_maps, when a growth replaces the map)."""
+    cdef Py_ssize_t n = total.shape[0] // 8, i
+    cdef uint64_t t, a, b
+    if after.shape[0] < n * 8 or before.shape[0] < n * 8:
+        raise ValueError(f"counter blocks of {after.shape[0]} and {before.shape[0]} bytes cannot be added "
+                         f"to one of {total.shape[0]}")
+    with nogil:
+        for i in range(n):
+            memcpy(&t, &total[i * 8], 8)
+            memcpy(&a, &after[i * 8], 8)
+            memcpy(&b, &before[i * 8], 8)
+            t += a - b
+            memcpy(&total[i * 8], &t, 8)
+
+
 import heapq
 
 from cpython.array cimport array, clone

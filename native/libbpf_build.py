@@ -89,6 +89,7 @@ int ew_prog_test_run(int prog_fd, const void *data, __u32 size, void *data_out, 
                      __u32 repeat, __u32 *retval, __u32 *duration_ns);
 int ew_prog_run_live(int prog_fd, const void *data, __u32 size, __u32 ifindex, __u32 repeat, __u32 batch_size);
 int ew_prog_info(int prog_fd, __u32 *id, char *name, __u32 name_size, __u32 *type);
+int ew_prog_map_ids(int prog_fd, __u32 *ids, __u32 *count);
 int ew_map_info(int map_fd, __u32 *id, char *name, __u32 name_size, __u32 *type,
                 __u32 *key_size, __u32 *value_size, __u32 *max_entries);
 int ew_map_create(__u32 map_type, const char *name, __u32 key_size, __u32 value_size, __u32 max_entries,
@@ -182,6 +183,23 @@ int ew_prog_info(int prog_fd, __u32 *id, char *name, __u32 name_size, __u32 *typ
     *id = info.id;
     *type = info.type;
     snprintf(name, name_size, "%s", info.name);
+    return 0;
+}
+
+/* The ids of the maps a program uses: up to *count into ids; *count becomes how many it uses. */
+int ew_prog_map_ids(int prog_fd, __u32 *ids, __u32 *count)
+{
+    struct bpf_prog_info info;
+    __u32 len = sizeof(info);
+    int err;
+
+    memset(&info, 0, sizeof(info));
+    info.nr_map_ids = *count;
+    info.map_ids = (__u64)(unsigned long)ids;
+    err = bpf_obj_get_info_by_fd(prog_fd, &info, &len);
+    if (err)
+        return err;
+    *count = info.nr_map_ids;
     return 0;
 }
 

@@ -53,6 +53,8 @@ class Controller:
     token: str = ""
     netns: str | None = None            # run inside this network namespace (the lab tests)
     hosts: tuple[str, ...] = ("127.0.0.1",)   # what agents dial (the controller certificate's names)
+    launcher: tuple[str, ...] = ("-m", "agent.cli")   # how the python runs `edgewarden` (tests/clocked_controller.py)
+    tree: Path = REPO                   # the checkout whose code the controller process runs (bench_push A/B)
 
     @property
     def config(self) -> Path:
@@ -96,8 +98,8 @@ digest_interval_seconds = {self.digest_interval}
     def start(self) -> "Controller":
         log = open(self.directory / "controller.log", "ab")
         prefix = ["nsenter", f"--net=/var/run/netns/{self.netns}"] if self.netns else []
-        self.process = subprocess.Popen([*prefix, PYTHON, "-m", "agent.cli", "controller", "--config",
-                                         str(self.config)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen([*prefix, PYTHON, *self.launcher, "controller", "--config",
+                                         str(self.config)], cwd=self.tree, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

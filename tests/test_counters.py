@@ -92,22 +92,25 @@ def test_errors():
 
 
 def test_monitor_over_live_counters_both_read_paths():
-    """Few tenants: per-slot lookups; many: one batched read of the array."""
+    """The slots in use read with one batched read of the array's first
+    slots, or, when few of them are held, with a lookup per slot."""
     policy = policy_from_document({"revision": 1, "tenants": [
         {"id": 9, "name": "a", "vips": ["203.0.113.9"]}, {"id": 4, "name": "b", "vips": ["203.0.113.4"]}]})
     with PrivateDatapath(policy) as datapath:
         clock = iter(range(0, 100 * 10**9, 10**9))
         monitor = CounterMonitor(datapath.program.maps, clock=lambda: next(clock))
+        monitor.sparse_ratio = 0        # force the per-slot lookups
         monitor.scan()
         for _ in range(5):
             datapath.run(icmp_ipv4_frame("192.0.2.1", "203.0.113.9"))
         datapath.run(icmp_ipv4_frame("192.0.2.1", "203.0.113.4"))
         few = monitor.scan()
         assert dict(few.top(2)) == {9: 5.0, 4: 1.0}
-        # Same numbers through the batched path.
+        assert monitor._few_tenants, "read slot by slot"
+        # Same numbers through the batched read, of the slots in use only.
         batched = CounterMonitor(datapath.program.maps, clock=lambda: 0)
-        datapath.program.maps["ew_counters"].max_entries = 8   # force the many-tenants path
         scan = batched.scan()
+        assert not batched._few_tenants and len(scan.tenant_ids) == 3 < datapath.program.maps["ew_counters"].max_entries
         assert {t: scan.row(i)[0][12] for i, t in enumerate(scan.tenant_ids) if t in (4, 9)} == {9: 5, 4: 1}
 
 
@@ -115,3 +118,21 @@ def test_new_aggregator_uses_the_abi_layout():
     native, reference = new_aggregator(), new_aggregator(reference=True)
     assert native.fields == reference.fields == 44
     assert len(native.drop_fields) == len(abi.DROP_REASONS) == sum(r.name.startswith("drop_") for r in abi.VerdictReason)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)),
+                min_size=0, max_size=50))
+def test_add_counts_adds_what_was_counted_between_two_reads(values):
+    """add_counts (the late counts of a slot-map growth): total + after - before per u64, modulo 2**64."""
+    from agent._counters import add_counts
+    total = bytearray(struct.pack(f"={len(values)}Q", *(t for t, _, _ in values)))
+    add_counts(total, struct.pack(f"={len(values)}Q", *(a for _, a, _ in values)),
+               struct.pack(f"={len(values)}Q", *(b for _, _, b in values)))
+    assert list(struct.unpack(f"={len(values)}Q", total)) == [(t + a - b) % 2**64 for t, a, b in values]
+
+
+def test_add_counts_refuses_blocks_of_other_sizes():
+    from agent._counters import add_counts
+    with pytest.raises(ValueError, match="cannot be added"):
+        add_counts(bytearray(16), b"\0" * 8, b"\0" * 16)

@@ -5,7 +5,10 @@ in force on the engine; an allowed source passes and a blocked one is
 dropped; a CLI `block add` goes through the daemon's socket and takes
 effect; SIGHUP with a policy the engine cannot enforce keeps the old one;
 the counters reach the metrics through the same aggregation; SIGTERM
-stops cleanly. Only namespaces this test makes, only documentation addresses."""
+stops cleanly. `edgewarden stats`/`status`/`block lists` read the running
+engine through the agent, named lists survive a restart, and a watched
+tenant's packets are sealed as evidence that tshark reads. Only namespaces
+this test makes, only documentation addresses."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import pytest
 from agent.daemon.control import request
 from agent.lab.topology import Topology
 from daemon_harness import REPO, DaemonProcess, NotifySocket, free_port
+from waiting import wait_until
 
 pytestmark = pytest.mark.live
 
@@ -150,8 +154,6 @@ def test_daemon_runs_the_dpdk_engine(tmp_path):
         attached = daemon.wait_log("attached", timeout=1)
         assert attached["mode"] == "dpdk" and attached["revision"] == 1
         assert "revision 1" in ready["STATUS"] and "enforcing on net_af_packet0 (dpdk)" in ready["STATUS"]
-        assert "no evidence sampling" in ready["STATUS"]
-        daemon.wait_log("sampling_unavailable", timeout=1)
 
         # An allowed source passes through the engine; the blocked source is dropped.
         assert _ping(topo, CLIENT)
@@ -285,3 +287,211 @@ def test_an_engine_that_cannot_start_means_no_ready_and_a_failed_start(tmp_path)
         notify.close()
         topo.down()
     assert topo.ns["edge"] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+LISTED = "203.0.113.7"          # a source only the named list blocks
+STATS_POLICY = POLICY + 'blocked_ports = ["udp/7"]\n'
+SEND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 0))
+for i in range(int(sys.argv[4])):
+    s.sendto(b'x' * 64, (sys.argv[2], int(sys.argv[3])))
+"""
+FRAME_BYTES = 14 + 20 + 8 + 64
+
+
+def _send(topo, source: str, port: int, packets: int) -> None:
+    # Fewer frames at once than the veth backlog (1000) and the af_packet ring (4096) hold: none is lost
+    # before the engine sees it, so what the engine counts is what was sent.
+    topo.run_in("client", [sys.executable, "-c", SEND, source, SERVER, str(port), str(packets)], timeout=30)
+
+
+def _stats(topo, socket_path, *args) -> dict:
+    done = _cli(topo, socket_path, "stats", "--json", *args)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    return json.loads(done.stdout)
+
+
+def _tenant_row(topo, socket_path, tenant_id: int = 1) -> dict:
+    rows = _stats(topo, socket_path)["interfaces"]["net_af_packet0"]["tenants"]
+    return next(t for t in rows if t["tenant_id"] == tenant_id)
+
+
+def _wait_packets(topo, socket_path, packets: int) -> dict:
+    return wait_until(lambda: _tenant_row(topo, socket_path), lambda row: row["packets"] >= packets, 30,
+                      f"tenant 1 to count {packets} packets in `edgewarden stats`")
+
+
+def _start(tmp_path, topo, config, notify) -> DaemonProcess:
+    mark = len(notify.messages)
+    daemon = DaemonProcess(topo.ns["edge"], config, notify)
+    notify.wait_for("READY", "1", after=mark, daemon=daemon)
+    return daemon
+
+
+def test_stats_status_and_named_lists_of_a_running_dpdk_engine(tmp_path):
+    """`edgewarden stats` / `status` / `block lists` read a running DPDK
+    engine through the agent's socket (its counters are in the agent's
+    memory, not pinned), with the XDP path's output shape and exactly the
+    packets sent per reason; a named list loaded through the agent is still
+    enforced after the agent restarts."""
+    config = tmp_path / "agent.toml"
+    config.write_text(_config(tmp_path, free_port()))
+    (tmp_path / "policy.toml").write_text(STATS_POLICY)
+    socket_path = tmp_path / "agent.sock"
+    topo = _topology()
+    topo.address("client", "c0", f"{LISTED}/32")
+    notify = NotifySocket(tmp_path / "notify.sock")
+    daemon = None
+    try:
+        topo.up()
+        # A fixed neighbour: no frame waits on ARP (a queue that drops beyond its size) and none is resent.
+        server_mac = topo.run_in("server", ["cat", "/sys/class/net/s0/address"]).stdout.strip()
+        topo.run_in("client", ["ip", "neigh", "replace", SERVER, "lladdr", server_mac, "dev", "c0", "nud", "permanent"])
+        daemon = _start(tmp_path, topo, config, notify)
+
+        sent = {"pass_allowed": 300, "drop_global_block": 200, "drop_port_block": 100}
+        _send(topo, CLIENT, 9999, sent["pass_allowed"])
+        _send(topo, BLOCKED, 9999, sent["drop_global_block"])
+        _send(topo, CLIENT, 7, sent["drop_port_block"])
+        row = _wait_packets(topo, socket_path, sum(sent.values()))
+        # The same document as for an XDP interface, from the same aggregation: every reason exact.
+        assert row["name"] == "web" and row["state"] == "active"
+        assert row["reason_packets"] == {r: sent.get(r, 0) for r in row["reason_packets"]}, row["reason_packets"]
+        assert row["reason_bytes"] == {r: sent.get(r, 0) * FRAME_BYTES for r in row["reason_bytes"]}
+        assert (row["packets"], row["passed_packets"], row["dropped_packets"]) == (600, 300, 300)
+        assert row["class_packets"]["udp"] == 600 and sum(row["class_packets"].values()) == 600
+        document = _stats(topo, socket_path, "--tenant", "1", "--iface", "net_af_packet0")
+        assert list(document["interfaces"]) == ["net_af_packet0"]
+        body = document["interfaces"]["net_af_packet0"]
+        assert body["policy_revision"] == 1 and [t["tenant_id"] for t in body["tenants"]] == [1]
+        assert body["tenants"][0]["reason_packets"] == row["reason_packets"]
+        human = _cli(topo, socket_path, "stats")
+        assert human.returncode == 0 and "net_af_packet0 (policy revision 1)" in human.stdout, human
+        assert re.search(r"\b1\s+web\s+active\s+600\s+300\s+300\s+global_block=200 port_block=100", human.stdout), \
+            human.stdout
+        watched = _cli(topo, socket_path, "stats", "--watch", "--count", "1", "--interval", "0.2")
+        assert watched.returncode == 0 and "net_af_packet0: per-tenant rates" in watched.stdout, watched
+        assert re.search(r"\b1\s+web\s.*\s600$", watched.stdout, re.M), watched.stdout
+
+        status = _cli(topo, socket_path, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        [engine] = json.loads(status.stdout)["interfaces"]
+        assert (engine["interface"], engine["mode"], engine["edgewarden"], engine["policy_revision"]) == \
+            ("net_af_packet0", "dpdk", True, 1)
+        human = _cli(topo, socket_path, "status")
+        assert re.search(r"net_af_packet0\s+dpdk\s+dpdk engine of the agent\s+yes\s+1", human.stdout), human.stdout
+
+        # A named list through the agent: enforced, stored, listed.
+        listed = tmp_path / "abuse.txt"
+        listed.write_text("203.0.113.0/24\n")
+        done = _cli(topo, socket_path, "block", "load", str(listed), "--list", "abuse", "--tenant", "1")
+        assert done.returncode == 0 and "through the agent" in done.stdout, (done.stdout, done.stderr)
+        _send(topo, LISTED, 9999, 150)
+        row = _wait_packets(topo, socket_path, 750)
+        assert row["reason_packets"]["drop_tenant_block"] == 150 and row["packets"] == 750
+        lists = _cli(topo, socket_path, "block", "lists", "--json")
+        assert lists.returncode == 0, lists.stderr
+        [stored] = json.loads(lists.stdout)["interfaces"]["net_af_packet0"]
+        assert (stored["list"], stored["tenant_id"], stored["prefixes"], stored["enforced"]) == ("abuse", 1, 1, True)
+
+        # The agent restarts: the engine starts from nothing, and the stored list is enforced with its first policy.
+        assert daemon.stop() == 0
+        daemon = _start(tmp_path, topo, config, notify)
+        attached = daemon.wait_log("attached", timeout=5)
+        assert attached["named_lists"] == {"tenant-1/abuse": 1}
+        _send(topo, LISTED, 9999, 120)
+        _send(topo, CLIENT, 9999, 80)
+        row = _wait_packets(topo, socket_path, 200)
+        assert row["packets"] == 200, row
+        assert row["reason_packets"] == {r: {"drop_tenant_block": 120, "pass_allowed": 80}.get(r, 0)
+                                         for r in row["reason_packets"]}, row["reason_packets"]
+
+        # Unloaded through the agent: gone from the store too, so the next restart does not bring it back.
+        done = _cli(topo, socket_path, "block", "unload", "--list", "abuse", "--tenant", "1")
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        lists = _cli(topo, socket_path, "block", "lists", "--json")
+        assert json.loads(lists.stdout)["interfaces"]["net_af_packet0"] == []
+        assert daemon.stop() == 0
+        daemon = _start(tmp_path, topo, config, notify)
+        assert daemon.wait_log("attached", timeout=5)["named_lists"] == {}
+        _send(topo, LISTED, 9999, 50)
+        row = _wait_packets(topo, socket_path, 50)
+        assert row["reason_packets"]["pass_allowed"] == 50 and row["dropped_packets"] == 0
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        notify.close()
+        topo.down()
+    listed_ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(name in listed_ns for name in topo.ns.values())
+
+
+EVIDENCE_SEND = """
+import socket, sys
+src, dst, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 40000))
+for i in range(count):
+    s.sendto(b"EW-EVIDENCE-%05d-" % i + bytes(range(256))[: 60], (dst, 9))
+"""
+
+
+def test_watched_tenant_on_the_dpdk_engine_is_sealed_as_evidence_tshark_reads(tmp_path):
+    """The lcores sample a watched tenant's frames (bpf/sample.h compiled into
+    the worker) into their rings; the agent's evidence recorder drains them
+    into the same sealed pcapng files as on XDP: every frame byte for byte,
+    with its verdict, passed and dropped alike."""
+    from daemon_harness import tshark_frames
+    metrics_port = free_port()
+    config = tmp_path / "agent.toml"
+    # All within the budget (1000 a second per tenant and lcore, the first second's burst whole): every frame is kept.
+    config.write_text(_config(tmp_path, metrics_port) + "samples_per_second = 1000\nmin_free_bytes = 1\n"
+                      "[watch]\ntenants = [1]\n")
+    (tmp_path / "policy.toml").write_text(POLICY)
+    topo = _topology()
+    notify = NotifySocket(tmp_path / "notify.sock")
+    daemon = None
+    try:
+        topo.up()
+        server_mac = topo.run_in("server", ["cat", "/sys/class/net/s0/address"]).stdout.strip()
+        topo.run_in("client", ["ip", "neigh", "replace", SERVER, "lladdr", server_mac, "dev", "c0", "nud", "permanent"])
+        daemon = _start(tmp_path, topo, config, notify)
+        passed, dropped = 150, 20
+        topo.run_in("client", [sys.executable, "-c", EVIDENCE_SEND, CLIENT, SERVER, str(passed)], timeout=30)
+        topo.run_in("client", [sys.executable, "-c", EVIDENCE_SEND, BLOCKED, SERVER, str(dropped)], timeout=30)
+        wait_until(lambda: _metric(topo, metrics_port, "edgewarden_samples_total"), lambda n: n >= passed + dropped,
+                   30, "the evidence recorder to receive every sample")
+        assert _metric(topo, metrics_port, "edgewarden_sample_ring_lost_samples_total") == 0
+        assert daemon.stop() == 0
+        sealed = [line for line in daemon.lines if line.get("event") == "evidence_sealed"]
+        assert len(sealed) == 1 and sealed[0]["tenant"] == 1 and sealed[0]["incident"] == "watch:1", sealed
+        assert sealed[0]["packets"] == passed + dropped
+        directory = tmp_path / "evidence"
+        files = sorted(directory.glob("*.pcapng"))
+        assert [f.name for f in files] == [sealed[0]["file"]]
+        frames = tshark_frames(files[0])
+        assert len(frames) == passed + dropped
+        sources = {CLIENT: [], BLOCKED: []}
+        for frame in frames:
+            assert frame[12:14] == b"\x08\x00" and frame[23] == 17
+            payload = frame[42:]
+            index = int(payload[12:17])
+            assert payload == b"EW-EVIDENCE-%05d-" % index + bytes(range(256))[:60]    # byte for byte what was sent
+            assert frame[30:34] == bytes(map(int, SERVER.split(".")))
+            sources[".".join(str(b) for b in frame[26:30])].append(index)
+        assert sorted(sources[CLIENT]) == list(range(passed)) and sorted(sources[BLOCKED]) == list(range(dropped))
+        fields = subprocess.run(["tshark", "-r", str(files[0]), "-T", "fields", "-e", "frame.comment",
+                                 "-e", "frame.interface_name"], capture_output=True, text=True).stdout.splitlines()
+        assert fields.count("tenant=1; verdict=pass_allowed; incident=watch:1\tnet_af_packet0") == passed, fields[:3]
+        assert fields.count("tenant=1; verdict=drop_global_block; incident=watch:1\tnet_af_packet0") == dropped
+        verify = subprocess.run([sys.executable, "-m", "agent.cli", "evidence", "verify", str(directory)],
+                                capture_output=True, text=True, cwd=REPO)
+        assert verify.returncode == 0, verify.stdout
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        notify.close()
+        topo.down()
+    assert not any(name in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+                   for name in topo.ns.values())

@@ -118,3 +118,43 @@ def route_through_daemon(args) -> int | None:
     for ifname, summary in result.get("interfaces", {}).items():
         print(f"  {ifname}: {summary}")
     return 0
+
+
+# --- reading what only a running daemon holds ------------------------------------
+
+def daemon_engine_interfaces(pinned: list[str]) -> list[dict]:
+    """For `edgewarden status`: the interfaces of a running daemon whose engine
+    keeps no pins (engine = "dpdk"), as rows shaped like InterfaceStatus.as_dict();
+    [] when no such daemon runs."""
+    from agent.daemon.control import ControlError, daemon_listening, default_socket_path, request
+    path = default_socket_path()
+    if not daemon_listening(path):
+        return []
+    try:
+        status = request(path, {"command": "status"}, timeout=30)
+    except ControlError as err:
+        print(f"edgewarden: the agent on {path} did not answer: {err}", file=sys.stderr)
+        return []
+    if status.get("engine", "xdp") == "xdp":
+        return []           # its interfaces are pinned: the CLI reads them itself
+    return [
+        {"interface": name, "ifindex": None, "mode": state["mode"], "program_id": 0,
+         "edgewarden": state["attached"], "policy_revision": status["revision"] if state["attached"] else None,
+         "pin_dir": None, "engine": status["engine"], "agent": str(path), "error": state.get("error")}
+        for name, state in status["interfaces"].items() if name not in pinned]
+
+
+def daemon_counter_snapshots(pinned: list[str], interface: str | None = None) -> dict[str, dict]:
+    """For `edgewarden stats`: agent.daemon.counter_snapshot documents of the
+    running daemon's interfaces that have no pins here (the DPDK engine's
+    counters live in the daemon's memory); {} when no daemon runs."""
+    from agent.daemon.control import ControlError, daemon_listening, default_socket_path, request
+    path = default_socket_path()
+    if not daemon_listening(path):
+        return {}
+    try:
+        return request(path, {"command": "counters", "skip": pinned, "interface": interface},
+                       timeout=60)["interfaces"]
+    except ControlError as err:
+        print(f"edgewarden: the agent on {path} did not give its counters: {err}", file=sys.stderr)
+        return {}

@@ -3,13 +3,17 @@
 table, with the same interface the service uses from the XDP Enforcer
 (attach_all, reload, change_policy, replace_list, stop, STATUS), and the
 same one-writer rule: every engine call that changes it runs in the writer
-thread. What differs from XDP, said in STATUS and the log:
+thread. How it differs from XDP, and where it is the same:
 - the engine lives in this process, so stopping the agent ends enforcement
   (a bump in the wire then forwards nothing: it fails closed);
-- evidence sampling has no DPDK counterpart: watched tenants and tenants
-  under incident are counted and raise incidents, but are not sampled;
-- named block lists live in the engine's memory, not in pinned maps, so
-  they are loaded again after a restart (the policy file's lists are not lost);
+- evidence: watched tenants and tenants under incident are sampled by the
+  lcores into their sample rings, which the daemon's evidence recorder
+  drains (agent.dpdk.samples) into the same sealed files as on XDP;
+- named block lists live in the engine's memory, not in pinned maps: each
+  is stored once the engine has it, in the same list store as an XDP
+  interface's (agent.datapath.named_lists, under the engine's name), and a
+  restarted agent enforces them with its first policy, as an XDP agent
+  adopts its pins;
 - a policy the engine cannot enforce (SYN cookies, syn_ack = "track") is
   refused before anything is written: the running one stays in force."""
 
@@ -24,9 +28,6 @@ from agent.daemon.enforcer import Enforcer, InterfaceState, _return_freed_memory
 from agent.policy import Policy, PolicyError
 
 MODE = "dpdk"
-NO_SAMPLING = ("evidence sampling has no DPDK counterpart: watched tenants and tenants under incident are "
-               "counted and raise incidents, but no packets are sampled (use the XDP engine where evidence "
-               "must be sealed)")
 
 
 def refuse_unsupported(policy: Policy, source: str) -> None:
@@ -40,9 +41,10 @@ def refuse_unsupported(policy: Policy, source: str) -> None:
 
 
 class _GuardedEngine:
-    """What the counter views read (compiled, lcores, slot_capacity,
-    read_counter_slot), refused once the engine is closed: a scan still
-    running in the accounting thread never reads freed memory."""
+    """What the counter and evidence views read (compiled, lcores,
+    slot_capacity, read_counter_slot, the samples and their budget), refused
+    once the engine is closed: a scan still running in the accounting or
+    evidence thread never reads freed memory."""
 
     def __init__(self, engine, lock: threading.Lock):
         self._engine, self._lock = engine, lock
@@ -58,6 +60,24 @@ class _GuardedEngine:
                 raise OSError("the DPDK engine has stopped")
             return self._engine.read_counter_slot(slot)
 
+    def read_samples(self, out, max_samples: int) -> int:
+        with self._lock:
+            if self._engine is None:
+                raise OSError("the DPDK engine has stopped")
+            return self._engine.read_samples(out, max_samples)
+
+    def read_sample_config(self) -> bytes:
+        with self._lock:
+            if self._engine is None:
+                raise OSError("the DPDK engine has stopped")
+            return self._engine.read_sample_config()
+
+    def write_sample_config(self, raw: bytes) -> None:
+        with self._lock:
+            if self._engine is None:
+                raise OSError("the DPDK engine has stopped")
+            self._engine.write_sample_config(raw)
+
     def closed(self) -> None:
         with self._lock:
             self._engine = None
@@ -66,7 +86,6 @@ class _GuardedEngine:
 class DpdkEnforcer(Enforcer):
     def __init__(self, config: AgentConfig, policy: Policy):
         super().__init__(config, policy)
-        self._can_sample = False
         self.engine = None
         self._guard: _GuardedEngine | None = None
         self._lock = threading.Lock()
@@ -88,20 +107,23 @@ class DpdkEnforcer(Enforcer):
             journal.error("DPDK engine not enforcing", event="interface_error", interface=self.name, error=str(err))
             return
         try:
-            compiled = engine.apply(self.policy)
+            # The lists stored by the agent before this one enforce with the first policy, as pins would.
+            engine.named_lists = self.list_store().load_all()
+            compiled = engine.apply(self.effective_policy())
             engine.start()
-        except OSError as err:
+        except (OSError, ValueError) as err:
             engine.close()
             state.attached, state.mode, state.error = False, "none", str(err)
             journal.error("DPDK engine not enforcing", event="interface_error", interface=self.name, error=str(err))
             return
         self.engine = engine
         self._guard = _GuardedEngine(engine, self._lock)
+        self._record_applied()
         state.attached, state.mode, state.error = True, MODE, None
         journal.info("DPDK engine enforcing", event="attached", interface=self.name, mode=MODE,
                      revision=self.policy.revision, tenants=len(compiled.slots), lcores=engine.lcores,
-                     ports=[p.name for p in self.config.dpdk.ports])
-        journal.warning(NO_SAMPLING, event="sampling_unavailable", interface=self.name)
+                     ports=[p.name for p in self.config.dpdk.ports],
+                     named_lists={str(list_id): len(prefixes) for list_id, prefixes in engine.named_lists.items()})
 
     def attach_one(self, ifname: str) -> InterfaceState:
         return self.interfaces[ifname]          # the engine starts once per process (attach_all)
@@ -118,6 +140,7 @@ class DpdkEnforcer(Enforcer):
                           event="apply_error", interface=self.name, error=str(err))
             return {self.name: f"failed: {err}"}
         state.error = None
+        self._record_applied()
         return {self.name: f"revision {self.policy.revision}, {len(compiled.slots) - 1} tenants, swapped whole"}
 
     def reload(self, config: AgentConfig, policy: Policy) -> dict[str, str]:
@@ -140,17 +163,36 @@ class DpdkEnforcer(Enforcer):
             return new
         return super().change_policy(checked, what)
 
-    def set_incident_tenants(self, tenants: frozenset[int]) -> bool:
-        self.incident_tenants = frozenset(tenants)
-        return False                              # no sampling to switch on (NO_SAMPLING)
-
     def replace_list(self, list_id, prefixes) -> dict[str, str]:
         if self.engine is None:
             raise OSError("the DPDK engine is not running")
         compiled = self.engine.replace_named_list(list_id, prefixes)
+        # Stored once the engine enforces it (as XDP stores once the kernel has it).
+        if prefixes is None:
+            self.list_store().remove(list_id)
+        else:
+            self.list_store().save(list_id, prefixes)
         _return_freed_memory()
         what = f"{len(prefixes)} prefixes loaded" if prefixes is not None else "unloaded"
         return {self.name: f"list {list_id} {what}; revision {compiled.revision} swapped whole"}
+
+    def _record_applied(self) -> None:
+        """Beside the stored lists, the policy in force (agent.datapath.policy_store),
+        as for an XDP interface: what `edgewarden block lists` reads to say whether
+        a tenant's list is enforced."""
+        from agent.datapath.policy_store import record_applied_policy
+        try:
+            record_applied_policy(self.name, self.engine.policy)
+        except OSError as err:
+            journal.warning("cannot record the applied policy beside the engine's lists", event="state_error",
+                            interface=self.name, error=str(err))
+
+    def list_store(self):
+        """Where the engine's named lists are kept across restarts: the XDP
+        path's list store, under the engine's name (`edgewarden block lists`
+        reads it the same way)."""
+        from agent.datapath.named_lists import list_store
+        return list_store(self.name)
 
     def interface_gone(self, ifname: str) -> None:
         pass          # DPDK port names are not kernel interfaces
@@ -182,13 +224,16 @@ class DpdkEnforcer(Enforcer):
             raise OSError("the DPDK engine is not running")
         return engine_maps(self._guard)
 
+    def sample_ring(self):
+        """The lcores' sample rings, drained by the evidence recorder (agent.dpdk.samples)."""
+        from agent.dpdk.samples import EngineSampleRing
+        if self._guard is None:
+            raise OSError("the DPDK engine is not running")
+        return EngineSampleRing(self._guard)
+
     def map_fill(self, maps) -> dict[str, float]:
         """The engine's tables grow with each snapshot; its fixed size is the counter slots."""
         return {"ew_counters": (len(maps["ew_tenants"].items()) + 1) / maps["ew_counters"].max_entries}
-
-    def status_line(self) -> str:
-        line = super().status_line()
-        return line + "; no evidence sampling (DPDK)" if self.engine is not None else line
 
 
 def _keep_engine(new: AgentConfig, running: AgentConfig) -> AgentConfig:

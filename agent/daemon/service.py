@@ -40,6 +40,10 @@ class AgentDaemon:
         self.config = config
         self.notifier = notifier or Notifier()
         self.stopping = asyncio.Event()
+        # SIGHUP reloads: one at a time, and the signals that arrive while one
+        # waits its turn join it (it reads the files after all of them).
+        self._signal_reload_turn = asyncio.Lock()
+        self._signal_reload_waiting = False
         self.enforcer: Enforcer | None = None
         self.spool = IncidentSpool(config.spool_path)
         self.tracker = IncidentTracker(config.node, config.incident_end_after)
@@ -73,7 +77,8 @@ class AgentDaemon:
         self._maps[ifname] = maps
         self.accounting.watch(ifname, maps)
         if self.evidence is not None:
-            self.evidence.watch(ifname, maps)
+            ring = self.enforcer.sample_ring() if self.config.engine == "dpdk" else None    # else the pinned ring
+            self.evidence.watch(ifname, maps, ring)
 
     def _sync_watch(self) -> None:
         if self.evidence is not None:
@@ -141,8 +146,6 @@ class AgentDaemon:
         return load_policy(self.config.policy_file)
 
     def _start_evidence(self) -> None:
-        if self.config.engine == "dpdk":
-            return           # no sampling in the DPDK engine (agent.daemon.dpdk_enforcer.NO_SAMPLING)
         try:
             from agent.evidence.recorder import EvidenceRecorder
         except ImportError:
@@ -235,7 +238,16 @@ class AgentDaemon:
 
     # -- reload --------------------------------------------------------------
     def request_reload(self) -> None:
-        asyncio.create_task(self.reload())
+        """SIGHUP. A burst of signals costs at most two reloads, not one each:
+        the one running and one more that starts after the last signal."""
+        if not self._signal_reload_waiting:
+            self._signal_reload_waiting = True
+            asyncio.create_task(self._reload_on_signal())
+
+    async def _reload_on_signal(self) -> None:
+        async with self._signal_reload_turn:
+            self._signal_reload_waiting = False
+            await self.reload()
 
     async def reload(self) -> dict:
         self.notifier.reloading()
@@ -276,7 +288,7 @@ class AgentDaemon:
         command = request.get("command")
         e = self.enforcer
         if command == "status":
-            return {"status": self._status(), "revision": e.policy.revision,
+            return {"status": self._status(), "revision": e.policy.revision, "engine": self.config.engine,
                     "controller": None if self.controller is None else {
                         "address": self.controller.address, "connected": self.controller.connected,
                         "applied_revision": self.controller.verifier.applied_revision},
@@ -284,6 +296,11 @@ class AgentDaemon:
                     "open_incidents": [i.as_record() for i in self.tracker.open.values()]}
         if command == "reload":
             return await self.reload()
+        if command == "counters":
+            # For `edgewarden stats`: the interfaces it cannot read from pins (`skip` are those it can).
+            skip = frozenset(request.get("skip") or ())
+            return {"interfaces": await asyncio.get_running_loop().run_in_executor(
+                None, self._counter_snapshots, skip, request.get("interface"))}
         if self.controller is not None and command in LOCAL_CHANGES:
             raise ValueError(f"this agent is in controller mode: its policy comes from the controller at "
                              f"{self.controller.address}; make the change there (edgewarden lists add ..., "
@@ -322,6 +339,11 @@ class AgentDaemon:
         if command == "incidents_acknowledge":
             return {"acknowledged": self.spool.acknowledge(request.get("ids", []))}
         raise ValueError(f"unknown command {command!r}")
+
+    def _counter_snapshots(self, skip: frozenset[str], only: str | None) -> dict[str, dict]:
+        from agent.daemon.counter_snapshot import take_snapshot
+        return {ifname: take_snapshot(maps, self.enforcer.policy) for ifname, maps in list(self._maps.items())
+                if ifname not in skip and only in (None, ifname)}
 
     def _after_change(self) -> None:
         self._sync_watch()

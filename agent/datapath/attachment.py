@@ -14,18 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent._libbpf import lib
-from agent.datapath import netfilter
-from agent.datapath.apply import ApplyReport
+from agent.datapath import abi, netfilter
+from agent.datapath.apply import ApplyReport, live_slots
+from agent.datapath.compile import BLOCK_TABLES
 from agent.datapath.enforcement import apply_to_maps
 from agent.datapath.errors import InterfaceError
 from agent.datapath.locking import interface_lock, lock_path_for
 from agent.datapath.policy_store import applied_policy
-from agent.datapath.program import PROGRAM_NAME, LoadedProgram, ensure_bpffs, live_maps, read_revision
-from agent.datapath.scope import bpffs_root, pin_dir_for, state_dir_for
+from agent.datapath.program import (
+    PROGRAM_NAME, LoadedProgram, close_maps, ensure_bpffs, live_maps, open_pinned_maps, read_revision,
+)
+from agent.datapath.scope import PROGRAM_PIN, bpffs_root, pin_dir_for, state_dir_for
+from agent.datapath.slot_maps import capacity_for, slots_needed
 from agent.datapath.syscalls import BpfError, obj_get, prog_fd_by_id, prog_info, xdp_attach, xdp_detach, xdp_query
 from agent.policy.model import Policy
-
-PROGRAM_PIN = "prog"
 
 
 class AttachMode(str, enum.Enum):
@@ -103,24 +105,56 @@ def _open_pinned_program(ifname: str, prog_id: int) -> int | None:
 def attach(ifname: str, mode: AttachMode = AttachMode.NATIVE, policy: Policy | None = None) -> tuple[InterfaceStatus, ApplyReport | None]:
     """Load the program with maps pinned for `ifname` (adopting pinned maps
     that exist, so block lists and counters survive a reload) and attach it,
-    replacing our own earlier program atomically."""
-    ifindex = _ifindex(ifname)
-    pin_dir = pin_dir_for(ifname)
+    replacing our own earlier program atomically. The counter slots are
+    sized for `policy` (agent.datapath.slot_maps), grown if it needs more
+    than are pinned."""
     ensure_bpffs(bpffs_root())
     with interface_lock(ifname):
-        current = xdp_query(ifindex)
-        if current.prog_id and not _attached_program_is_ours(ifname, current.prog_id):
-            raise InterfaceError(f"{ifname} already has a foreign XDP program (id {current.prog_id}); "
-                                 f"remove it first (ip link set dev {ifname} xdp off)")
-        pin_dir.mkdir(parents=True, exist_ok=True)
-        with LoadedProgram(pin_dir=pin_dir) as program:
-            report = None
-            if policy is not None:
-                report = apply_to_maps(ifname, program.maps, applied_policy(ifname), policy,
-                                       conntrack=program.conntrack)
+        report = attach_locked(ifname, mode, policy)
+    return interface_status(ifname), report
+
+
+def attach_locked(ifname: str, mode: AttachMode | None, policy: Policy | None,
+                  tables: frozenset[str] = frozenset(BLOCK_TABLES)) -> ApplyReport | None:
+    """attach() for a caller that holds the interface lock. `mode` None:
+    the mode the program runs in now (a reload to grow the slot maps); not
+    attached, the maps are grown and nothing is attached. `tables`: the
+    block tables the policy's apply rebuilds (all by default)."""
+    ifindex = _ifindex(ifname)
+    pin_dir = pin_dir_for(ifname)
+    current = xdp_query(ifindex)
+    if current.prog_id and not _attached_program_is_ours(ifname, current.prog_id):
+        raise InterfaceError(f"{ifname} already has a foreign XDP program (id {current.prog_id}); "
+                             f"remove it first (ip link set dev {ifname} xdp off)")
+    if mode is None and current.prog_id:
+        mode = {1: AttachMode.NATIVE, 2: AttachMode.GENERIC}.get(current.attach_mode)
+        if mode is None:
+            raise InterfaceError(f"{ifname}: our program is attached in mode {current.mode_name}, which a reload "
+                                 f"cannot replace; detach and attach it again (edgewarden attach {ifname})")
+    pin_dir.mkdir(parents=True, exist_ok=True)
+    with LoadedProgram(pin_dir=pin_dir, slots=_slots_for(pin_dir, policy)) as program:
+        report = None
+        if policy is not None:
+            report = apply_to_maps(ifname, program.maps, applied_policy(ifname), policy, tables,
+                                   conntrack=program.conntrack)
+        if mode is not None:
             _attach_in_mode(ifname, ifindex, program.prog_fd, mode, current.prog_id, current.attach_mode)
             program.pin_program(pin_dir / PROGRAM_PIN)
-    return interface_status(ifname), report
+        program.commit_slot_maps()
+    return report
+
+
+def _slots_for(pin_dir: Path, policy: Policy | None) -> int:
+    """Counter slots for `policy` with headroom, given the slots the pinned
+    tenants hold (the load never makes fewer than are pinned)."""
+    live, limit = {}, abi.MAX_TENANTS
+    if (pin_dir / "ew_tenants").exists():
+        maps = open_pinned_maps(pin_dir, ("ew_tenants",))
+        try:
+            live, limit = live_slots(maps), maps["ew_tenants"].max_entries
+        finally:
+            close_maps(maps)
+    return capacity_for(slots_needed(policy, live, limit), limit)
 
 
 def _attach_in_mode(ifname: str, ifindex: int, prog_fd: int, mode: AttachMode, old_prog_id: int, old_mode: int) -> None:

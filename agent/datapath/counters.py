@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from agent import _counters
 from agent.datapath import abi
+from agent.datapath.slot_maps import follow_grown_maps
 from agent.datapath.syscalls import BpfMap
 
 U64_WRAP = 2**64
@@ -147,8 +148,15 @@ def tenant_slots(maps: dict[str, BpfMap]) -> dict[int, int]:
 class CounterMonitor:
     """Scans the live counters on a monotonic clock: totals and rates per tenant.
 
-    The tenant -> slot map only changes when a policy is applied, so it is
-    re-read only when the live revision changes."""
+    Only the slots in use are read: one batched read of slots 0 up to the
+    highest held, or, when few of those are held, a lookup per slot. The
+    tenant -> slot map only changes when a policy is applied, so it is
+    re-read only when the live revision changes; the counter map itself is
+    replaced when its slots grow (agent.datapath.slot_maps), which each
+    scan checks, so a long-lived monitor follows it."""
+
+    # Per-slot lookups when fewer than one slot in this many of the read prefix is held.
+    sparse_ratio = 8
 
     def __init__(self, maps: dict[str, BpfMap], clock=time.monotonic_ns):
         self.maps = maps
@@ -159,21 +167,22 @@ class CounterMonitor:
         self._few_tenants: list[int] = []
 
     def _refresh_rows(self) -> None:
+        if follow_grown_maps(self.maps):
+            self._row_ids = None
         revision = live_revision(self.maps)
         if revision == self._revision and self._row_ids is not None:
             return
         counters = self.maps["ew_counters"]
-        slots = tenant_slots(self.maps)
-        if len(slots) * 8 < counters.max_entries:
-            # Few tenants: look up just their slots rather than copying the whole array.
+        slots = {t: s for t, s in tenant_slots(self.maps).items() if s < counters.max_entries}
+        in_use = max(slots.values()) + 1
+        if len(slots) * self.sparse_ratio < in_use:
             self._row_ids = sorted(slots)
             self._few_tenants = [slots[t] for t in self._row_ids]
         else:
             self._few_tenants = []
-            self._row_ids = [None] * counters.max_entries
+            self._row_ids = [None] * in_use
             for tenant_id, slot in slots.items():
-                if slot < counters.max_entries:
-                    self._row_ids[slot] = tenant_id
+                self._row_ids[slot] = tenant_id
         self._revision = revision
 
     def scan(self) -> "_counters.CounterScan":
@@ -182,7 +191,7 @@ class CounterMonitor:
         if self._few_tenants:
             raw = b"".join(counters.lookup(struct.pack("=I", slot)) for slot in self._few_tenants)
         else:
-            raw = counters.array_values()
+            raw = counters.array_values(len(self._row_ids))
         return self.aggregator.scan(raw, self._row_ids, counters.ncpus, self.clock())
 
 

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Callable, Iterator
 
 from agent.datapath import netfilter
-from agent.datapath.apply import ApplyReport, apply_policy_to_maps
+from agent.datapath.apply import ApplyReport, apply_policy_to_maps, live_slots
 from agent.datapath.compile import BLOCK_TABLES, GLOBAL_TABLES, TENANT_TABLES
 from agent.datapath.conntrack import require_conntrack
 from agent.datapath.errors import InterfaceError
@@ -19,6 +19,7 @@ from agent.datapath.locking import interface_lock
 from agent.datapath.named_lists import named_list_unions
 from agent.datapath.policy_store import applied_policy, record_applied_policy
 from agent.datapath.program import live_maps, read_revision
+from agent.datapath.slot_maps import slots_needed
 from agent.policy.model import Policy
 
 
@@ -76,7 +77,14 @@ def change_policy(ifname: str, change: Callable[[Policy], Policy]) -> tuple[Poli
 def _apply_locked(ifname: str, policy: Policy) -> ApplyReport:
     with live_maps(ifname) as maps:
         old = current_policy(ifname)
-        return apply_to_maps(ifname, maps, old, policy, tables_changed_by(old, policy))
+        tables = tables_changed_by(old, policy)
+        needed = slots_needed(policy, live_slots(maps), maps["ew_tenants"].max_entries)
+        if needed <= maps["ew_counters"].max_entries:
+            return apply_to_maps(ifname, maps, old, policy, tables)
+    # More tenants than counter slots: the program is loaded again with more,
+    # which carry the counts over (agent.datapath.slot_maps), and it applies the policy.
+    from agent.datapath.attachment import attach_locked     # attachment imports this module
+    return attach_locked(ifname, None, policy, tables)
 
 
 def tables_changed_by(old: Policy, new: Policy) -> frozenset[str]:

@@ -17,6 +17,7 @@ from agent.datapath.errors import InterfaceError
 from agent.datapath.prefilter import MAP_NAME as PREFILTER_MAP, sync_prefilter
 from agent.datapath.scope import pin_dir_for
 from agent.datapath.bpf_object import BpfObject
+from agent.datapath.slot_maps import SlotMapGrowth, capacity_for, slot_capacities
 from agent.datapath.syscalls import BpfMap
 
 PROGRAM_NAME = "edgewarden_xdp"
@@ -37,21 +38,35 @@ class LoadedProgram:
     need it are refused without (agent.datapath.conntrack.require_conntrack)."""
 
     def __init__(self, pin_dir: Path | None = None, capacities: dict[str, int] | None = None,
-                 tenant_capacity: int | None = None, object_file: Path | None = None):
-        """`tenant_capacity`: counter slots (and with them tenants, flood
+                 tenant_capacity: int | None = None, object_file: Path | None = None, slots: int | None = None):
+        """`tenant_capacity`: tenants (and with them counter slots, flood
         policies and token buckets), above the default EW_MAX_TENANTS.
-        `object_file`: another build of the datapath (tests)."""
+        `slots`: with `pin_dir`, counter slots for the per-CPU slot maps
+        (agent.datapath.slot_maps; never fewer than pinned): pinned maps of
+        another size are replaced by bigger ones holding their contents,
+        which take over the live pins at commit_slot_maps(), once this
+        program is attached. Without `pin_dir` the slot maps have one slot
+        per tenant. `object_file`: another build of the datapath (tests)."""
         if tenant_capacity is not None:
-            capacities = {**(capacities or {}), "ew_counters": tenant_capacity, "ew_tenants": tenant_capacity,
-                          "ew_flood_policies": tenant_capacity,
-                          "ew_buckets": tenant_capacity * abi.BUCKET_KINDS, "ew_sample_budget": tenant_capacity,
-                          "ew_bucket_shares": tenant_capacity * abi.BUCKET_KINDS}
+            capacities = {**(capacities or {}), "ew_tenants": tenant_capacity,
+                          "ew_flood_policies": tenant_capacity, "ew_buckets": tenant_capacity * abi.BUCKET_KINDS,
+                          **slot_capacities(tenant_capacity)}
         pins = {name: pin_dir / name for name in (*abi.MAP_LAYOUTS, *abi.RING_MAPS)} if pin_dir is not None else None
+        self.slot_growth: SlotMapGrowth | None = None
+        if pin_dir is not None:
+            self.slot_growth = SlotMapGrowth.plan(pin_dir, slots if slots is not None else capacity_for(1))
+            capacities = {**(capacities or {}), **self.slot_growth.capacities}
+            pins.update(self.slot_growth.pins)
         # Tables pinned by an edgewarden without the prefilter get one built from them.
         new_prefilter = pins is not None and not pins[PREFILTER_MAP].exists()
         path = object_file or object_path(conntrack=conntrack_available())
-        self.kfuncs = object_kfuncs(path)
-        self._object = BpfObject(path, max_entries=capacities, pin_paths=pins)
+        try:
+            self.kfuncs = object_kfuncs(path)
+            self._object = BpfObject(path, max_entries=capacities, pin_paths=pins)
+        except Exception:
+            if self.slot_growth is not None:
+                self.slot_growth.abort()
+            raise
         try:
             self.prog_fd = self._object.program_fd(PROGRAM_NAME)
             self.maps: dict[str, BpfMap] = {
@@ -65,9 +80,20 @@ class LoadedProgram:
                 SwappableTable(self.maps[name]).ensure_inner()
             if new_prefilter:
                 sync_prefilter(self.maps)
+            if self.slot_growth is not None:
+                self.slot_growth.carry_over(self.maps)
         except Exception:
             self.close()
             raise
+
+    @property
+    def slots(self) -> int:
+        return self.maps["ew_counters"].max_entries
+
+    def commit_slot_maps(self) -> None:
+        """This program is attached (or none is): its slot maps become the live ones."""
+        if self.slot_growth is not None:
+            self.slot_growth.commit(self.maps)
 
     @property
     def conntrack(self) -> bool:
@@ -78,6 +104,9 @@ class LoadedProgram:
         self._object.pin_program(PROGRAM_NAME, path)
 
     def close(self) -> None:
+        """Slot maps not committed are dropped, the live ones kept."""
+        if self.slot_growth is not None:
+            self.slot_growth.abort()
         self._object.close()
 
     def __enter__(self) -> "LoadedProgram":
@@ -87,11 +116,13 @@ class LoadedProgram:
         self.close()
 
 
-def open_pinned_maps(pin_dir: Path) -> dict[str, BpfMap]:
-    """The live maps of an attached interface, without loading anything."""
+def open_pinned_maps(pin_dir: Path, names=None) -> dict[str, BpfMap]:
+    """The live maps of an attached interface (those of `names`, all by
+    default), without loading anything."""
     maps = {}
     try:
-        for name, (key_type, value_type) in abi.MAP_LAYOUTS.items():
+        for name in names or abi.MAP_LAYOUTS:
+            key_type, value_type = abi.MAP_LAYOUTS[name]
             path = pin_dir / name
             maps[name] = BpfMap.from_pin(str(path), name, key_type, value_type, percpu=name in abi.PERCPU_MAPS)
     except Exception:

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 NETNS_SCOPE_DIR = "netns"
+PROGRAM_PIN = "prog"        # the attached program, pinned beside its maps
 NAMED_NETNS_DIR = Path("/var/run/netns")
 
 

@@ -64,6 +64,17 @@ def map_info(fd: int) -> MapInfo:
     return MapInfo(id_[0], ffi.string(name).decode(), type_[0], ks[0], vs[0], me[0])
 
 
+def prog_map_ids(fd: int) -> set[int]:
+    """The ids of the maps a loaded program uses."""
+    count = ffi.new("__u32 *", 64)
+    while True:
+        ids = ffi.new("__u32[]", count[0])
+        wanted = count[0]
+        check(lib.ew_prog_map_ids(fd, ids, count), "reading the maps of a program")
+        if count[0] <= wanted:
+            return {ids[i] for i in range(count[0])}
+
+
 @dataclass(frozen=True)
 class ProgInfo:
     id: int
@@ -174,21 +185,26 @@ class BpfMap:
         ks, vs = self.key_size, self.value_size
         return {keys[i * ks:(i + 1) * ks]: values[i * vs:(i + 1) * vs] for i in range(len(keys) // ks)}
 
-    def array_values(self) -> memoryview:
-        """All values of an (per-CPU) array map in index order, one batched
-        read into a buffer reused by the next call (valid until then)."""
-        if self._batch_buffers is None:
-            self._batch_buffers = (ffi.new("char[]", self.key_size * self.max_entries),
-                                   ffi.new("char[]", self.value_size * self.max_entries),
-                                   ffi.new("__u32 *"), ffi.new("__u32 *"))
-        keys, values, count, out_batch = self._batch_buffers
-        count[0] = self.max_entries
-        rc = lib.ew_map_lookup_batch(self.fd, ffi.NULL, out_batch, keys, values, count)
+    def array_values(self, entries: int | None = None, start: int = 0) -> memoryview:
+        """The values of `entries` indexes from `start` (all by default) of
+        an (per-CPU) array map in index order, one batched read into a buffer
+        reused by the next call (valid until then)."""
+        entries = self.max_entries - start if entries is None else min(entries, self.max_entries - start)
+        if self._batch_buffers is None or self._batch_buffers[4] < entries:
+            # Sized to what is read, not to the map: a scan reads the slots in use.
+            self._batch_buffers = (ffi.new("char[]", self.key_size * max(entries, 1)),
+                                   ffi.new("char[]", self.value_size * max(entries, 1)),
+                                   ffi.new("__u32 *"), ffi.new("__u32 *"), entries)
+        keys, values, count, out_batch, _ = self._batch_buffers
+        count[0] = entries
+        # The batch starts after the key it is given (the kernel's get_next_key).
+        in_batch = ffi.new("__u32 *", start - 1) if start else ffi.NULL
+        rc = lib.ew_map_lookup_batch(self.fd, in_batch, out_batch, keys, values, count)
         if rc < 0 and rc != -2:
             check(rc, f"batch read of {self.name}")
-        if count[0] != self.max_entries:
-            raise BpfError(5, f"batch read of {self.name} returned {count[0]} of {self.max_entries} entries")
-        return memoryview(ffi.buffer(values, self.value_size * self.max_entries))
+        if count[0] != entries:
+            raise BpfError(5, f"batch read of {self.name} returned {count[0]} of {entries} entries")
+        return memoryview(ffi.buffer(values, self.value_size * entries))
 
     def items_packed(self) -> tuple[bytes, bytes]:
         """(keys, values) concatenated, for building an EntryTable without an

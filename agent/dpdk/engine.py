@@ -235,6 +235,22 @@ class DpdkEngine:
             raise DpdkError(_last_error())
         return bytes(ffi.buffer(out))
 
+    # --- evidence ------------------------------------------------------------
+
+    def read_samples(self, out, max_samples: int) -> int:
+        """Moves up to `max_samples` samples out of the lcores' rings into `out`
+        (struct ew_sample[]); one reader at a time (agent.dpdk.samples)."""
+        return lib.ew_worker_read_samples(self._worker, out, max_samples)
+
+    def read_sample_config(self) -> bytes:
+        return bytes(ffi.buffer(lib.ew_worker_sample_config(self._worker), ffi.sizeof("struct ew_sample_config")))
+
+    def write_sample_config(self, raw: bytes) -> None:
+        """samples_per_second and burst from `raw` (a struct ew_sample_config); `lost` stays the lcores'."""
+        config = lib.ew_worker_sample_config(self._worker)
+        value = ffi.from_buffer("struct ew_sample_config *", raw)
+        config.samples_per_second, config.burst = value.samples_per_second, value.burst
+
     def packets_per_lcore(self) -> list[int]:
         """Packets each lcore counted, over every tenant slot in use."""
         import struct

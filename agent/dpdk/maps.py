@@ -51,8 +51,10 @@ class LcoreCounters:
         (slot,) = struct.unpack("=I", key)
         return self._engine.read_counter_slot(slot) if slot < self.max_entries else None
 
-    def array_values(self) -> memoryview:
-        return memoryview(b"".join(self._engine.read_counter_slot(slot) for slot in range(self.max_entries)))
+    def array_values(self, entries: int | None = None) -> memoryview:
+        """The first `entries` slots (all by default), as BpfMap.array_values."""
+        entries = self.max_entries if entries is None else min(entries, self.max_entries)
+        return memoryview(b"".join(self._engine.read_counter_slot(slot) for slot in range(entries)))
 
     def items(self) -> dict[bytes, bytes]:
         return {struct.pack("=I", slot): self._engine.read_counter_slot(slot) for slot in range(self.max_entries)}
@@ -62,6 +64,8 @@ class LcoreCounters:
 
 
 def engine_maps(engine) -> dict:
+    from agent.dpdk.samples import SampleConfigView
     maps = {name: PolicyTableView(name, engine) for name in ("ew_tenants", "ew_config", "ew_vips_v4", "ew_vips_v6")}
     maps["ew_counters"] = LcoreCounters(engine)
+    maps["ew_sample_config"] = SampleConfigView(engine)     # the evidence recorder sets the budget here
     return maps

@@ -101,7 +101,9 @@ class EvidenceRecorder:
         self._seal(evidence_set)
 
     # -- the rings ---------------------------------------------------------------
-    def watch(self, ifname: str, maps) -> None:
+    def watch(self, ifname: str, maps, ring=None) -> None:
+        """Record `ifname`'s samples: from its pinned ring, or from `ring` (an
+        engine's own, with SampleRing's poll/close: agent.dpdk.samples)."""
         from agent.datapath.scope import pin_dir_for
         import socket
         self.unwatch(ifname)
@@ -112,7 +114,7 @@ class EvidenceRecorder:
         rate = self.config.evidence.samples_per_second
         maps[SAMPLE_CONFIG_MAP].update((0).to_bytes(4, "little"), _sample_config(maps, rate))
         try:
-            ring = SampleRing(pin_dir_for(ifname) / abi.RING_MAPS[0])
+            ring = ring if ring is not None else SampleRing(pin_dir_for(ifname) / abi.RING_MAPS[0])
         except OSError as err:
             journal.error("no evidence sampling on this interface", event="evidence_error", interface=ifname,
                           error=str(err))

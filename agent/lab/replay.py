@@ -12,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,11 @@ class ReplayResult:
     sent: int              # what tcpreplay reports as sent
     seconds: float
     pps: float
+    # Wall clock (time.time()) of the first and the last frame: tcpreplay's
+    # own sending time counted back from the moment it exited, so a caller
+    # slowed down after the replay does not shift them.
+    started_at: float = 0.0
+    ended_at: float = 0.0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -101,9 +107,11 @@ def replay(capture: str | Path, interface: str, target: str, dst_mac: str, *, pp
         rate = [f"--pps={pps}"] if pps else ["--topspeed"]
         result = subprocess.run(["tcpreplay", "-q", f"--intf1={interface}", *rate, str(path)],
                                 capture_output=True, text=True, timeout=timeout)
+        ended_at = time.time()
     if result.returncode != 0:
         raise RuntimeError(f"tcpreplay failed: {result.stderr.strip() or result.stdout.strip()}")
     sent = re.search(r"Actual: (\d+) packets .* in ([\d.]+) seconds", result.stdout)
     rated = re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", result.stdout)
+    seconds = float(sent.group(2)) if sent else 0.0
     return ReplayResult(str(capture), len(frames), skipped, pointed, int(sent.group(1)) if sent else 0,
-                        float(sent.group(2)) if sent else 0.0, float(rated.group(1)) if rated else 0.0)
+                        seconds, float(rated.group(1)) if rated else 0.0, ended_at - seconds, ended_at)

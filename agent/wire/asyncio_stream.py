@@ -64,6 +64,14 @@ class StreamPeer:
 
     def put_frames(self, data, priority: int) -> None:
         """Queue ready frames (bytes, or an iterable of them) at `priority` (outbox.py)."""
+        if (isinstance(data, bytes) and not self.outbox and self._final is None and priority != PRIORITY_FINAL
+                and self.conn.state is not ConnectionState.CLOSED and not self.writer.transport.is_closing()
+                and self.writer.transport.get_write_buffer_size() == 0):
+            # Nothing waits and nothing is unsent: the writer task would write this
+            # frame first anyway. Writing it here saves waking that task, per
+            # agent per revision (the controller's fan-out, the agent's ack).
+            self.writer.write(data)
+            return
         self.outbox.put(data, priority)
         self._wake.set()
 

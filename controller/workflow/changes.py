@@ -31,8 +31,19 @@ def set_state(conn: Connection, head: dict, *, tenant_id: int, state: str, opera
     if current["state"] == state:
         return None
     _, revision = registry.update_tenant(conn, head, operator=operator, role=role, tenant_id=tenant_id,
-                                         patch=TenantPatch(version=current["version"], state=state, reason=reason))
+                                         patch=TenantPatch(version=current["version"], state=state, reason=reason),
+                                         terminating=state == "terminated")
     return revision
+
+
+def suspension_by(conn: Connection, tenant_id: int) -> dict | None:
+    """Who put the tenant in its current suspension ({'operator', 'at', 'reason'}),
+    or None if it is not suspended: the last entry of its state history, which
+    the registry writes on every change of state."""
+    if tenant_state(conn, tenant_id) != "suspended":
+        return None
+    history = registry.state_history(conn, tenant_id)
+    return history[-1] if history else None
 
 
 def set_watch(conn: Connection, head: dict, *, tenant_id: int, watch: bool, operator: str,
@@ -65,4 +76,5 @@ def unblock(conn: Connection, head: dict, *, batch_id: int, operator: str, reaso
                                    reason=reason)["revision"]
 
 
-__all__ = ["SYSTEM_OPERATOR", "WORKFLOW_ROLE", "block", "set_state", "set_watch", "tenant_state", "unblock"]
+__all__ = ["SYSTEM_OPERATOR", "WORKFLOW_ROLE", "block", "set_state", "set_watch", "suspension_by", "tenant_state",
+           "unblock"]

@@ -29,6 +29,8 @@ def _case_summary(c) -> None:
           + (f", resolved as {c['resolution']}" if c.get("resolution") else ""))
     if c.get("done"):
         print(f"  done: {', '.join(c['done'])}; policy revisions: {', '.join(map(str, c.get('revisions') or [])) or 'none'}")
+    for kept in c.get("kept") or []:
+        print(f"  kept: {kept}")
     if c.get("next_deadline"):
         print(f"  next deadline: {c['next_deadline']['purpose']} at {_short_time(c['next_deadline']['due_at'])} UTC")
 

@@ -79,6 +79,7 @@ class _Step:
     """What one ladder step did, for the audit entry and the notification."""
 
     done: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)      # what the step left in force, and why
     revisions: list[int] = field(default_factory=list)
     deadline: dt.datetime | None = None
 
@@ -235,10 +236,23 @@ class Workflow:
         effects = self._effects(case)
         if effects.get("suspension"):
             effects["suspension"] = False
-            if not self._holds_suspension_elsewhere(conn, case) and changes.tenant_state(conn, case["tenant_id"]) == "suspended":
-                step.revised(changes.set_state(conn, head, tenant_id=case["tenant_id"], state="active",
-                                               operator=operator, reason=reason))
-                step.done.append("resume")
+            current = changes.suspension_by(conn, case["tenant_id"])
+            if current is not None and not self._holds_suspension_elsewhere(conn, case):
+                if current["operator"] == SYSTEM_OPERATOR:
+                    step.revised(changes.set_state(conn, head, tenant_id=case["tenant_id"], state="active",
+                                                   operator=operator, reason=reason))
+                    step.done.append("resume")
+                else:
+                    # the suspension in force is an operator's, not this case's rule's (it was
+                    # suspended before the rule acted, or again since): only that operator's
+                    # decision lifts it
+                    kept = (f"tenant {case['tenant_id']} stays suspended: {current['operator']} suspended it "
+                            f"({current['reason']}), not case {case['id']}'s rule; lift that with: "
+                            f"edgewarden tenant resume {case['tenant_id']} --reason ...")
+                    step.kept.append(kept)
+                    audit.record(conn, head, operator=operator, action="case.suspension_kept",
+                                 tenant_id=case["tenant_id"], target=f"case {case['id']}", reason=kept,
+                                 after={"suspended_by": current["operator"], "suspended_at": current["at"]})
         if watch and effects.get("watch"):
             effects["watch"] = False
             if not self._holds_watch_elsewhere(conn, case):
@@ -429,7 +443,7 @@ class Workflow:
             if step.done:
                 self._notify(conn, case, rule, step, incident_summaries=self._seen(conn, case), event="resumed")
             out = case_record(conn, case)
-        out.update(done=step.done, revisions=step.revisions)
+        out.update(done=step.done, kept=step.kept, revisions=step.revisions)
         return out
 
     def escalate(self, case_id: int, *, operator: str, reason: str) -> dict:
@@ -456,7 +470,7 @@ class Workflow:
             if step.done:
                 self._notify(conn, case, rule, step, incident_summaries=self._seen(conn, case), event="resumed")
             out = case_record(conn, case)
-        out.update(done=step.done, revisions=step.revisions)
+        out.update(done=step.done, kept=step.kept, revisions=step.revisions)
         return out
 
     def terminate(self, tenant_id: int, *, operator: str, role: Role, confirm: bool, reason: str) -> dict:

@@ -46,6 +46,7 @@ struct ew_frame {
     unsigned long data_end;
     uint32_t buff_len;      /* the whole packet, all segments */
     void *packet;           /* the rte_mbuf, for reads past the first segment */
+    uint32_t ingress_ifindex;   /* the DPDK port id (evidence names the port by it) */
 };
 #define xdp_md ew_frame
 
@@ -76,5 +77,8 @@ __s64 bpf_tcp_raw_gen_syncookie_ipv6(struct ipv6hdr *iph, struct tcphdr *th, __u
 long bpf_xdp_adjust_tail(struct ew_frame *ctx, int delta);
 __s64 bpf_csum_diff(__be32 *from, __u32 from_size, __be32 *to, __u32 to_size, __wsum seed);
 long bpf_loop(__u32 nr_loops, void *callback_fn, void *callback_ctx, __u64 flags);
+/* The evidence ring (bpf/sample.h): the lcore's ring of samples, datapath.c. */
+static inline void *bpf_ringbuf_reserve(void *ringbuf, __u64 size, __u64 flags);
+static inline void bpf_ringbuf_submit(void *data, __u64 flags);
 
 #endif /* EW_BPF_SHIM_H */

@@ -14,10 +14,8 @@
 /* A DPDK port bypasses the kernel: no conntrack, as the datapath is built
  * for kernels without its kfuncs (bpf/edgewarden_no_conntrack.bpf.c). */
 #define EW_WITHOUT_CONNTRACK 1
-/* No BPF ring buffer behind a DPDK port: packet evidence (bpf/sample.h) is
- * an XDP-engine feature; a sampled tenant's packets are judged and counted
- * the same, just not sampled. */
-#define EW_SAMPLING_COMPILED_OUT 1
+/* Packet evidence (bpf/sample.h) is compiled in: its ring buffer is the
+ * lcore's sample ring (tables.h), its config and budgets the worker's. */
 #include "edgewarden.bpf.c"
 
 #include <errno.h>
@@ -78,6 +76,13 @@ static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map
     }
     if (map == (void *)&ew_source_buckets)
         return ew_source_cache_lookup(v->sources, key);
+    /* Evidence, reached only for a sampled tenant's packets. */
+    if (map == (void *)&ew_sample_config)
+        return *(const __u32 *)key == 0 ? (void *)v->sample_config : NULL;
+    if (map == (void *)&ew_sample_budget) {
+        index = *(const __u32 *)key;
+        return index < v->slots ? &v->sample_budgets[index] : NULL;
+    }
     /* Not kept by this engine: the datapath then walks the block tables
      * without the prefilter and takes tenant-wide tokens under the lock. */
     if (map == (void *)&ew_prefilter_v4 || map == (void *)&ew_bucket_shares)
@@ -133,6 +138,30 @@ static inline long bpf_xdp_store_bytes(struct ew_frame *ctx, __u32 offset, void 
         return 0;
     }
     return -EFAULT;     /* only the cookie answer writes, and the engine refuses cookie policies */
+}
+
+/* The lcore's sample ring: one record reserved, filled, then published
+ * (the lcore is its only writer; the agent's reader moves the tail). */
+static inline void *bpf_ringbuf_reserve(void *ringbuf, __u64 size, __u64 flags)
+{
+    struct ew_sample_ring *ring = current_view->samples;
+    uint32_t head;
+
+    (void)ringbuf, (void)flags;
+    if (!ring || size != sizeof(struct ew_sample))
+        return NULL;
+    head = ring->head;
+    if (head - __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE) >= EW_DPDK_SAMPLE_RECORDS)
+        return NULL;
+    return &ring->records[head & (EW_DPDK_SAMPLE_RECORDS - 1)];
+}
+
+static inline void bpf_ringbuf_submit(void *data, __u64 flags)
+{
+    struct ew_sample_ring *ring = current_view->samples;
+
+    (void)data, (void)flags;
+    __atomic_store_n(&ring->head, ring->head + 1, __ATOMIC_RELEASE);
 }
 
 /* Kernel state the host does not have. The engine refuses policies that
@@ -227,6 +256,7 @@ void ew_judge_burst(struct ew_view *view, struct ew_frame_ref *frames, uint32_t 
             .data_end = (unsigned long)frames[i].data + frames[i].length,
             .buff_len = frames[i].packet_length,
             .packet = frames[i].packet,
+            .ingress_ifindex = view->port,
         };
 
         if (__builtin_expect(view->trace != NULL, 0)) {

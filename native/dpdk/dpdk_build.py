@@ -76,6 +76,8 @@ int ew_worker_zero_counters(struct ew_worker *w, uint32_t slot);
 uint32_t ew_worker_lcores(struct ew_worker *w);
 uint32_t ew_worker_slots(struct ew_worker *w);
 void ew_worker_stats(struct ew_worker *w, struct ew_worker_stats *out);
+struct ew_sample_config *ew_worker_sample_config(struct ew_worker *w);
+uint32_t ew_worker_read_samples(struct ew_worker *w, struct ew_sample *out, uint32_t max);
 
 struct ew_snapshot *ew_snapshot_new(uint32_t slots);
 int ew_snapshot_fill(struct ew_snapshot *snapshot, const char *map_name, const void *keys, const void *values,

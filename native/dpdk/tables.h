@@ -73,6 +73,24 @@ struct ew_trace {
     uint32_t count;
 };
 
+/* Packet evidence (bpf/sample.h): the BPF ring buffer ew_samples becomes
+ * one ring per lcore of fixed-size records, written by that lcore alone and
+ * drained by the agent's evidence thread alone, so neither side locks. As
+ * many records as fit in the XDP ring's bytes, rounded down to a power of
+ * two (a full ring loses the sample and counts it in ew_sample_config.lost,
+ * as on XDP). */
+#define EW_DPDK_SAMPLE_RECORDS 8192
+_Static_assert(EW_DPDK_SAMPLE_RECORDS * sizeof(struct ew_sample) <= EW_SAMPLE_RING_BYTES &&
+               2 * EW_DPDK_SAMPLE_RECORDS * sizeof(struct ew_sample) > EW_SAMPLE_RING_BYTES,
+               "EW_DPDK_SAMPLE_RECORDS: the largest power of two of samples in EW_SAMPLE_RING_BYTES");
+struct ew_sample_ring {
+    uint32_t head;          /* next record the lcore fills */
+    uint8_t pad_head[60];   /* head and tail on cache lines of their own */
+    uint32_t tail;          /* next record the agent reads */
+    uint8_t pad_tail[60];
+    struct ew_sample records[EW_DPDK_SAMPLE_RECORDS];
+};
+
 /* What one lcore judges with: set by the worker before each burst. */
 struct ew_view {
     const struct ew_snapshot *snapshot;
@@ -81,6 +99,10 @@ struct ew_view {
     struct ew_bucket *buckets;                  /* the worker's [slots x EW_BUCKET_KINDS] */
     struct ew_source_cache *sources;            /* this lcore's */
     struct ew_trace *trace;                     /* NULL unless tracing (tests) */
+    struct ew_sample_ring *samples;             /* this lcore's evidence ring */
+    struct ew_sample_budget *sample_budgets;    /* this lcore's [slots] (a per-CPU array on XDP) */
+    struct ew_sample_config *sample_config;     /* the worker's, written by the agent */
+    uint32_t port;                              /* the burst's port: a sample's ifindex */
 };
 
 struct ew_table *ew_table_build(uint32_t kind, uint32_t key_size, uint32_t value_size, const void *keys,

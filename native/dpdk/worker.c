@@ -142,6 +142,8 @@ struct lcore_state {
     struct ew_source_cache sources;
     struct ew_worker_stats stats;
     struct ew_trace trace;
+    struct ew_sample_ring *samples;             /* evidence, drained by ew_worker_read_samples */
+    struct ew_sample_budget *sample_budgets;    /* [slots] */
 } __rte_cache_aligned;
 
 struct ew_worker {
@@ -154,6 +156,7 @@ struct ew_worker {
     struct ew_bucket *buckets;      /* [slots x EW_BUCKET_KINDS] */
     struct ew_snapshot *current;
     struct rte_rcu_qsbr *qsbr;
+    struct ew_sample_config sample_config;      /* 0 samples per second until the agent sets it */
     int started, stop;
     uint64_t max_packets, received_total, swaps;
 };
@@ -197,6 +200,10 @@ struct ew_worker *ew_worker_new(uint32_t slots, uint32_t mbufs, uint32_t burst, 
         ls->lcore_id = lcore_id;
         ls->index = i++;
         if (ew_source_cache_init(&ls->sources, source_buckets ? source_buckets : 1024) < 0)
+            goto oom;
+        ls->samples = calloc(1, sizeof(*ls->samples));
+        ls->sample_budgets = calloc(slots, sizeof(*ls->sample_budgets));
+        if (!ls->samples || !ls->sample_budgets)
             goto oom;
     }
     return w;
@@ -278,6 +285,9 @@ static int lcore_main(void *arg)
         .buckets = w->buckets,
         .sources = &ls->sources,
         .trace = ls->trace.capacity ? &ls->trace : NULL,
+        .samples = ls->samples,
+        .sample_budgets = ls->sample_budgets,
+        .sample_config = &w->sample_config,
     };
     uint16_t queue = ls->index;
     struct timespec cpu_start, cpu_end;
@@ -299,6 +309,7 @@ static int lcore_main(void *arg)
             } else {
                 /* One snapshot for the whole burst; released by the quiescent state below. */
                 view.snapshot = __atomic_load_n(&w->current, __ATOMIC_ACQUIRE);
+                view.port = plan->port;
                 /* Headers of the whole burst on their way into the cache before the first is parsed. */
                 for (uint16_t i = 0; i < n; i++)
                     rte_prefetch0(rte_pktmbuf_mtod(rx[i], void *));
@@ -467,6 +478,8 @@ void ew_worker_free(struct ew_worker *w)
         for (uint32_t i = 0; i < w->nlcores; i++) {
             ew_source_cache_free(&w->lcores[i].sources);
             free(w->lcores[i].trace.entries);
+            free(w->lcores[i].samples);
+            free(w->lcores[i].sample_budgets);
         }
     rte_free(w->lcores);
     rte_free(w->qsbr);
@@ -546,4 +559,24 @@ void ew_worker_stats(struct ew_worker *w, struct ew_worker_stats *out)
         out->tx_failed += s->tx_failed;
         out->cpu_ns += s->cpu_ns;
     }
+}
+
+struct ew_sample_config *ew_worker_sample_config(struct ew_worker *w)
+{
+    return &w->sample_config;
+}
+
+uint32_t ew_worker_read_samples(struct ew_worker *w, struct ew_sample *out, uint32_t max)
+{
+    uint32_t n = 0;
+
+    for (uint32_t i = 0; i < w->nlcores && n < max; i++) {
+        struct ew_sample_ring *ring = w->lcores[i].samples;
+        uint32_t head = __atomic_load_n(&ring->head, __ATOMIC_ACQUIRE), tail = ring->tail;
+
+        while (tail != head && n < max)
+            memcpy(&out[n++], &ring->records[tail++ & (EW_DPDK_SAMPLE_RECORDS - 1)], sizeof(*out));
+        __atomic_store_n(&ring->tail, tail, __ATOMIC_RELEASE);
+    }
+    return n;
 }

@@ -48,6 +48,14 @@ int ew_worker_zero_counters(struct ew_worker *w, uint32_t slot);
 uint32_t ew_worker_lcores(struct ew_worker *w);
 uint32_t ew_worker_slots(struct ew_worker *w);
 
+/* Packet evidence (bpf/sample.h): the worker's ew_sample_config, which the
+ * agent writes (samples per second and burst, per tenant and lcore) and the
+ * lcores count lost samples in; and the samples the lcores' rings hold,
+ * copied into `out` (at most `max`, each lcore's oldest first). One reader
+ * at a time. */
+struct ew_sample_config *ew_worker_sample_config(struct ew_worker *w);
+uint32_t ew_worker_read_samples(struct ew_worker *w, struct ew_sample *out, uint32_t max);
+
 /* What the poll loops did, summed over lcores. */
 struct ew_worker_stats {
     uint64_t received;

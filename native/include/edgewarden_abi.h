@@ -16,7 +16,8 @@
 
 /* ABI-BEGIN */
 
-/* Map capacities. The loader may raise EW_MAX_TENANTS (counter slots). */
+/* Map capacities. The loader may raise EW_MAX_TENANTS (tenants); an attached
+ * interface's per-CPU slot maps get the policy's slots instead. */
 #define EW_MAX_TENANTS 16384
 #define EW_MAX_VIPS 65536
 #define EW_MAX_PORT_RULES 65536

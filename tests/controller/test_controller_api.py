@@ -43,9 +43,16 @@ def test_roles(api):
     r = api.patch("/tenants/1", json={"version": 1, "state": "terminated", "reason": "false filing"},
                   headers=api.as_("operator"))
     assert r.status_code == 403 and "admin" in r.json()["error"]
+    # even an admin does not terminate by a patch: only the confirmed terminate path does (clause 八)
     r = api.patch("/tenants/1", json={"version": 1, "state": "terminated", "reason": "false filing"},
                   headers=api.as_("admin"))
-    assert r.status_code == 200 and r.json()["tenant"]["state"] == "terminated"
+    assert r.status_code == 409, r.text
+    assert "edgewarden tenant terminate 1 --confirm" in r.json()["error"]
+    assert "POST /tenants/1/terminate" in r.json()["error"]
+    assert api.get("/tenants/1", headers=api.as_("viewer")).json()["state"] == "active"
+    r = api.post("/tenants/1/terminate", json={"confirm": True, "reason": "false filing"}, headers=api.as_("admin"))
+    assert r.status_code == 200 and r.json()["state"] == "terminated", r.text
+    assert api.get("/tenants/1", headers=api.as_("viewer")).json()["state"] == "terminated"
     doc = api.get(f"/policy/{r.json()['revision']}", headers=api.as_("viewer")).json()
     assert doc["tenants"] == []     # terminated: removed from every agent's policy, its records kept
     r = api.post("/lists/entries", json={"sources": ["192.0.2.0/24"], "reason": "x", "emergency": True},

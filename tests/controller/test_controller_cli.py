@@ -50,6 +50,10 @@ def test_tenant_lifecycle_and_errors(controller):
     cli("tenant", "suspend", "1", "--reason", "virus not fixed within 30 minutes", env=env)
     stale = cli("tenant", "update", "1", "--version", "1", "--domain", "b.example.cn", "--reason", "r", env=env, check=False)
     assert stale.returncode == 2 and "HTTP 409" in stale.stderr
+    # an admin's field change does not terminate: the error names the confirmed command
+    patched = cli("tenant", "update", "1", "--state", "terminated", "--reason", "r", env=env, check=False)
+    assert patched.returncode == 2 and "HTTP 409" in patched.stderr
+    assert "edgewarden tenant terminate 1 --confirm" in patched.stderr
     history = cli("tenant", "history", "1", env=env).stdout
     assert "suspended" in history and "virus not fixed" in history
     audit = json.loads(cli("audit", "list", "--tenant", "1", "--json", env=env).stdout)

@@ -284,3 +284,66 @@ def test_the_demo_climbs_the_ladder_and_leaves_the_chain_intact(tmp_path):
     for expected in ("not remediated in 30 minutes -> suspend", "case 3 escalated", "never terminated by the controller",
                      "needs the admin role", "admin root: terminate --confirm"):
         assert expected in text
+
+
+def _suspend_by_hand(engine, who="bob", reason="合同到期未续费 contract lapsed"):
+    from controller import registry
+    from controller.models import TenantPatch
+    from controller.store import writing
+    with writing(engine) as (conn, head):
+        version = registry.get_tenant(conn, 1)["version"]
+        registry.update_tenant(conn, head, operator=who, role=Role.OPERATOR, tenant_id=1,
+                               patch=TenantPatch(version=version, state="suspended", reason=reason))
+
+
+def test_a_cases_resolution_leaves_an_operators_suspension_in_force(engine):
+    # an operator suspended the tenant by hand; a virus case's 30-minute rule then "suspends" it too
+    # (already suspended: the rule changes nothing); remediating and closing that case lift only what
+    # its rule imposed, which is nothing: the operator's suspension stays until the operator lifts it
+    add_tenant(engine)
+    clock = ManualClock()
+    wf = workflow(engine, clock=clock)
+    _suspend_by_hand(engine)
+    case = wf.report(virus(), reported_by="alice")
+    clock.advance(minutes=30)
+    assert [a["done"] for a in wf.run_due()] == [["suspend"]]
+    out = wf.remediate(case["id"], operator="alice", reason="cleaned")
+    assert out["done"] == [] and "resume" not in out["done"]
+    assert out["kept"] and "bob suspended it" in out["kept"][0] and "edgewarden tenant resume 1" in out["kept"][0]
+    assert tenant(engine)["state"] == "suspended" and policy_tenant(engine)["state"] == "suspended"
+    assert actions(engine, case["id"])[-2:] == ["case.remediating", "case.suspension_kept"]
+    wf.close(case["id"], operator="alice", reason="verified clean")
+    assert tenant(engine)["state"] == "suspended" and policy_tenant(engine)["state"] == "suspended"
+
+    # an unrelated spam case, severe: its temporary suspension ends and it closes; still bob's
+    wf.report(IncidentReport(tenant_id=1, kind="spam", summary="open relay", severity="severe"), reported_by="alice")
+    clock.advance(minutes=24 * 60)
+    wf.run_due()
+    assert tenant(engine)["state"] == "suspended"
+    assert_chain_intact(engine)
+
+
+def test_a_suspension_an_operator_makes_after_the_cases_own_is_not_the_cases_to_lift(engine):
+    from controller import registry
+    from controller.models import TenantPatch
+    from controller.store import writing
+    add_tenant(engine)
+    clock = ManualClock()
+    wf = workflow(engine, clock=clock)
+    case = wf.report(virus(severity="severe"), reported_by="alice")      # suspends at once, by the rule
+    assert tenant(engine)["state"] == "suspended"
+    with writing(engine) as (conn, head):                                # bob resumes, then suspends for his own reason
+        for state in ("active", "suspended"):
+            version = registry.get_tenant(conn, 1)["version"]
+            registry.update_tenant(conn, head, operator="bob", role=Role.OPERATOR, tenant_id=1,
+                                   patch=TenantPatch(version=version, state=state, reason="abuse desk hold"))
+    out = wf.close(case["id"], operator="alice", reason="verified clean")
+    assert "resume" not in out["done"] and tenant(engine)["state"] == "suspended"
+
+    # while the rule's own suspension is lifted by the case, as before
+    other = add_tenant(engine, 2)
+    case = wf.report(virus(tenant_id=other, severity="severe"), reported_by="alice")
+    assert tenant(engine, other)["state"] == "suspended"
+    out = wf.remediate(case["id"], operator="alice", reason="cleaned")
+    assert out["done"] == ["resume"] and out["kept"] == [] and tenant(engine, other)["state"] == "active"
+    assert_chain_intact(engine)
