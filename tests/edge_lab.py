@@ -50,8 +50,7 @@ PROBE = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from frames import ethernet, ipv4, udp
-from agent.datapath.attachment import PROGRAM_PIN
-from agent.datapath.scope import pin_dir_for
+from agent.datapath.scope import PROGRAM_PIN, pin_dir_for
 from agent.datapath.syscalls import obj_get, test_run
 ifname, vip = sys.argv[2], sys.argv[3]
 fd = obj_get(str(pin_dir_for(ifname) / PROGRAM_PIN))
