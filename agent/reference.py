@@ -257,8 +257,12 @@ REFILL_MULTIPLY_NS = 1 << 30    # bpf/token_bucket.h EW_REFILL_MULTIPLY_NS
 class SharedBucket:
     """A tenant-wide limit as the datapath keeps it (bpf/token_bucket.h
     share_take): a shared bucket, and per CPU the tokens taken from it in
-    batches and not yet spent. Over any interval the tenant passes within
-    ncpus x share_batch units of what one exact TokenBucket would pass."""
+    batches and not yet spent. Over any interval the tenant passes no more
+    than the limit lets through (rate x time + burst: a token leaves the
+    shared bucket once), and at most ncpus x share_batch units fewer than one
+    exact TokenBucket (the tokens CPUs hold unspent). It may pass a few more
+    than the exact bucket, never more than the limit: the exact one loses its
+    refill while full, the shared one refills while CPUs hold taken tokens."""
 
     bucket: TokenBucket = field(default_factory=TokenBucket)
     shares: dict[int, BucketShare] = field(default_factory=dict)

@@ -5,8 +5,13 @@ spends them locally.
 (a) The kernel's arithmetic, through a harness program that is handed the
     clock and the CPU, against the reference SharedBucket, step by step.
 (b) The documented bound, on the reference (which (a) holds the kernel to):
-    over 1 s on 2 CPUs the tenant passes within ncpus x batch units of one
-    exact bucket, which is within 1% of the configured rate.
+    over 1 s on 2 CPUs the tenant never passes more than the configured
+    limit lets through (rate x time + burst: every token is taken from the
+    shared bucket once), and at most ncpus x batch units fewer than one
+    exact bucket (the tokens CPUs hold taken and unspent); both are within
+    1% of the configured rate. (It can pass a few more than the exact bucket,
+    never more than the limit: the exact one throws away its refill while
+    full, the shared one keeps refilling while CPUs hold tokens taken from it.)
 (c) With batches of one unit (rates below 256/s), exactly what one exact
     bucket passes, whichever CPU a packet lands on.
 """
@@ -16,7 +21,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent._libbpf import lib
@@ -115,21 +120,24 @@ def offered_traffic(seed: int, rate: int, seconds: float = 1.0, load: float = 2.
 
 
 @settings(max_examples=12, deadline=None)
+# found by hypothesis: the shared bucket passes 7 more than the exact one, within the limit
+@example(seed=33554433, rate=1000, burst_ms=10, load=1.2)
 @given(seed=st.integers(0, 2**32), rate=st.sampled_from([1000, 5000, 25600, 40000]),
        burst_ms=st.sampled_from([10, 100, 1000]), load=st.sampled_from([1.2, 2.0, 5.0]))
 def test_over_a_second_on_two_cpus_the_rate_is_within_one_percent(seed, rate, burst_ms, load):
     burst = rate * burst_ms // 1000
     exact, shared = TokenBucket(), SharedBucket()
     passed_exact = passed_shared = 0
-    for now, cpu in offered_traffic(seed, rate, load=load):
+    traffic = offered_traffic(seed, rate, load=load)
+    for now, cpu in traffic:
         passed_exact += exact.take(rate, burst, now, 1)
         passed_shared += shared.take(rate, burst, now, 1, cpu)
     bound = CPUS * share_batch(rate, burst) // NS_PER_SECOND
     assert bound <= 0.01 * rate
-    assert abs(passed_shared - passed_exact) <= bound, (passed_shared, passed_exact, bound)
-    allowed = rate + burst      # what 1 s of the configured limit lets through at most
+    # What the configured limit lets through from the first packet to the last, at most.
+    allowed = burst + (traffic[-1][0] - traffic[0][0]) * rate // NS_PER_SECOND
     assert passed_exact <= allowed
-    assert allowed - 0.01 * rate - (allowed - passed_exact) <= passed_shared <= allowed + 0.01 * rate
+    assert passed_exact - bound <= passed_shared <= allowed, (passed_shared, passed_exact, bound, allowed)
 
 
 def test_the_kernel_over_a_second_on_two_cpus(harness):
