@@ -69,7 +69,8 @@ crowdsec:
 bench-import: setup crowdsec
 	$(PY) benchmarks/bench_import.py --write-results
 
-# Push latency to 1,000 simulated agents vs CrowdSec bouncers polling its LAPI: a few minutes.
+# Push latency to 1,000 simulated agents and the two real lab agents (XDP in namespaces), an emergency block
+# during a 1M-prefix snapshot, vs CrowdSec bouncers polling its LAPI: a few minutes.
 bench-push: setup crowdsec
 	$(PY) benchmarks/bench_push.py --agents 1000 --processes 4 --write-results
 

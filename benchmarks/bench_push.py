@@ -3,11 +3,19 @@
 edgewarden: a real controller process (SQLite, its distribution server on
 loopback mutual TLS) and N protocol-speaking simulated agents in a few
 processes (tests/fleet_support.SimAgent: real TLS, real Ed25519
-verification and delta application, no datapath). Measured: from the
-operator's API call to each agent's Ack (p50, p99, max over agents; the max
-is "all acknowledged"), for one block entry and for a 10,000-entry delta;
+verification and delta application, no datapath), plus the two real lab
+agents (push_lab.py: agent daemons in controller mode, XDP on lab veths in
+namespaces of the run's own; the controller and the simulated agents share
+a namespace linked to theirs). Measured: from the operator's API call to
+each agent's Ack (p50, p99, max over agents; the max is "all
+acknowledged", the lab agents included), for one block entry and for a
+10,000-entry delta; the lab agents' own acks and a ping their XDP drops;
 the controller's and the simulated agents' CPU per push, and the
 controller's peak RSS.
+
+Emergency (push_emergency.py): a controller of its own holding a 1M-prefix
+list, an emergency block against a plain one while agents connecting fresh
+receive its snapshot.
 
 Baseline: Debian's CrowdSec LAPI (crowdsec_lapi.py: its own config, SQLite
 and port in a temporary directory) with N bouncers registered by `cscli
@@ -30,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,6 +47,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_file import machine_facts, publish   # noqa: E402
+from push_lab import EDGES, PushLab, acked_at, controller_address, inside, node_name, start_lab_agent  # noqa: E402
 
 SECTION = "## Distribution: push latency to 1,000 agents"
 SENT_LINE = re.compile(r"revision \d+: sent to (?P<agents>\d+) connected agent\(s\) in (?P<ms>[0-9.]+) ms")
@@ -119,24 +129,44 @@ def percentiles(latencies: list[float]) -> dict:
             "max_ms": round(xs[-1] * 1000, 1), "count": len(xs)}
 
 
-def run_edgewarden(args, directory: Path, tree: Path) -> dict:
-    from fleet_support import Controller
+def register_nodes(controller, names: list[str]) -> None:
+    """The node registry in one go (the CLI per node would take minutes): the same calls `node add` makes."""
     from controller.distribution.nodes import add_node
     from controller.store import migrate, open_engine
-
-    controller = Controller(directory / "controller", digest_interval=600, tree=tree).setup()
-    names = [f"sim-{i:04d}" for i in range(args.agents)]
-    t0 = time.time()
-    # the node registry in one go (the CLI per node would take minutes): the same calls `node add` makes
     engine = open_engine(f"sqlite:///{controller.directory / 'controller.db'}")
     migrate(engine)
     for name in names:
         add_node(engine, controller.ca_dir, name, operator="bench", reason="bench")
     engine.dispose()
-    print(f"{args.agents} nodes registered in {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
+def run_edgewarden(args, directory: Path, tree: Path) -> dict:
+    """One arm; with the lab, in its namespaces (made here, removed after), this process in the controller's."""
+    if args.no_lab:
+        return _run_edgewarden(args, directory, tree, None)
+    with PushLab() as lab, inside(lab.ns("ctl")):
+        return _run_edgewarden(args, directory, tree, lab)
+
+
+def _run_edgewarden(args, directory: Path, tree: Path, lab) -> dict:
+    from fleet_support import Controller
+
+    lab_hosts = tuple(controller_address(n) for n in EDGES) if lab else ()
+    controller = Controller(directory / "controller", digest_interval=600, tree=tree,
+                            netns=lab.ns("ctl") if lab else None, hosts=("127.0.0.1", *lab_hosts)).setup()
+    names = [f"sim-{i:04d}" for i in range(args.agents)]
+    lab_names = [node_name(n) for n in EDGES] if lab else []
+    t0 = time.time()
+    register_nodes(controller, names + lab_names)
+    print(f"{len(names) + len(lab_names)} nodes registered in {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
     controller.start()
+    # this process is in the controller's namespace (run_edgewarden): its API on loopback, no nsenter per call
+    caller = replace(controller, netns=None)
+    daemons: dict[str, object] = {}
     try:
-        controller.block("192.0.2.1", reason="first")
+        first = caller.block("192.0.2.250", reason="first")
+        for n in (EDGES if lab else ()):
+            daemons[node_name(n)] = start_lab_agent(lab, controller, directory / "lab", n)
         cpu_start, _ = proc_stats(controller.process.pid)
         ctx = multiprocessing.get_context("spawn")
         ready, results = ctx.Queue(), ctx.Queue()
@@ -152,24 +182,39 @@ def run_edgewarden(args, directory: Path, tree: Path) -> dict:
         replies = [ready.get(timeout=300) for _ in procs]
         connected = sum(n for n, _ in replies)
         sim_cpu = sum(c for _, c in replies)
+        for node, daemon in daemons.items():
+            if acked_at(daemon, first, 120) is None:
+                raise RuntimeError(f"lab agent {node} did not apply revision {first} within 120 s: "
+                                   f"{''.join(daemon.raw)[-3000:]}")
         cpu_connected, _ = proc_stats(controller.process.pid)
-        print(f"{connected} agents connected and at the first revision in {time.time() - t_connect:.1f} s",
-              file=sys.stderr, flush=True)
+        print(f"{connected} simulated and {len(daemons)} lab agents connected and at the first revision in "
+              f"{time.time() - t_connect:.1f} s", file=sys.stderr, flush=True)
+        # the lab's datapaths pass the peers' traffic before the block of PEER (the first round) ...
+        passing = {node_name(n): lab.ping(n) for n in (EDGES if lab else ())}
+        if not all(passing.values()):
+            raise RuntimeError(f"lab: a peer does not reach its edge's VIP before any block: {passing}")
 
         def measure(make_change, timeout=60.0) -> dict:
             nonlocal sim_cpu
             load = os.getloadavg()[0]
             cpu_before, _ = proc_stats(controller.process.pid)
+            lab_cpu = {node: proc_stats(daemon.proc.pid)[0] for node, daemon in daemons.items()}
             start = time.time()
             revision = make_change()
             for go in gos:
                 go.put((revision, timeout))
             replies = [results.get(timeout=timeout + 30) for _ in procs]
             cpu_after, _ = proc_stats(controller.process.pid)
-            acks = [t for ts, _ in replies for t in ts]
+            lab_acks = {node: acked_at(daemon, revision, timeout) for node, daemon in daemons.items()}
+            acks = [t for ts, _ in replies for t in ts] + list(lab_acks.values())
             sim_now = sum(c for _, c in replies)
             done = [t - start for t in acks if t is not None]
             out = percentiles(done) if done else {"count": 0}
+            out["lab_ack_ms"] = {node: None if t is None else round((t - start) * 1000, 1)
+                                 for node, t in lab_acks.items()}
+            # what each real daemon spent on the push, on the same two cores as everything else
+            out["lab_cpu_s"] = {node: round(proc_stats(daemon.proc.pid)[0] - lab_cpu[node], 3)
+                                for node, daemon in daemons.items()}
             out.update(missing=len(acks) - len(done), controller_cpu_s=round(cpu_after - cpu_before, 3),
                        agents_cpu_s=round(sim_now - sim_cpu, 3), load_average=round(load, 2))
             sim_cpu = sim_now
@@ -177,14 +222,18 @@ def run_edgewarden(args, directory: Path, tree: Path) -> dict:
 
         single = []
         for i in range(args.rounds):
-            single.append(measure(lambda: controller.block(f"198.51.100.{i + 1}", reason=f"round {i}")))
+            single.append(measure(lambda: caller.block(f"198.51.100.{i + 1}", reason=f"round {i}")))
             print(f"single entry, round {i + 1}: {single[-1]}", file=sys.stderr, flush=True)
+            if i == 0 and lab:   # ... and drop it once the first round's block (198.51.100.1 = PEER) is applied
+                blocked = {node_name(n): not lab.ping(n) for n in EDGES}
+                print(f"lab: peers' pings dropped by their edge's XDP after the block: {blocked}", file=sys.stderr,
+                      flush=True)
             time.sleep(0.3)
         big_list = "\n".join(f"10.{(i >> 8) & 255}.{i & 255}.0/24" for i in range(10000))
 
         def import_10k():
             import urllib.request
-            request = urllib.request.Request(controller.url + "/lists/import?reason=bench", data=big_list.encode(),
+            request = urllib.request.Request(caller.url + "/lists/import?reason=bench", data=big_list.encode(),
                                              method="POST", headers={"Authorization": f"Bearer {controller.token}",
                                                                      "Content-Type": "text/plain"})
             with urllib.request.urlopen(request, timeout=60) as response:
@@ -197,15 +246,23 @@ def run_edgewarden(args, directory: Path, tree: Path) -> dict:
         for proc in procs:
             proc.join(30)
     finally:
+        for daemon in daemons.values():
+            daemon.stop()
         controller.stop()
     # the controller's own account of each push (hub.py): frames written to all, acks from all
     own = {"sent_ms": [], "acked_ms": []}
     for line in (controller.directory / "controller.log").read_text(errors="replace").splitlines():
         for key, pattern in (("sent_ms", SENT_LINE), ("acked_ms", ACKED_LINE)):
             m = pattern.search(line)
-            if m and int(m.group("agents")) == args.agents:
+            if m and int(m.group("agents")) == args.agents + len(lab_names):
                 own[key].append(float(m.group("ms")))
-    return {"agents": connected, "processes": args.processes, "single_entry": single, "delta_10000": big,
+    lab_out = None
+    if lab:
+        lab_out = {"agents": lab_names, "ping_before_block": passing, "ping_dropped_after_block": blocked,
+                   "single_entry_ack_ms": {node: [r["lab_ack_ms"][node] for r in single] for node in lab_names},
+                   "delta_10000_ack_ms": big["lab_ack_ms"]}
+    return {"agents": connected + len(lab_names), "simulated": connected, "lab": lab_out,
+            "processes": args.processes, "single_entry": single, "delta_10000": big,
             "controller_cpu_connect_s": round(cpu_connected - cpu_start, 2),
             "controller_cpu_total_s": round(cpu_end - cpu_start, 2),
             "controller_peak_rss_mib": round(peak / 2**20, 1),
@@ -422,27 +479,65 @@ def _bounds(current: dict, arms: list[tuple[str, dict]]) -> list[str]:
     return lines
 
 
-def section(args, arms: list[tuple[str, dict]], crowdsec: dict | None, crowdsec_error: str | None,
-            wall_s: float) -> str:
+def _lab_lines(current: dict) -> list[str]:
+    """The two real agents' own figures: their acks (counted in "all acknowledged" above) and their datapath."""
+    lab = current.get("lab")
+    if not lab:
+        return []
+    lines = []
+    for node in lab["agents"]:
+        acks = [a for a in lab["single_entry_ack_ms"][node] if a is not None]
+        missed = len(lab["single_entry_ack_ms"][node]) - len(acks)
+        big = lab["delta_10000_ack_ms"][node]
+        lines.append(f"{node}: single entry p50 {statistics.median(acks):.0f} ms, max {max(acks):.0f} ms"
+                     + (f" ({missed} missed)" if missed else "")
+                     + (f"; 10,000-entry delta {big:.0f} ms" if big is not None else "; 10,000-entry delta missed"))
+    dropped = lab["ping_dropped_after_block"]
+    pushes = current["single_entry"] + [current["delta_10000"]]
+    cpu = [r["lab_cpu_s"][node] * 1000 for r in current["single_entry"] if "lab_cpu_s" in r for node in lab["agents"]]
+    last = sum(1 for r in pushes if any(a is not None and a >= r["max_ms"] for a in r["lab_ack_ms"].values()))
+    return [f"- The two real lab agents, their own Ack (the daemon's `revision_applied`, logged right after its Ack "
+            f"is sent, from the same API call): {'; '.join(lines)}. Their datapath enforced the block: a ping from "
+            f"each edge's peer namespace to its VIP passed before the first round "
+            f"({', '.join(f'{k}: {v}' for k, v in lab['ping_before_block'].items())}) and was dropped by the edge's "
+            f"XDP after the first round's block of the peer's address "
+            f"({', '.join(f'{k}: {v}' for k, v in dropped.items())}). A lab agent was the last of the fleet to "
+            f"acknowledge in {last} of {len(pushes)} pushes: before its Ack the daemon makes its datapath enforce "
+            "the revision (agent/daemon/controller_link.apply_bundle_change: today the whole policy through the "
+            "enforcer and every changed list replaced whole) and writes the revision to disk, which the simulated "
+            "agents do not"
+            + (f"; each daemon spent {_range(cpu)} ms of CPU per single-entry push (a simulated agent "
+               f"{statistics.median(r['agents_cpu_s'] for r in current['single_entry']) / max(1, current.get('simulated', 1)) * 1000:.2f} ms), "
+               "taken from the same two cores as the rest of the fleet" if cpu else "") + "."]
+
+
+def section(args, arms: list[tuple[str, dict]], emergency: dict | None, crowdsec: dict | None,
+            crowdsec_error: str | None, wall_s: float) -> str:
     current = [ours for label, ours in arms if label == "after"][-1]
     n = current["agents"]
     single, big = current["single_entry"], current["delta_10000"]
     worst_p99 = max([r["p99_ms"] for r in single] + [big["p99_ms"]])
     command = (f"`benchmarks/bench_push.py --agents {args.agents} --processes {args.processes} --rounds {args.rounds}"
-               + (f" --before-tree CHECKOUT --repeat {args.repeat}" if args.before_tree else "") + "`")
+               + (f" --before-tree CHECKOUT --repeat {args.repeat}" if args.before_tree else "")
+               + (" --no-lab" if args.no_lab else "") + "`")
     rows = [row for label, ours in arms
             for row in _rows(f"{label}: " if args.before_tree else "", ours)]
     lines = [SECTION, "", *(f"- {k}: {v}" for k, v in machine_facts()), "",
              f"{command} (whole run {wall_s:.0f} s). A real controller process (SQLite, its distribution server on "
-             f"loopback mutual TLS 1.3, uvloop) and {n:,} protocol-speaking simulated agents in {args.processes} "
+             f"loopback mutual TLS 1.3, uvloop) and {current.get('simulated', n):,} protocol-speaking simulated agents in "
+             f"{args.processes} "
              "processes (tests/fleet_support.SimAgent on uvloop: each its own client certificate, real TLS, Ed25519 "
-             "verification and delta application, no datapath). Latency is from the operator's API call "
+             "verification and delta application, no datapath)"
+             + (", plus the two real lab agents: agent daemons in controller mode with XDP (generic) on a veth each "
+                "in namespaces of the run's own, dialling the controller over a veth from their namespace (the "
+                "controller and the simulated agents share a third namespace, whose loopback they use)"
+                if current.get("lab") else "") + ". Latency is from the operator's API call "
              "(`POST /lists/entries`, one entry; `POST /lists/import`, 10,000 new /24s) to each agent sending its "
              "Ack. \"sent\" and \"acked\" are the controller's own log of each push (hub.py): from its seeing the "
              "revision to the frame written to every agent, and to every agent's Ack read. CPU is per agent per "
              "revision (median of the rounds): the controller's, and the simulated agents' (which on a real fleet "
-             "each edge server spends on its own, but here share the controller's two cores). The two real lab "
-             "agents are not part of this run (the lab end-to-end test covers them)."]
+             "each edge server spends on its own, but here share the controller's two cores)."
+             + ("" if current.get("lab") else " The two real lab agents are not part of this run (--no-lab).")]
     if args.before_tree:
         lines += ["", f"before/after: the controller run from the checkout before this change (\"before\") and from "
                   f"this one (\"after\"), alternating in the same run ({args.repeat} of each), against the same "
@@ -455,7 +550,11 @@ def section(args, arms: list[tuple[str, dict]], crowdsec: dict | None, crowdsec_
               f"{current['controller_peak_rss_mib']:.0f} MiB.",
               f"- Goal, p99 under {GOAL_MS:.0f} ms at {n:,} agents: "
               + (f"**met** (worst p99 {worst_p99:.0f} ms)." if worst_p99 < GOAL_MS else
-                 f"**not met** on this machine (worst p99 {worst_p99:.0f} ms)."), *_bounds(current, arms), ""]
+                 f"**not met** on this machine (worst p99 {worst_p99:.0f} ms)."), *_bounds(current, arms),
+              *_lab_lines(current), ""]
+    if emergency is not None:
+        from push_emergency import section_lines
+        lines += section_lines(emergency)
     if crowdsec is None:
         lines += [f"**CrowdSec baseline NOT RUN: {crowdsec_error}**", ""]
     else:
@@ -504,6 +603,15 @@ def main() -> int:
     p.add_argument("--before-tree", help="also run the controller from this checkout (the code before a change), "
                    "alternating with this one in the same run; the simulated agents always run this one's code")
     p.add_argument("--repeat", type=int, default=1, help="with --before-tree: runs of each")
+    p.add_argument("--no-lab", action="store_true", help="without the two real lab agents (XDP in namespaces)")
+    p.add_argument("--emergency-prefixes", type=int, default=1_000_000,
+                   help="the list the emergency phase's controller holds (0: skip the phase)")
+    p.add_argument("--emergency-synced", type=int, default=10, help="emergency phase: agents at the list's revision")
+    p.add_argument("--emergency-fresh", type=int, default=20,
+                   help="emergency phase: agents connecting fresh (receiving the snapshot) in each round")
+    p.add_argument("--emergency-rounds", type=int, default=1, help="emergency phase: rounds of each kind of block")
+    p.add_argument("--emergency-processes", type=int, default=3,
+                   help="emergency phase: processes (one for the synced agents, the rest share the fresh ones)")
     p.add_argument("--write-results", action="store_true", help="record the section in benchmarks/RESULTS.md")
     p.add_argument("--json", help="also write the raw figures here")
     args = p.parse_args()
@@ -517,9 +625,14 @@ def main() -> int:
     for n, (label, tree) in enumerate(plan):
         print(f"== edgewarden, controller from {tree} ({label})", file=sys.stderr, flush=True)
         arms.append((label, run_edgewarden(args, directory / f"arm-{n}", tree)))
+    emergency = None
+    if args.emergency_prefixes:
+        print("== emergency block while a 1M-prefix snapshot is being sent", file=sys.stderr, flush=True)
+        from push_emergency import run_emergency
+        emergency = run_emergency(args, directory, register_nodes)
     if args.json:
-        Path(args.json).write_text(json.dumps({"edgewarden": [{"code": label, **ours} for label, ours in arms]},
-                                              indent=2))
+        Path(args.json).write_text(json.dumps({"edgewarden": [{"code": label, **ours} for label, ours in arms],
+                                               "emergency": emergency}, indent=2))
     crowdsec, crowdsec_error = None, None
     if not args.crowdsec_intervals:
         crowdsec_error = "skipped (--crowdsec-intervals given no interval)"
@@ -533,12 +646,13 @@ def main() -> int:
         except Exception as err:   # the baseline failed mid-way: say so in the section, keep our figures
             crowdsec_error = f"failed: {type(err).__name__}: {err}"
             print(f"\n!!! CrowdSec baseline FAILED: {err}\n", file=sys.stderr, flush=True)
-    report = {"edgewarden": [{"code": label, **ours} for label, ours in arms], "crowdsec": crowdsec,
-              "crowdsec_error": crowdsec_error}
+    report = {"edgewarden": [{"code": label, **ours} for label, ours in arms], "emergency": emergency,
+              "crowdsec": crowdsec, "crowdsec_error": crowdsec_error}
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
-    publish(SECTION, section(args, arms, crowdsec, crowdsec_error, time.time() - start), args.write_results)
+    publish(SECTION, section(args, arms, emergency, crowdsec, crowdsec_error, time.time() - start),
+            args.write_results)
     import shutil
     shutil.rmtree(directory, ignore_errors=True)
     return 0

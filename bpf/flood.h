@@ -3,7 +3,7 @@
  * tcp_state.h), and token-bucket limits (packets/s, bytes/s, SYNs/s,
  * fragments/s; the buckets are token_bucket.h). Policies live in
  * ew_flood_policies per tenant slot, so they change at run time without a
- * reload. */
+ * reload, each change swapped in whole (bpf/maps.h). */
 #ifndef EW_FLOOD_H
 #define EW_FLOOD_H
 
@@ -106,7 +106,8 @@ static __always_inline int source_allows(const struct packet_facts *f, __u32 slo
  * ANSWER_SYN_COOKIE (the caller builds the answer), or PASS. */
 static __always_inline __u32 flood_verdict(struct xdp_md *ctx, const struct packet_facts *f, __u32 slot)
 {
-    const struct ew_flood_policy *policy = bpf_map_lookup_elem(&ew_flood_policies, &slot);
+    /* Read once: every decision below is the one version's. */
+    const struct ew_flood_policy *policy = current_flood_policy(slot);
     __u64 now;
 
     if (!policy)

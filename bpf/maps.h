@@ -38,6 +38,8 @@ struct ew_inner_types {
     struct ew_lpm_v6_key lpm_v6_key;
     struct ew_tenant_lpm_v6_key tenant_lpm_v6_key;
     struct ew_block_value block_value;
+    struct ew_config config;
+    struct ew_flood_policy flood_policy;
 } ew_inner_types_anchor;
 
 /* Inner-map templates: the verifier learns the inner layouts from them; the
@@ -94,20 +96,45 @@ struct {
     __type(value, struct ew_counters);
 } ew_counters SEC(".maps");
 
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __type(value, struct ew_config);
-} ew_config SEC(".maps");
+/* The policy's arrays, ew_config (one entry) and the flood policy per
+ * tenant slot, sit behind single-slot map-in-map tables too: an array value
+ * is updated in place by the syscall, so a packet could read half of the
+ * old value and half of the new. The agent fills a fresh inner array and
+ * swaps it in (agent/datapath/policy_arrays.py); a packet reads the slot
+ * once and sees one version whole. Arrays take no BPF_F_NO_PREALLOC, and
+ * the inner size must equal the template's (the loader sets the flood
+ * table's to the tenant capacity), so the inner lookup stays inlined. */
+#define EW_INNER_ARRAY_TEMPLATE(name, capacity, value_type) \
+    struct name {                                           \
+        __uint(type, BPF_MAP_TYPE_ARRAY);                   \
+        __uint(max_entries, capacity);                      \
+        __type(key, __u32);                                 \
+        __type(value, value_type);                          \
+    }
 
-/* Flood policy per tenant slot, and the token buckets it refers to. */
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, EW_MAX_TENANTS);
-    __type(key, __u32);
-    __type(value, struct ew_flood_policy);
-} ew_flood_policies SEC(".maps");
+EW_INNER_ARRAY_TEMPLATE(ew_config_table, 1, struct ew_config);
+EW_INNER_ARRAY_TEMPLATE(ew_flood_table, EW_MAX_TENANTS, struct ew_flood_policy);
+
+EW_SWAPPABLE_TABLE(ew_config, ew_config_table);
+/* Flood policy per tenant slot; the token buckets it refers to follow. */
+EW_SWAPPABLE_TABLE(ew_flood_policies, ew_flood_table);
+
+/* The live policy arrays' entries, through their slot (NULL: none yet). */
+static __always_inline const struct ew_config *current_config(void)
+{
+    __u32 zero = 0;
+    void *table = bpf_map_lookup_elem(&ew_config, &zero);
+
+    return table ? bpf_map_lookup_elem(table, &zero) : NULL;
+}
+
+static __always_inline const struct ew_flood_policy *current_flood_policy(__u32 slot)
+{
+    __u32 zero = 0;
+    void *table = bpf_map_lookup_elem(&ew_flood_policies, &zero);
+
+    return table ? bpf_map_lookup_elem(table, &slot) : NULL;
+}
 
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);

@@ -149,15 +149,13 @@ static __always_inline __u32 decide_ip_verdict(struct xdp_md *ctx, const struct 
         if ((checks & EW_CHECK_GLOBAL) && source_blocked_v4_global_partial(f->saddr.v4))
             return EW_REASON_DROP_GLOBAL_BLOCK;
         if (checks & EW_CHECK_GLOBAL_NODES) {
-            __u32 zero = 0;
-            struct ew_config *config = bpf_map_lookup_elem(&ew_config, &zero);
+            const struct ew_config *config = current_config();
 
             if (config && (config->flags & EW_CONFIG_GLOBAL_V4_BLOCKS) && source_blocked_v4_global(f->saddr.v4))
                 return EW_REASON_DROP_GLOBAL_BLOCK;
         }
     } else {
-        __u32 zero = 0;
-        struct ew_config *config = bpf_map_lookup_elem(&ew_config, &zero);
+        const struct ew_config *config = current_config();
 
         if (config && (config->flags & EW_CONFIG_GLOBAL_V6_BLOCKS) && source_blocked_v6_global(&f->saddr.v6))
             return EW_REASON_DROP_GLOBAL_BLOCK;

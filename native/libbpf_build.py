@@ -36,6 +36,12 @@ const char *bpf_map__name(const struct bpf_map *map);
 int bpf_map__fd(const struct bpf_map *map);
 int bpf_map__set_pin_path(struct bpf_map *map, const char *path);
 int bpf_map__set_max_entries(struct bpf_map *map, __u32 max_entries);
+struct bpf_map *bpf_map__inner_map(struct bpf_map *map);
+int bpf_map__set_inner_map_fd(struct bpf_map *map, int fd);
+int bpf_map__type(const struct bpf_map *map);
+__u32 bpf_map__key_size(const struct bpf_map *map);
+__u32 bpf_map__value_size(const struct bpf_map *map);
+__u32 bpf_map__map_flags(const struct bpf_map *map);
 __u32 bpf_map__max_entries(const struct bpf_map *map);
 int bpf_map__unpin(struct bpf_map *map, const char *path);
 

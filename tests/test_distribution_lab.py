@@ -4,8 +4,8 @@ in controller mode with XDP on its peer-facing veth. A block added at the
 controller's API stops the traffic on both edges and both acknowledge it;
 the fleet view shows both. Then the faults: an agent killed (SIGKILL) and
 restarted (it enforces the stored revision before it reconnects, then
-catches up), the controller link of one edge cut for a bounded time (the
-edge keeps enforcing, then converges), an incident from a daemon's spool
+catches up), the controller link of one edge cut for 60 s (the edge keeps
+enforcing, then converges), an incident from a daemon's spool
 stored once across a controller kill, and local changes refused."""
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from agent.policy import policy_from_document, policy_to_toml
 from daemon_harness import DaemonProcess, write_config
 from fleet_support import Controller
 
-CUT_SECONDS = 15     # the controller link is down this long (the issue asks 60 s; bounded here for the suite's time)
+CUT_SECONDS = 60     # the controller link is down this long (issue 11)
+# after the cut, TCP retransmits what was in flight on its backoff (0.2 s doubling: about 100 s after the cut
+# began), or the agent reconnects: converging can take this long
+CONVERGE_AFTER_CUT_SECONDS = 150
 VIP = "203.0.113.10"
 PEER = "198.51.100.1"
 
@@ -144,25 +147,25 @@ def test_a_block_at_the_api_is_enforced_and_acknowledged_on_both_edges_through_f
     assert entry["by"] == "delta"
     assert not lab.ping(1)
 
-    # the controller link of edge 2 down for CUT_SECONDS: it keeps enforcing, then converges
+    # the controller link of edge 2 down for CUT_SECONDS: it keeps enforcing, then converges; an incident
+    # its spool takes during the cut is sent once the link is back, stored once, dropped from the spool only
+    # when acknowledged, and not stored again after the controller is killed and restarted
+    spool = IncidentSpool(agents[2][1] / "state" / "incidents.sqlite")
     in_netns(lab.ns("ctl"), ["ip", "link", "set", lab.ctl_if[2], "down"])
     try:
         cut_at = time.monotonic()
+        spool.record({"id": "edge-2:1:packets_per_second:1", "tenant_id": 1, "check": "packets_per_second",
+                      "threshold": 100.0, "started_at": time.time(), "peak_value": 900.0, "peak_at": time.time(),
+                      "ended_at": None, "interfaces": [lab.edge_if[2]]}, "started")
         third = controller.block("198.51.100.78", reason="during the cut")
         applied(agents[1][0], third)
         time.sleep(max(0.0, CUT_SECONDS - (time.monotonic() - cut_at)))
         assert not lab.ping(2)
     finally:
         in_netns(lab.ns("ctl"), ["ip", "link", "set", lab.ctl_if[2], "up"])
-    applied(agents[2][0], third, timeout=60)
+    applied(agents[2][0], third, timeout=CONVERGE_AFTER_CUT_SECONDS)
     wait(lambda: fleet_at(third), 15, "both at the latest revision after the cut")
 
-    # an incident in edge 2's spool: sent, stored once, dropped from the spool only when acknowledged,
-    # and not stored again after the controller is killed and restarted
-    spool = IncidentSpool(agents[2][1] / "state" / "incidents.sqlite")
-    spool.record({"id": "edge-2:1:packets_per_second:1", "tenant_id": 1, "check": "packets_per_second",
-                  "threshold": 100.0, "started_at": time.time(), "peak_value": 900.0, "peak_at": time.time(),
-                  "ended_at": None, "interfaces": [lab.edge_if[2]]}, "started")
     try:
         wait(lambda: not spool.pending(), 20, "the incident acknowledged and dropped from the spool")
     except AssertionError:

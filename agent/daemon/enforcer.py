@@ -72,6 +72,8 @@ class Enforcer:
             journal.error("interface not enforced", event="interface_error", interface=ifname, error=str(err))
             return state
         state.attached, state.mode, state.ifindex, state.error = True, status.mode, status.ifindex, None
+        from agent.datapath.table_digest import digests_for
+        digests_for(ifname).forget()     # its tables may be new: nothing is known of them until read back
         journal.info("interface enforced", event="attached", interface=ifname, mode=status.mode,
                      revision=status.revision, changes=report.summary() if report else None)
         return state
@@ -162,6 +164,89 @@ class Enforcer:
                 results[ifname] = replace_named_list(ifname, list_id, prefixes).summary()
         _return_freed_memory()
         return results
+
+    # -- controller mode: list deltas in place, and the tables' digests ----------
+    def apply_list_deltas(self, changes) -> tuple[dict[str, str], float, float]:
+        """Each (ListId, added, removed) written in place on every attached
+        interface (agent.datapath.list_delta); (results, seconds writing the
+        tables, seconds appending the list journals)."""
+        from agent.datapath.list_delta import apply_list_delta
+        results, tables, store = {}, 0.0, 0.0
+        for ifname, state in self.interfaces.items():
+            if not state.attached:
+                continue
+            writes = 0
+            for list_id, added, removed in changes:
+                done = apply_list_delta(ifname, list_id, added, removed)
+                tables, store, writes = tables + done.tables_seconds, store + done.store_seconds, \
+                    writes + done.report.total_writes
+            results[ifname] = f"{len(changes)} list(s) changed in place, {writes} table entries written"
+        return results, tables, store
+
+    def sync_lists(self, wanted: dict) -> dict[str, str]:
+        """Make every attached interface's stored named lists exactly `wanted`
+        (ListId -> PrefixSet): lists that differ are replaced, others unloaded."""
+        from agent.datapath.named_lists import list_store
+        results = {}
+        for ifname, state in self.interfaces.items():
+            if not state.attached:
+                continue
+            stored = list_store(ifname).load_all()
+            changed = [lid for lid, prefixes in wanted.items() if stored.get(lid) != prefixes]
+            for list_id in set(stored) - set(wanted):
+                replace_named_list(ifname, list_id, None)
+            for list_id in changed:
+                replace_named_list(ifname, list_id, wanted[list_id])
+            results[ifname] = f"{len(changed)} list(s) loaded, {len(set(stored) - set(wanted))} unloaded"
+        _return_freed_memory()
+        return results
+
+    def rebuild_block_tables(self) -> None:
+        """Every block table of every attached interface rebuilt from the
+        applied policy and the stored lists, diffed against what the kernel
+        holds: repairs entries changed by hand."""
+        from agent.datapath.compile import BLOCK_TABLES
+        from agent.datapath.enforcement import apply_to_maps, current_policy
+        from agent.datapath.locking import interface_lock
+        from agent.datapath.program import live_maps
+        for ifname, state in self.interfaces.items():
+            if state.attached:
+                with interface_lock(ifname), live_maps(ifname) as maps:
+                    policy = current_policy(ifname)
+                    apply_to_maps(ifname, maps, policy, policy, frozenset(BLOCK_TABLES))
+
+    def tables_written(self) -> None:
+        """After a full apply: the tables' digests read back (what they hold
+        now is what they should), and the in-memory list state loaded so the
+        next delta does not wait for it."""
+        from agent.datapath.list_delta import list_state
+        from agent.datapath.program import live_maps
+        from agent.datapath.table_digest import digests_for
+        for ifname, state in self.interfaces.items():
+            if state.attached:
+                digests = digests_for(ifname)
+                with live_maps(ifname) as maps, digests.writing():
+                    digests.reset(maps)
+                list_state(ifname)
+
+    def tables_unknown(self) -> None:
+        """Before a full apply: what the tables should hold is not known until read back."""
+        from agent.datapath.table_digest import digests_for
+        for ifname in self.interfaces:
+            digests = digests_for(ifname)
+            with digests.writing():
+                digests.forget()
+
+    def check_tables(self) -> dict:
+        """Per attached interface, a table_digest.TableCheck (safe outside the writer thread)."""
+        from agent.datapath.program import live_maps
+        from agent.datapath.table_digest import check_tables, digests_for
+        checks = {}
+        for ifname, state in list(self.interfaces.items()):
+            if state.attached:
+                with live_maps(ifname) as maps:
+                    checks[ifname] = check_tables(digests_for(ifname), maps)
+        return checks
 
     def interface_gone(self, ifname: str) -> None:
         state = self.interfaces.get(ifname)

@@ -101,6 +101,14 @@ class AgentMetrics:
         self.incidents_open = Gauge("edgewarden_incidents_open", "Incidents open now", registry=r)
         self.incidents = Counter("edgewarden_incidents", "Incidents raised", ["check"], registry=r)
         self.reloads = Counter("edgewarden_reloads", "Reloads (SIGHUP)", ["result"], registry=r)
+        self.revision_apply_seconds = Gauge(
+            "edgewarden_revision_apply_seconds", "Time the last controller revision took to reach the datapath, "
+            "by path (delta: list entries written in place; full: policy and changed lists re-applied)",
+            ["path"], registry=r)
+        self.table_check_seconds = Gauge("edgewarden_table_check_seconds", "Time the last read-back of the "
+                                         "block tables for the drift check took", registry=r)
+        self.drift_detected = Counter("edgewarden_drift_detected", "Digest checks that found the block tables "
+                                      "differing from what the agent wrote", registry=r)
         self.tenants = TenantTotals(top_tenants)
         r.register(self.tenants)
         self._server = None

@@ -111,6 +111,9 @@ MAP_LAYOUTS: dict[str, tuple[str, str]] = {
 RING_MAPS = ("ew_samples",)
 # Array maps hold every index; "removing" an entry means writing zeroes.
 ARRAY_MAPS = frozenset({"ew_flood_policies"})
+# ew_config and ew_flood_policies are pinned as single-slot map-in-maps whose
+# inner array holds the entries of MAP_LAYOUTS (agent.datapath.policy_arrays):
+# POLICY_ARRAYS, below, says the inner arrays.
 PERCPU_MAPS = frozenset({"ew_counters", "ew_sample_budget", "ew_bucket_shares"})
 
 
@@ -147,3 +150,12 @@ def _counter_layout() -> dict[str, slice]:
 
 
 COUNTER_LAYOUT = _counter_layout()
+
+
+# The policy arrays' inner maps (bpf/maps.h EW_INNER_ARRAY_TEMPLATE): arrays
+# take no flags, and the flood table's entries are the loader's tenant
+# capacity (EW_MAX_TENANTS by default).
+POLICY_ARRAYS: dict[str, InnerTable] = {
+    "ew_config": InnerTable(lib.BPF_MAP_TYPE_ARRAY, "__u32", "struct ew_config", 1, 0),
+    "ew_flood_policies": InnerTable(lib.BPF_MAP_TYPE_ARRAY, "__u32", "struct ew_flood_policy", lib.EW_MAX_TENANTS, 0),
+}

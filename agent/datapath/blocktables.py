@@ -154,10 +154,11 @@ def open_inner_table(fd: int, name: str, key_type: str, value_type: str) -> BpfM
 class SwappableTable:
     """Slot 0 of a single-slot map-in-map, holding one inner table."""
 
-    def __init__(self, outer: BpfMap):
+    def __init__(self, outer: BpfMap, spec: abi.InnerTable | None = None):
+        """`spec`: the inner map, when it is not a block table's (policy_arrays)."""
         self.outer = outer
         self.name = outer.name
-        self.spec = abi.SWAPPABLE_TABLES[outer.name]
+        self.spec = spec or abi.SWAPPABLE_TABLES[outer.name]
 
     def inner(self) -> BpfMap | None:
         raw = self.outer.lookup(SLOT)
@@ -257,6 +258,11 @@ class SwappableTable:
             writes, stale = current.diff(desired)
             self._apply_delta(writes.items(), [key for key, _ in stale.items()])
         return update
+
+    def swap_in(self, desired: EntryTable) -> None:
+        """Make the live table hold exactly `desired` by a swap, never in
+        place (the policy arrays: an array value is not replaced atomically)."""
+        self._swap_in(desired)
 
     def _swap_in(self, desired: EntryTable) -> None:
         if len(desired) > self.spec.max_entries:

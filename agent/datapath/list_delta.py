@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -49,6 +50,7 @@ from agent.datapath.named_lists import ListId, ListStore, list_store
 from agent.datapath.program import live_maps
 from agent.datapath.policy_store import policy_path_for
 from agent.datapath.syscalls import BpfMap
+from agent.datapath.table_digest import TableDigests, digests_for
 from agent.policy.model import Policy
 
 COMPACT_AT = 50_000           # layered entries above which a LayeredSet is folded into its base
@@ -267,6 +269,8 @@ class DeltaPlan:
     writes: dict[str, list[tuple[bytes, bytes]]] = field(default_factory=dict)
     stale: dict[str, list[bytes]] = field(default_factory=dict)
     counts: dict[str, tuple[int, int, int]] = field(default_factory=dict)   # (added, changed, removed)
+    before: dict = field(default_factory=dict)    # per table, the EntryTable of the touched region now...
+    after: dict = field(default_factory=dict)     # ...and after the delta (for table_digest.TableDigests.adjust)
 
 
 def _touched_16s(changed_v4: PrefixSet) -> PrefixSet:
@@ -293,6 +297,7 @@ def _v6_regions(changed_v6: PrefixSet, old: PrefixSet, new: PrefixSet) -> Prefix
 
 def _diff(table: str, old, new, plan: DeltaPlan) -> None:
     plan.counts[table] = old.diff_counts(new)
+    plan.before[table], plan.after[table] = old, new
     writes, stale = old.diff(new)
     plan.writes[table] = list(writes.items())
     plan.stale[table] = [k for k, _ in stale.items()]
@@ -369,11 +374,20 @@ def _flags_change(scope: ScopeState, has_v4: bool, has_v6: bool) -> bool:
 
 def apply_delta_to_maps(maps: dict[str, BpfMap], state: ListState, list_id: ListId, added: PrefixSet,
                         removed: PrefixSet, hooks: DeltaHooks | None = None, *,
-                        conntrack: bool | None = None) -> ApplyReport:
+                        conntrack: bool | None = None, digests: TableDigests | None = None) -> ApplyReport:
     """Apply the delta (take `removed` out of list `list_id`, then put `added`
     in) to `maps`, which hold what `state` says, and update `state`. The list
     store is not touched (apply_list_delta does that). `conntrack`: as for
-    apply_policy_to_maps, used only on the full path."""
+    apply_policy_to_maps, used only on the full path. `digests`: the tables'
+    expected digests, moved by the entries this delta replaces."""
+    if digests is None:
+        return _apply_delta_to_maps(maps, state, list_id, added, removed, hooks, conntrack, None)
+    with digests.writing():
+        return _apply_delta_to_maps(maps, state, list_id, added, removed, hooks, conntrack, digests)
+
+
+def _apply_delta_to_maps(maps, state: ListState, list_id: ListId, added: PrefixSet, removed: PrefixSet,
+                         hooks, conntrack, digests: TableDigests | None) -> ApplyReport:
     scope = state.scopes.get(list_id.tenant_id)
     if scope is None:
         raise InterfaceError(f"tenant {list_id.tenant_id} is not in the live policy; "
@@ -390,6 +404,8 @@ def apply_delta_to_maps(maps: dict[str, BpfMap], state: ListState, list_id: List
         report = apply_policy_to_maps(maps, state.policy, state.named_unions(), frozenset(affected),
                                       conntrack=conntrack)
         _after_deletes(hooks, maps, scope, unblocked, added, state)
+        if digests is not None:
+            digests.reset(maps, affected)     # the scope's tables were rebuilt: read what they hold
         return report
     # Hook point: nothing is written yet.
     if hooks is not None and len(added):
@@ -404,6 +420,8 @@ def apply_delta_to_maps(maps: dict[str, BpfMap], state: ListState, list_id: List
         writes, stale = plan.writes[table], plan.stale[table]
         _write_in_place(maps[table], table, writes, stale)
         report.added[table], report.changed[table], report.removed[table] = plan.counts[table]
+        if digests is not None:
+            digests.adjust(table, plan.before[table], plan.after[table])
     if prefilter is not None:
         prefilter.narrow()
     _update_state(scope, list_id.name, added, removed, unblocked, has_v4, has_v6)
@@ -461,21 +479,34 @@ def list_state(ifname: str) -> ListState:
     return state
 
 
+@dataclass
+class DeltaApplied:
+    """What apply_list_delta did on one interface, and how long each half took."""
+    report: ApplyReport
+    tables_seconds: float     # the live tables written in place (what enforcement waits for)
+    store_seconds: float      # the list store's journal appended (fsync)
+
+
 def apply_list_delta(ifname: str, list_id: ListId, added: PrefixSet, removed: PrefixSet,
-                     hooks: DeltaHooks | None = None) -> ApplyReport:
+                     hooks: DeltaHooks | None = None) -> DeltaApplied:
     """Take `removed` out of the named list `list_id` of `ifname`, then put
     `added` in, in the live tables and in the list store, under the
-    interface lock. The list is created if it is not loaded."""
+    interface lock, keeping the tables' digests (table_digest) exact. The
+    list is created if it is not loaded."""
     with interface_lock(ifname), live_maps(ifname) as maps:
         state = list_state(ifname)
         try:
-            report = apply_delta_to_maps(maps, state, list_id, added, removed, hooks)
+            started = time.perf_counter()
+            report = apply_delta_to_maps(maps, state, list_id, added, removed, hooks, digests=digests_for(ifname))
+            written = time.perf_counter()
             store_delta(state.store, state, list_id, added, removed)
+            stored = time.perf_counter()
         except BaseException:
             _states.pop(ifname, None)     # the tables may hold part of it: reload from the store next time
+            digests_for(ifname).forget()
             raise
         state.mark_current()
-    return report
+    return DeltaApplied(report, written - started, stored - written)
 
 
 @dataclass

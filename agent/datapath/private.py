@@ -12,9 +12,9 @@ from agent.policy.model import Policy
 
 
 class PrivateDatapath:
-    def __init__(self, policy: Policy | None = None, object_file=None):
-        """`object_file`: another build of the datapath (tests)."""
-        self.program = LoadedProgram(pin_dir=None, object_file=object_file)
+    def __init__(self, policy: Policy | None = None, object_file=None, tenant_capacity: int | None = None):
+        """`object_file`: another build of the datapath (tests). `tenant_capacity`: as for LoadedProgram."""
+        self.program = LoadedProgram(pin_dir=None, object_file=object_file, tenant_capacity=tenant_capacity)
         self.last_apply: ApplyReport | None = None
         if policy is not None:
             self.apply(policy)

@@ -5,11 +5,12 @@ maps for classification and tests."""
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from importlib import resources
 from pathlib import Path
 
-from agent._libbpf import ffi
+from agent._libbpf import ffi, lib
 from agent.datapath import abi
 from agent.datapath.blocktables import SwappableTable
 from agent.datapath.conntrack import CONNTRACK_KFUNCS, conntrack_available, object_kfuncs
@@ -17,8 +18,9 @@ from agent.datapath.errors import InterfaceError
 from agent.datapath.prefilter import MAP_NAME as PREFILTER_MAP, sync_prefilter
 from agent.datapath.scope import pin_dir_for
 from agent.datapath.bpf_object import BpfObject
+from agent.datapath.policy_arrays import open_typed_map
 from agent.datapath.slot_maps import SlotMapGrowth, capacity_for, slot_capacities
-from agent.datapath.syscalls import BpfMap
+from agent.datapath.syscalls import BpfMap, map_info, obj_get
 
 PROGRAM_NAME = "edgewarden_xdp"
 OBJECT_NAME = "edgewarden.bpf.o"
@@ -51,6 +53,9 @@ class LoadedProgram:
             capacities = {**(capacities or {}), "ew_tenants": tenant_capacity,
                           "ew_flood_policies": tenant_capacity, "ew_buckets": tenant_capacity * abi.BUCKET_KINDS,
                           **slot_capacities(tenant_capacity)}
+        # A policy array's capacity is its inner array's (its outer map has one slot).
+        inner_capacities = {name: n for name, n in (capacities or {}).items() if name in abi.POLICY_ARRAYS}
+        capacities = {name: n for name, n in (capacities or {}).items() if name not in abi.POLICY_ARRAYS}
         pins = {name: pin_dir / name for name in (*abi.MAP_LAYOUTS, *abi.RING_MAPS)} if pin_dir is not None else None
         self.slot_growth: SlotMapGrowth | None = None
         if pin_dir is not None:
@@ -59,10 +64,13 @@ class LoadedProgram:
             pins.update(self.slot_growth.pins)
         # Tables pinned by an edgewarden without the prefilter get one built from them.
         new_prefilter = pins is not None and not pins[PREFILTER_MAP].exists()
+        if pins is not None:
+            refuse_in_place_policy_arrays(pins)
         path = object_file or object_path(conntrack=conntrack_available())
         try:
             self.kfuncs = object_kfuncs(path)
-            self._object = BpfObject(path, max_entries=capacities, pin_paths=pins)
+            self._object = BpfObject(path, max_entries=capacities, pin_paths=pins,
+                                     inner_max_entries=inner_capacities)
         except Exception:
             if self.slot_growth is not None:
                 self.slot_growth.abort()
@@ -70,14 +78,17 @@ class LoadedProgram:
         try:
             self.prog_fd = self._object.program_fd(PROGRAM_NAME)
             self.maps: dict[str, BpfMap] = {
-                name: self._object.map(name, key_type, value_type, percpu=name in abi.PERCPU_MAPS)
-                for name, (key_type, value_type) in abi.MAP_LAYOUTS.items()}
+                name: open_typed_map(name, lambda k, v, name=name: self._object.map(
+                    name, k, v, percpu=name in abi.PERCPU_MAPS), inner_capacities.get(name))
+                for name in abi.MAP_LAYOUTS}
             for name, path in (pins or {}).items():
                 if name in self.maps:       # the ring buffer has no BpfMap view
                     self.maps[name].pin_path = str(path)
             # A new (not adopted) swappable table starts with an empty inner table.
             for name in abi.SWAPPABLE_TABLES:
                 SwappableTable(self.maps[name]).ensure_inner()
+            for name in abi.POLICY_ARRAYS:
+                self.maps[name].ensure_inner()
             if new_prefilter:
                 sync_prefilter(self.maps)
             if self.slot_growth is not None:
@@ -116,15 +127,33 @@ class LoadedProgram:
         self.close()
 
 
+def refuse_in_place_policy_arrays(pins: dict[str, Path]) -> None:
+    """Pins of an edgewarden that wrote ew_config and ew_flood_policies in
+    place (plain arrays) cannot be adopted: libbpf would refuse them with a
+    bare EINVAL."""
+    for name in abi.POLICY_ARRAYS:
+        if not pins[name].exists():
+            continue
+        fd = obj_get(str(pins[name]))
+        try:
+            map_type = map_info(fd).type
+        finally:
+            os.close(fd)
+        if map_type != lib.BPF_MAP_TYPE_ARRAY_OF_MAPS:
+            raise InterfaceError(f"{pins[name]} was pinned by an older edgewarden, which wrote {name} in place; "
+                                 "this one swaps it whole (a map-in-map): run edgewarden detach and attach "
+                                 "again to recreate the maps (enforcement stops in between)")
+
+
 def open_pinned_maps(pin_dir: Path, names=None) -> dict[str, BpfMap]:
     """The live maps of an attached interface (those of `names`, all by
     default), without loading anything."""
     maps = {}
     try:
         for name in names or abi.MAP_LAYOUTS:
-            key_type, value_type = abi.MAP_LAYOUTS[name]
             path = pin_dir / name
-            maps[name] = BpfMap.from_pin(str(path), name, key_type, value_type, percpu=name in abi.PERCPU_MAPS)
+            maps[name] = open_typed_map(name, lambda k, v, path=path, name=name: BpfMap.from_pin(
+                str(path), name, k, v, percpu=name in abi.PERCPU_MAPS))
     except Exception:
         for m in maps.values():
             m.close()

@@ -45,9 +45,12 @@ static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map
         return ew_exact_lookup_n(s->port_blocks, key, 8);
     if (map == (void *)&ew_tenants)
         return ew_exact_lookup_n(s->tenants, key, 4);
+    /* Outer map-in-map slot 0: the inner table of this snapshot (a
+     * published snapshot never changes, so every packet sees one whole). */
     if (map == (void *)&ew_config)
         return *(const __u32 *)key == 0 ? (void *)&s->config : NULL;
-    /* Outer map-in-map slot 0: the inner table of this snapshot. */
+    if (map == (void *)&ew_flood_policies)
+        return *(const __u32 *)key == 0 ? (void *)s->flood_policies : NULL;
     if (map == (void *)&ew_gblock_v4)
         return *(const __u32 *)key == 0 ? (void *)s->gblock_v4 : NULL;
     if (map == (void *)&ew_tblock_v4)
@@ -66,7 +69,10 @@ static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map
         }
         return &v->counters[index];
     }
-    if (map == (void *)&ew_flood_policies) {
+    /* The policy arrays, as returned by their outer lookups above. */
+    if (map == (void *)&s->config)
+        return *(const __u32 *)key == 0 ? (void *)&s->config : NULL;
+    if (map == (void *)s->flood_policies) {
         index = *(const __u32 *)key;
         return index < s->slots ? &s->flood_policies[index] : NULL;
     }
