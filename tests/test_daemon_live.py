@@ -20,6 +20,7 @@ import pytest
 
 from agent.lab import EdgeLab, in_namespace
 from daemon_harness import DaemonProcess, NotifySocket, free_port, tshark_frames, write_config
+from waiting import wait_until
 
 pytestmark = pytest.mark.live
 
@@ -65,8 +66,9 @@ def test_ready_only_when_enforcing_then_status_watchdog_and_stop(lab, tmp_path):
         assert "no interface 'ewmissing9'" in missing["error"]
         assert lab.ping(PEER, VIP)                   # the other interface enforces (and passes) traffic
         beats = notify.count("WATCHDOG")
-        time.sleep(1.5)
-        assert notify.count("WATCHDOG") >= beats + 3   # every 0.3 s, from the loop
+        # every 0.3 s, from the loop: three within 1.5 s (waited for, not slept out)
+        wait_until(lambda: notify.count("WATCHDOG"), lambda n: n >= beats + 3, timeout=1.5,
+                   what="three watchdog beats", interval=0.02)
         before_stop = len(notify.messages)
         assert daemon.stop() == 0
         notify.wait_for("STOPPING", "1", after=before_stop, timeout=5)

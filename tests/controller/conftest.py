@@ -3,6 +3,7 @@ PostgreSQL, a throwaway cluster started once per session and stopped at the
 end. A missing server fails these tests; it never skips them."""
 
 import itertools
+import sqlite3
 
 import pytest
 
@@ -35,10 +36,31 @@ def postgres_cluster():
     cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory):
+    """A SQLite store migrated from empty once per session; each test gets a
+    copy of it, as each PostgreSQL test gets a copy of ew_template (migrating
+    every test's store from empty cost a quarter second each, and the CLI and
+    controller processes a test starts then found it migrated already)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "controller.db"
+    engine = open_engine(f"sqlite:///{path}")
+    migrate(engine)
+    engine.dispose()
+    return path
+
+
 @pytest.fixture(params=BACKENDS)
 def store_url(request, tmp_path):
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'controller.db'}"
+        path = tmp_path / "controller.db"
+        # the backup API copies a consistent image whatever the WAL holds
+        source, copy = sqlite3.connect(request.getfixturevalue("sqlite_template")), sqlite3.connect(path)
+        try:
+            source.backup(copy)
+        finally:
+            source.close()
+            copy.close()
+        return f"sqlite:///{path}"
     cluster = request.getfixturevalue("postgres_cluster")
     return cluster.create_database(f"ew_test_{next(_numbers)}", template="ew_template")
 

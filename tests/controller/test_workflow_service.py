@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller_support import controller_process
+from controller.store import open_engine
+from controller_support import controller_process, make_token
 from test_workflow_notify import Receiver, smtp_relay  # noqa: F401  (the relay fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,10 +47,12 @@ def service(store_url, tmp_path, smtp_relay):  # noqa: F811
     config = tmp_path / "controller.toml"
     config.write_text(f'[workflow]\nrules = "{rules}"\nworkflow_interval_seconds = 0.1\n')
     base = dict(os.environ, EDGEWARDEN_CLIENT_CONFIG=str(tmp_path / "absent.toml"))
-    tokens = {}
-    for name, role in (("root", "admin"), ("alice", "operator")):
-        tokens[name] = cli("controller", "token", "create", "--db", store_url, "--name", name, "--role", role,
-                           env=base).stdout.strip()
+    # The tokens are made in this process: `controller token create` is the
+    # CLI fixture's (test_controller_cli); two more interpreters per test here
+    # only cost time.
+    engine = open_engine(store_url)
+    tokens = {name: make_token(engine, name, role) for name, role in (("root", "admin"), ("alice", "operator"))}
+    engine.dispose()
     with controller_process(config, store_url, tmp_path) as url:
         env = {name: dict(base, EDGEWARDEN_CONTROLLER=url, EDGEWARDEN_TOKEN=token) for name, token in tokens.items()}
         yield {"url": url, "env": env, "box": box, "hook": hook, "tokens": tokens, "tmp": tmp_path, "rules": rules}
