@@ -5,9 +5,21 @@ and termination only on an admin's confirmation. A library over the
 controller's store, audit chain and revisions; its HTTP routes are
 controller.workflow.api, its commands controller.workflow.cli."""
 
-from controller.workflow.clock import Clock, ManualClock, SystemClock
-from controller.workflow.ladder import IncidentReport, Workflow
-from controller.workflow.rules import DEFAULT_RULES, RuleBook, Rules, RulesError, load_rules
+import importlib
 
-__all__ = ["Clock", "DEFAULT_RULES", "IncidentReport", "ManualClock", "RuleBook", "Rules", "RulesError",
-           "SystemClock", "Workflow", "load_rules"]
+# Imported on first use (PEP 562): every `edgewarden` command line loads
+# controller.workflow.cli, and the ladder's store and models (SQLAlchemy,
+# pydantic) would add about 0.3 s to each, agent commands included.
+_EXPORTS = {
+    "Clock": "clock", "ManualClock": "clock", "SystemClock": "clock",
+    "IncidentReport": "ladder", "Workflow": "ladder",
+    "DEFAULT_RULES": "rules", "RuleBook": "rules", "Rules": "rules", "RulesError": "rules", "load_rules": "rules",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

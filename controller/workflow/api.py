@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from controller.store import reading
 from controller.tokens import Role
 from controller.workflow import notify
-from controller.workflow.ladder import STATES, IncidentReport, Workflow
-from controller.workflow.rules import KINDS, RulesError, describe
+from controller.workflow.ladder import IncidentReport, Workflow
+from controller.workflow.rules import RulesError, describe
+from controller.workflow.vocabulary import KINDS, STATES
 from controller.errors import Invalid, Problem
 
 Kind = Literal[tuple(KINDS)]   # type: ignore[valid-type]

@@ -118,8 +118,7 @@ def cmd_rules_check(args) -> int:
 
 def add_commands(sub, tenant_sub) -> None:
     """`sub`: the edgewarden subparsers; `tenant_sub`: the `tenant` command's subparsers."""
-    from controller.workflow.ladder import STATES
-    from controller.workflow.rules import KINDS
+    from controller.workflow.vocabulary import KINDS, STATES
 
     p = _cmd(tenant_sub, "terminate", cmd_tenant_terminate,
              "terminate a tenant's CDN access (admin; clause 八): it leaves every agent's policy, its records stay")

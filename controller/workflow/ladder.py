@@ -18,7 +18,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, func, insert, or_, select, update
 
 from controller import audit, registry, schema as cschema
 from controller.errors import Conflict, Forbidden, Invalid, NotFound, Problem
@@ -27,18 +27,10 @@ from controller.store import reading, writing
 from controller.tokens import Role
 from controller.workflow import changes, notify, schema
 from controller.workflow.clock import Clock, SystemClock
-from controller.workflow.rules import KINDS, SEVERITIES, KindRule, RuleBook, Rules
+from controller.workflow.rules import KindRule, RuleBook, Rules
+from controller.workflow.vocabulary import (ESCALATED, KINDS, OPEN, REMEDIATING, RESOLVED, SEVERITIES, TRANSITIONS,
+                                            WARNED)
 
-OPEN, WARNED, REMEDIATING, RESOLVED, ESCALATED = "open", "warned", "remediating", "resolved", "escalated"
-STATES = (OPEN, WARNED, REMEDIATING, RESOLVED, ESCALATED)
-# the state machine: from -> the states a case may go to
-TRANSITIONS = {
-    OPEN: {WARNED, REMEDIATING, ESCALATED, RESOLVED},
-    WARNED: {REMEDIATING, ESCALATED, RESOLVED},
-    REMEDIATING: {WARNED, ESCALATED, RESOLVED},   # back to warned: it happened again before the case closed
-    ESCALATED: {RESOLVED},                        # an admin terminates the tenant, or closes the case
-    RESOLVED: set(),
-}
 RESOLUTIONS = ("remediated", "dismissed", "terminated")
 SOURCES = ("agent", "operator", "complaint")
 SUSPENDING = ("suspend", "suspend_temporarily")

@@ -14,16 +14,8 @@ from typing import Any
 
 from controller.blocklists import parse_port_rule
 from controller.errors import Invalid
+from controller.workflow.vocabulary import KINDS
 
-# The agreement's kinds of breach, with the clauses that define them and say what to do.
-KINDS = {
-    "illegal_content": "二, 七.1",
-    "network_attack": "三.1, 七.2",
-    "virus": "三.2, 七.3",
-    "spam": "三.3, 七.4",
-    "false_filing": "十",
-}
-SEVERITIES = ("normal", "severe")
 
 # The ladder's steps. Each is one change to the controller (a policy revision)
 # or one message; controller.workflow.ladder carries them out.
