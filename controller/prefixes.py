@@ -18,6 +18,11 @@ def prefix_set(texts: Iterable[str]) -> PrefixSet:
     return parse_blocklist(data).prefixes if data else PrefixSet()
 
 
+def prefix_set_of_lines(text: str) -> PrefixSet:
+    """prefix_set of the texts in `text`, one a line."""
+    return parse_blocklist(text.encode()).prefixes if text else PrefixSet()
+
+
 def _v6_text(raw: bytes) -> str:
     # inet_ntop writes IPv4-mapped and -compatible addresses with a dotted quad
     # (::ffff:1.2.3.4); agent.policy's documents are written by ipaddress

@@ -17,7 +17,7 @@ from agent._prefixes import PrefixSet
 from agent.policy import PolicyError, policy_from_document, policy_to_document
 from controller import audit, schema
 from controller.errors import Invalid, NotFound, Problem
-from controller.prefixes import TextsCache, prefix_set, prefix_texts
+from controller.prefixes import TextsCache, prefix_set, prefix_set_of_lines, prefix_texts
 from controller.store import reading, utcnow, writing
 
 SYSTEM_OPERATOR = "controller"
@@ -36,18 +36,25 @@ def _active_entries(kind: str):
 ACTIVE_SOURCES_SQL = ("SELECT e.tenant_id, e.prefix FROM block_entries e JOIN block_batches b ON e.batch_id = b.id "
                       "WHERE e.kind = 'source' AND e.removed_at IS NULL AND b.expired_at IS NULL")
 
+# each scope's active source prefixes as one text, a prefix a line (in no particular order)
+ACTIVE_SOURCES_BY_SCOPE_SQL = {
+    dialect: (f"SELECT e.tenant_id, {joined} FROM block_entries e JOIN block_batches b ON e.batch_id = b.id "
+              "WHERE e.kind = 'source' AND e.removed_at IS NULL AND b.expired_at IS NULL GROUP BY e.tenant_id")
+    for dialect, joined in (("sqlite", "group_concat(e.prefix, char(10))"),
+                            ("postgresql", "string_agg(e.prefix, E'\\n')"))}
+
 
 def compile_document(conn: Connection, revision: int) -> tuple[dict, dict]:
     """The policy document of the registry as it is in this transaction, with
     the source lists left empty, and those lists as compiled PrefixSets by
     tenant id (None: the global list)."""
-    sources: dict[int | None, list[str]] = defaultdict(list)
-    # a million rows: straight from the driver's cursor, no Row object each
+    # a million rows: joined into one text per scope by the database (the
+    # list parser's input as it is), straight from the driver's cursor; a
+    # row per prefix through Python was ~1.9 s of a revision on a 1M list
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.execute(ACTIVE_SOURCES_SQL)
-        for tenant_id, prefix in cursor.fetchall():
-            sources[tenant_id].append(prefix)
+        cursor.execute(ACTIVE_SOURCES_BY_SCOPE_SQL[conn.dialect.name])
+        sources = dict(cursor.fetchall())
     finally:
         cursor.close()
     ports: dict[int | None, set[str]] = defaultdict(set)
@@ -66,7 +73,7 @@ def compile_document(conn: Connection, revision: int) -> tuple[dict, dict]:
         if row["watch"]:   # the watch list (controller.workflow), for the agents' sampling
             doc["watch"] = True
         tenants.append(doc)
-    sets = {scope: prefix_set(texts) for scope, texts in sources.items()}
+    sets = {scope: prefix_set_of_lines(text) for scope, text in sources.items()}
     return {"revision": revision, "global": {"blocked_sources": []}, "tenants": tenants}, sets
 
 
