@@ -142,12 +142,10 @@ class Distributor:
         self.latest = bundle
         self.cache.get(bundle)   # encoded once, here, before any connection asks
         # an emergency block a revision now carries needs no separate resend to new agents
-        # (the set of every CIDR text costs ~2 s on a 1M list: made only when there is one)
-        if self.emergencies:
-            carried = {cidr for lst in bundle.lists.values() for cidr in lst.cidrs()}
-            for eid, block in list(self.emergencies.items()):
-                if all(p in carried for p in block.prefixes):
-                    del self.emergencies[eid]
+        # (a bisect per prefix: the set of every CIDR text it replaces took ~1.6 s on a 1M list)
+        for eid, block in list(self.emergencies.items()):
+            if all(any(lst.has_cidr(p) for lst in bundle.lists.values()) for p in block.prefixes):
+                del self.emergencies[eid]
         return True
 
     async def _watch_loop(self) -> None:

@@ -1,18 +1,22 @@
 """The shortcuts that keep a revision on a large list cheap give exactly the
 bytes of the long way: the list texts kept between compiles (never stale,
 whoever changed the store), the document dumped to JSON once for its digest
-and its stored copy, and the hub's natively parsed bundle."""
+and its stored copy, the hub's natively parsed bundle, and its check of
+which emergency blocks a revision carries."""
 
+import asyncio
 import json
 import subprocess
 import sys
 import textwrap
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from agent.wire import PolicyBundle
+from agent.wire import BundleSigner, PolicyBundle
 from controller import blocklists, registry, revisions, schema
 from controller.distribution.bundles import bundle_from_document
+from controller.distribution.hub import Distributor
 from controller.models import TenantCreate
 from controller.prefixes import TextsCache, prefix_set, prefix_texts
 from controller.store import reading, writing
@@ -133,3 +137,18 @@ def test_the_hubs_bundle_equals_from_document_for_lists_that_are_not_compiled_se
                     ["2001:db8::/32", "198.51.100.0/24"]):       # families out of order
         _same_bundle({"revision": 3, "global": {"blocked_sources": sources},
                       "tenants": [{"id": 4, "name": "t", "blocked_sources": sources}]})
+
+
+def test_the_hub_serves_the_stored_revision_and_drops_the_emergency_blocks_it_carries(engine):
+    signer = BundleSigner(Ed25519PrivateKey.generate())
+    hub = Distributor(engine, signer, name="test")
+    carried = signer.emergency("e-carried", ["198.51.100.0/24", "2001:db8::/48"], "attack")
+    written_otherwise = signer.emergency("e-other", ["198.51.100.0/24", "2001:db8:0::/48"], "attack")
+    not_carried = signer.emergency("e-not", ["192.0.2.1/32"], "attack")
+    hub.emergencies = {b.emergency_id: b for b in (carried, written_otherwise, not_carried)}
+    _add(engine, ["198.51.100.0/24", "2001:db8::/48", "203.0.113.7"])
+    assert asyncio.run(hub._refresh())
+    document, _ = _head_document(engine)
+    _same_bundle(document)
+    assert hub.latest.digest == PolicyBundle.from_document(document).digest
+    assert sorted(hub.emergencies) == ["e-not", "e-other"]   # "2001:db8:0::/48" is not the list's text
