@@ -65,9 +65,11 @@ class _Counters:
             return None
         return self._slots.get(slot, bytes(self.value_size))
 
-    def array_values(self) -> memoryview:
+    def array_values(self, entries: int | None = None) -> memoryview:
+        """The first `entries` slots (all by default), as BpfMap.array_values."""
+        entries = self.max_entries if entries is None else min(entries, self.max_entries)
         empty = bytes(self.value_size)
-        return memoryview(b"".join(self._slots.get(slot, empty) for slot in range(self.max_entries)))
+        return memoryview(b"".join(self._slots.get(slot, empty) for slot in range(entries)))
 
     def items(self) -> dict[bytes, bytes]:
         return {struct.pack("=I", slot): self.lookup(struct.pack("=I", slot)) for slot in range(self.max_entries)}

@@ -21,18 +21,38 @@
 #include <errno.h>
 #include "table_lookup.h"
 
-/* The view of the lcore running this thread (initial-exec: one %fs load). */
-static __thread const struct ew_view *current_view __attribute__((tls_model("initial-exec")));
+/* The first word of a map or table, read whatever its type. */
+typedef void *__attribute__((may_alias)) ew_first_word;
+
+/* The view of the lcore running this thread, a copy made per burst
+ * (initial-exec: one %fs load reaches a field, where a pointer to the view
+ * cost a second dependent load in every map lookup). */
+static __thread struct ew_view current_view __attribute__((tls_model("initial-exec")));
 /* Tracing: the packet's counters go to a scratch block first, to see what it moved. */
 static __thread struct ew_counters trace_scratch __attribute__((tls_model("initial-exec")));
 static __thread int64_t trace_slot __attribute__((tls_model("initial-exec")));
 
 static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map, const void *key)
 {
-    const struct ew_view *v = current_view;
+    const struct ew_view *v = &current_view;
     const struct ew_snapshot *s = v->snapshot;
     __u32 index;
 
+    /* What the outer lookups below return, tested first: otherwise a
+     * (run-time) inner address went through every comparison with a named
+     * map first, several times a packet. A block table is known by its
+     * first word, which points at itself (a named map's first word is its
+     * NULL `type`); the policy arrays by their addresses in the snapshot.
+     * For the named maps the comparisons further down fold away, so these
+     * few tests are all they pay. */
+    if (map && *(const ew_first_word *)map == map)
+        return ew_table_find(map, key);
+    if (map == (void *)&s->config)
+        return *(const __u32 *)key == 0 ? (void *)&s->config : NULL;
+    if (map == (void *)s->flood_policies) {
+        index = *(const __u32 *)key;
+        return index < s->slots ? &s->flood_policies[index] : NULL;
+    }
     if (map == (void *)&ew_vips_v4)
         return ew_exact_lookup_n(s->vips_v4, key, 4);
     if (map == (void *)&ew_vip_ports_v4)
@@ -69,13 +89,6 @@ static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map
         }
         return &v->counters[index];
     }
-    /* The policy arrays, as returned by their outer lookups above. */
-    if (map == (void *)&s->config)
-        return *(const __u32 *)key == 0 ? (void *)&s->config : NULL;
-    if (map == (void *)s->flood_policies) {
-        index = *(const __u32 *)key;
-        return index < s->slots ? &s->flood_policies[index] : NULL;
-    }
     if (map == (void *)&ew_buckets) {
         index = *(const __u32 *)key;
         return index < v->slots * EW_BUCKET_KINDS ? &v->buckets[index] : NULL;
@@ -91,17 +104,16 @@ static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map
     }
     /* Not kept by this engine: the datapath then walks the block tables
      * without the prefilter and takes tenant-wide tokens under the lock. */
-    if (map == (void *)&ew_prefilter_v4 || map == (void *)&ew_bucket_shares)
+    if (map == (void *)&ew_prefilter_v4 || map == (void *)&ew_bucket_shares || map == (void *)&ew_vip_heads_v4)
         return NULL;
-    /* An inner table returned by one of the outer lookups above. */
-    return ew_table_find(map, key);
+    return NULL;
 }
 
 static inline long bpf_map_update_elem(void *map, const void *key, const void *value, __u64 flags)
 {
     /* The datapath writes only its per-source buckets (with BPF_NOEXIST). */
     if (map == (void *)&ew_source_buckets && flags == BPF_NOEXIST)
-        return ew_source_cache_insert(current_view->sources, key, value) ? -EEXIST : 0;
+        return ew_source_cache_insert(current_view.sources, key, value) ? -EEXIST : 0;
     return -EINVAL;
 }
 
@@ -150,7 +162,7 @@ static inline long bpf_xdp_store_bytes(struct ew_frame *ctx, __u32 offset, void 
  * (the lcore is its only writer; the agent's reader moves the tail). */
 static inline void *bpf_ringbuf_reserve(void *ringbuf, __u64 size, __u64 flags)
 {
-    struct ew_sample_ring *ring = current_view->samples;
+    struct ew_sample_ring *ring = current_view.samples;
     uint32_t head;
 
     (void)ringbuf, (void)flags;
@@ -164,7 +176,7 @@ static inline void *bpf_ringbuf_reserve(void *ringbuf, __u64 size, __u64 flags)
 
 static inline void bpf_ringbuf_submit(void *data, __u64 flags)
 {
-    struct ew_sample_ring *ring = current_view->samples;
+    struct ew_sample_ring *ring = current_view.samples;
 
     (void)data, (void)flags;
     __atomic_store_n(&ring->head, ring->head + 1, __ATOMIC_RELEASE);
@@ -253,9 +265,12 @@ static void trace_packet(struct ew_view *view, uint32_t action)
         trace->entries[trace->count++] = entry;
 }
 
-void ew_judge_burst(struct ew_view *view, struct ew_frame_ref *frames, uint32_t count)
+/* flatten: the whole program inlined into the burst loop, as the BPF JIT
+ * sees one program; the packet facts and tenant then live in registers
+ * rather than being passed by pointer to ew_packet_verdict per packet. */
+__attribute__((flatten)) void ew_judge_burst(struct ew_view *view, struct ew_frame_ref *frames, uint32_t count)
 {
-    current_view = view;
+    current_view = *view;
     for (uint32_t i = 0; i < count; i++) {
         struct ew_frame ctx = {
             .data = (unsigned long)frames[i].data,

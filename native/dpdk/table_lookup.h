@@ -63,7 +63,7 @@ static inline __attribute__((always_inline)) void *ew_exact_lookup_n(const struc
     return found ? t->values + (size_t)i * t->value_size : NULL;
 }
 
-void *ew_lpm_lookup(const struct ew_table *t, const void *key);
+EW_LEAF void *ew_lpm_lookup(const struct ew_table *t, const void *key);
 
 /* Any table, by its own key size: the common sizes get constant-size code. */
 static inline __attribute__((always_inline)) void *ew_table_find(const struct ew_table *t, const void *key)

@@ -44,6 +44,7 @@ struct ew_table *ew_table_build(uint32_t kind, uint32_t key_size, uint32_t value
     }
     while (capacity < 2 * (uint64_t)count)
         capacity <<= 1;
+    t->self = t;
     t->kind = kind;
     t->key_size = key_size;
     t->value_size = value_size;

@@ -19,6 +19,10 @@ enum ew_table_kind {
 
 /* Open addressing, linear probing; built once, then read-only. */
 struct ew_table {
+    /* Itself: on the packet path an inner table (what an outer map's slot 0
+     * returns) is told from a named map by this first word, which in a map
+     * definition is its `type` (bpf_shim.h's __uint), a NULL pointer. */
+    const struct ew_table *self;
     uint32_t kind;
     uint32_t key_size;
     uint32_t value_size;
@@ -105,14 +109,19 @@ struct ew_view {
     uint32_t port;                              /* the burst's port: a sample's ifindex */
 };
 
+/* Functions the packet path calls in other files, none of which calls back
+ * into datapath.c: `leaf` lets the compiler keep the lcore's view (a
+ * static of datapath.c) in registers across them. */
+#define EW_LEAF __attribute__((leaf))
+
 struct ew_table *ew_table_build(uint32_t kind, uint32_t key_size, uint32_t value_size, const void *keys,
                                 const void *values, uint32_t count, char *error, size_t error_size);
 void ew_table_free(struct ew_table *table);
 
 int ew_source_cache_init(struct ew_source_cache *cache, uint32_t entries);
 void ew_source_cache_free(struct ew_source_cache *cache);
-void *ew_source_cache_lookup(struct ew_source_cache *cache, const struct ew_source_key *key);
-int ew_source_cache_insert(struct ew_source_cache *cache, const struct ew_source_key *key,
+EW_LEAF void *ew_source_cache_lookup(struct ew_source_cache *cache, const struct ew_source_key *key);
+EW_LEAF int ew_source_cache_insert(struct ew_source_cache *cache, const struct ew_source_key *key,
                            const struct ew_source_bucket *value);
 
 struct ew_snapshot *ew_snapshot_new(uint32_t slots);
@@ -132,7 +141,7 @@ struct ew_frame_ref {
 };
 
 /* worker.c: `length` bytes at `offset` of a (multi-segment) packet; 0 if it is shorter. */
-int ew_packet_read(void *packet, uint32_t offset, uint32_t length, void *out);
+EW_LEAF int ew_packet_read(void *packet, uint32_t offset, uint32_t length, void *out);
 
 /* datapath.c: the XDP program's verdict for each frame of a burst. */
 void ew_judge_burst(struct ew_view *view, struct ew_frame_ref *frames, uint32_t count);
@@ -140,7 +149,7 @@ void ew_judge_burst(struct ew_view *view, struct ew_frame_ref *frames, uint32_t 
 /* The test clock: when set (nonzero), bpf_ktime_get_ns returns it, so a
  * test can hold rate limits to the reference model's arithmetic. */
 void ew_set_test_clock(uint64_t ns);
-uint64_t ew_clock_ns(void);
+EW_LEAF uint64_t ew_clock_ns(void);
 void ew_clock_init(uint64_t tsc_hz);
 
 #endif /* EW_DPDK_TABLES_H */
