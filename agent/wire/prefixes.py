@@ -135,6 +135,17 @@ class PrefixList:
             for record in self.records(family):
                 yield f"{socket.inet_ntop(inet, record[:size - 1])}/{record[-1]}"
 
+    def has_cidr(self, text: str) -> bool:
+        """Whether `text` is one of cidrs(), exactly as written: a bisect, not a pass over the list."""
+        try:
+            net = ipaddress.ip_network(text)
+        except ValueError:
+            return False
+        family, record = _record(net)
+        records = _Records(self.block(family), RECORD_SIZE[family])
+        i = bisect.bisect_left(records, record)
+        return i < len(records) and records[i] == record and _show(family, record) == text
+
     def networks(self) -> Iterator:
         return (ipaddress.ip_network(c) for c in self.cidrs())
 

@@ -35,6 +35,7 @@ from agent.wire.messages import message_to_wire
 from agent.wire.transport import frame_priority
 from controller import schema as cschema
 from controller.distribution import nodes, reports, schema
+from controller.distribution.bundles import bundle_from_document
 from controller.revisions import load_document
 from controller.store import on_new_revision, reading, utcnow, writing
 
@@ -110,7 +111,7 @@ class Distributor:
     def _load_bundle(self, revision: int) -> PolicyBundle:
         with reading(self.engine) as conn:
             document = load_document(conn, revision)
-        return PolicyBundle.from_document(document)
+        return bundle_from_document(document)   # PolicyBundle.from_document's bundle, parsed natively
 
     async def bundle(self, revision: int) -> PolicyBundle | None:
         if revision in self.bundles:
@@ -141,9 +142,9 @@ class Distributor:
         self.latest = bundle
         self.cache.get(bundle)   # encoded once, here, before any connection asks
         # an emergency block a revision now carries needs no separate resend to new agents
-        carried = {cidr for lst in bundle.lists.values() for cidr in lst.cidrs()}
+        # (a bisect per prefix: the set of every CIDR text it replaces took ~1.6 s on a 1M list)
         for eid, block in list(self.emergencies.items()):
-            if all(p in carried for p in block.prefixes):
+            if all(any(lst.has_cidr(p) for lst in bundle.lists.values()) for p in block.prefixes):
                 del self.emergencies[eid]
         return True
 
