@@ -17,7 +17,7 @@ import bisect
 from agent._prefixes import PrefixSet
 from agent.datapath.named_lists import ListId
 from agent.wire import PrefixList
-from agent.wire.prefixes import ADDRESS_BITS, RECORD_SIZE
+from agent.wire.prefixes import ADDRESS_BITS, RECORD_SIZE, PackedRecords
 
 
 def list_id(key: str) -> ListId:
@@ -32,28 +32,11 @@ def only_list_entries(delta) -> bool:
     return not (delta.document or delta.tenants_set or delta.tenants_removed or delta.lists_removed)
 
 
-class _Records:
-    """The records of one family of a PrefixList, as a sequence for bisect."""
-
-    def __init__(self, data: bytes, size: int):
-        self.data, self.size = data, size
-
-    def __len__(self) -> int:
-        return len(self.data) // self.size
-
-    def __getitem__(self, i: int) -> bytes:
-        return self.data[i * self.size:(i + 1) * self.size]
-
-    def has(self, record: bytes) -> bool:
-        i = bisect.bisect_left(self, record)
-        return i < len(self) and self[i] == record
-
-
 def prefix_listed(prefixes: PrefixList, cidr: str) -> bool:
     """True when `cidr` is one of the records of `prefixes`."""
     record = PrefixList.from_networks([cidr])
     family = 4 if record.v4 else 6
-    return _Records(prefixes.block(family), RECORD_SIZE[family]).has(record.block(family))
+    return PackedRecords(prefixes.block(family), RECORD_SIZE[family]).has(record.block(family))
 
 
 def _lengths_present(data: bytes, size: int, bits: int) -> list[int]:
@@ -75,7 +58,7 @@ def compiled_change(new_list: PrefixList, added: PrefixList, removed: PrefixList
             continue
         size, bits = RECORD_SIZE[family], ADDRESS_BITS[family]
         data = new_list.block(family)
-        records = _Records(data, size)
+        records = PackedRecords(data, size)
         lengths = _lengths_present(data, size, bits)
         for record in removed.records(family):
             address, length = int.from_bytes(record[:-1], "big"), record[-1]

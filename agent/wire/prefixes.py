@@ -28,7 +28,7 @@ class PrefixListError(ValueError):
     """Packed records that are not a valid list; the message names the family and the record."""
 
 
-class _Records:
+class PackedRecords:
     """The records of one family as a sequence of bytes, for bisect."""
 
     def __init__(self, data: bytes, size: int):
@@ -39,6 +39,10 @@ class _Records:
 
     def __getitem__(self, i: int) -> bytes:
         return self.data[i * self.size:(i + 1) * self.size]
+
+    def has(self, record: bytes) -> bool:
+        i = bisect.bisect_left(self, record)
+        return i < len(self) and self[i] == record
 
 
 def _record(network) -> tuple[int, bytes]:
@@ -142,9 +146,7 @@ class PrefixList:
         except ValueError:
             return False
         family, record = _record(net)
-        records = _Records(self.block(family), RECORD_SIZE[family])
-        i = bisect.bisect_left(records, record)
-        return i < len(records) and records[i] == record and _show(family, record) == text
+        return PackedRecords(self.block(family), RECORD_SIZE[family]).has(record) and _show(family, record) == text
 
     def networks(self) -> Iterator:
         return (ipaddress.ip_network(c) for c in self.cidrs())
@@ -157,7 +159,7 @@ class PrefixList:
         blocks = []
         for family in (4, 6):
             data, size = self.block(family), RECORD_SIZE[family]
-            records = _Records(data, size)
+            records = PackedRecords(data, size)
             cuts: list[tuple[int, int, bytes]] = []   # (at, records to skip, bytes to insert)
             for record in removed.records(family):
                 i = bisect.bisect_left(records, record)
