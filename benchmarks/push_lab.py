@@ -9,58 +9,18 @@ from __future__ import annotations
 
 import ctypes
 import os
-import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
-from agent.lab.topology import Topology, TopologyLab, in_netns
 from agent.policy import policy_from_document, policy_to_toml
 from daemon_harness import DaemonProcess, write_config
+from fleet_support import LAB_EDGES, FleetLab, controller_address  # noqa: F401 (controller_address: for bench_push)
 
-VIP = "203.0.113.10"
-PEER = "198.51.100.1"          # each peer namespace's address: a block of it stops that edge's ping
-EDGES = (1, 2)
+EDGES = LAB_EDGES
 CLONE_NEWNET = 0x40000000
 EMPTY_POLICY = policy_to_toml(policy_from_document({"revision": 0, "global": {}, "tenants": []}, "empty"))
-
-
-def controller_address(n: int) -> str:
-    """Where edge n dials the controller: the controller's end of their /30."""
-    return f"192.0.2.{4 * n - 3}"
-
-
-class PushLab(TopologyLab):
-    """ctl (controller and simulated agents) --veth-- edgeN --veth-- peerN, for N = 1, 2."""
-
-    def __init__(self):
-        self.tag = secrets.token_hex(2)
-        t = self.topology = Topology(self.tag, ("ctl", *(f"{role}{n}" for n in EDGES for role in ("edge", "peer"))))
-        self.edge_if: dict[int, str] = {}
-        for n in EDGES:
-            peer_if, edge_if = f"ebp{n}{self.tag}", f"ebe{n}{self.tag}"
-            ctl_side, edge_side = f"ebc{n}{self.tag}", f"ebk{n}{self.tag}"
-            self.edge_if[n] = edge_if
-            t.veth(f"peer{n}", peer_if, f"edge{n}", edge_if)
-            t.veth("ctl", ctl_side, f"edge{n}", edge_side)
-            t.address(f"edge{n}", edge_if, "198.51.100.254/24")
-            t.address(f"edge{n}", "lo", f"{VIP}/32")
-            t.link_up(f"edge{n}", edge_if)
-            t.address(f"peer{n}", peer_if, f"{PEER}/24")
-            t.link_up(f"peer{n}", peer_if)
-            t.peer_program(f"peer{n}", peer_if, "lab_peer_pass")
-            t.route(f"peer{n}", "203.0.113.0/24", "198.51.100.254")
-            t.address("ctl", ctl_side, f"{controller_address(n)}/30")
-            t.address(f"edge{n}", edge_side, f"192.0.2.{4 * n - 2}/30")
-            t.link_up("ctl", ctl_side)
-            t.link_up(f"edge{n}", edge_side)
-
-    def ns(self, role: str) -> str:
-        return self.topology.ns[role]
-
-    def ping(self, n: int) -> bool:
-        """Does the peer of edge n reach the VIP through edge n's XDP (two echoes, 1 s to answer)?"""
-        return in_netns(self.ns(f"peer{n}"), ["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", "-I", PEER, VIP],
-                        check=False).returncode == 0
+# ctl (controller and simulated agents) --veth-- edgeN --veth-- peerN: the tests' two-edge lab
+PushLab = FleetLab
 
 
 def node_name(n: int) -> str:

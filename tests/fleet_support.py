@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.lab.topology import Topology, TopologyLab, in_netns
 from agent.wire import (
     Ack, BundleVerifier, ConnectionClosed, DeltaError, DeltaReceived, DigestReport, DigestRequest, EmergencyAck,
     EmergencyReceived, Hello, IncidentAck, IncidentReport, Reject, RevisionRejected, SnapshotReceived, apply_delta,
@@ -244,3 +246,50 @@ async def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+# -- the two-edge lab -------------------------------------------------------
+LAB_VIP = "203.0.113.10"
+LAB_PEER = "198.51.100.1"      # each peer namespace's address: a block of it stops that edge's ping
+LAB_EDGES = (1, 2)
+
+
+def controller_address(n: int) -> str:
+    """Where edge n dials the controller: the controller's end of their /30."""
+    return f"192.0.2.{4 * n - 3}"
+
+
+class FleetLab(TopologyLab):
+    """ctl (the controller) --veth-- edgeN --veth-- peerN, for N = 1, 2: each
+    edge's agent dials the controller over its own link (which a test can
+    cut), and its peer reaches the VIP through the edge's XDP."""
+
+    def __init__(self):
+        self.tag = secrets.token_hex(2)
+        t = self.topology = Topology(self.tag, ("ctl", *(f"{role}{n}" for n in LAB_EDGES for role in ("edge", "peer"))))
+        self.edge_if, self.ctl_if = {}, {}
+        for n in LAB_EDGES:
+            peer_if, edge_if = f"ewp{n}{self.tag}", f"ewe{n}{self.tag}"
+            ctl_side, edge_side = f"ewc{n}{self.tag}", f"ewk{n}{self.tag}"
+            self.edge_if[n], self.ctl_if[n] = edge_if, ctl_side
+            t.veth(f"peer{n}", peer_if, f"edge{n}", edge_if)
+            t.veth("ctl", ctl_side, f"edge{n}", edge_side)
+            t.address(f"edge{n}", edge_if, "198.51.100.254/24")
+            t.address(f"edge{n}", "lo", f"{LAB_VIP}/32")
+            t.link_up(f"edge{n}", edge_if)
+            t.address(f"peer{n}", peer_if, f"{LAB_PEER}/24")
+            t.link_up(f"peer{n}", peer_if)
+            t.peer_program(f"peer{n}", peer_if, "lab_peer_pass")
+            t.route(f"peer{n}", "203.0.113.0/24", "198.51.100.254")
+            t.address("ctl", ctl_side, f"{controller_address(n)}/30")
+            t.address(f"edge{n}", edge_side, f"192.0.2.{4 * n - 2}/30")
+            t.link_up("ctl", ctl_side)
+            t.link_up(f"edge{n}", edge_side)
+
+    def ns(self, role: str) -> str:
+        return self.topology.ns[role]
+
+    def ping(self, n: int) -> bool:
+        """Does the peer of edge n reach the VIP through edge n's XDP (two echoes, 1 s to answer)?"""
+        return in_netns(self.ns(f"peer{n}"), ["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", "-I", LAB_PEER,
+                                              LAB_VIP], check=False).returncode == 0

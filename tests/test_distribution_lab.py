@@ -10,7 +10,6 @@ stored once across a controller kill, and local changes refused."""
 
 from __future__ import annotations
 
-import secrets
 import signal
 import sqlite3
 import time
@@ -18,50 +17,16 @@ import time
 import pytest
 
 from agent.daemon.spool import IncidentSpool
-from agent.lab.topology import Topology, TopologyLab, cli_in, in_netns
+from agent.lab.topology import cli_in, in_netns
 from agent.policy import policy_from_document, policy_to_toml
 from daemon_harness import DaemonProcess, write_config
-from fleet_support import Controller
+from fleet_support import LAB_PEER, Controller, FleetLab
 
 CUT_SECONDS = 60     # the controller link is down this long (issue 11)
 # after the cut, TCP retransmits what was in flight on its backoff (0.2 s doubling: about 100 s after the cut
 # began), or the agent reconnects: converging can take this long
 CONVERGE_AFTER_CUT_SECONDS = 150
-VIP = "203.0.113.10"
-PEER = "198.51.100.1"
-
-
-class FleetLab(TopologyLab):
-    """ctl (the controller) --veth-- edgeN --veth-- peerN, for N = 1, 2."""
-
-    def __init__(self):
-        self.tag = secrets.token_hex(2)
-        t = self.topology = Topology(self.tag, ("ctl", "edge1", "peer1", "edge2", "peer2"))
-        self.edge_if, self.ctl_if = {}, {}
-        for n in (1, 2):
-            peer_if, edge_if = f"ewp{n}{self.tag}", f"ewe{n}{self.tag}"
-            ctl_side, edge_side = f"ewc{n}{self.tag}", f"ewk{n}{self.tag}"
-            self.edge_if[n], self.ctl_if[n] = edge_if, ctl_side
-            t.veth(f"peer{n}", peer_if, f"edge{n}", edge_if)
-            t.veth("ctl", ctl_side, f"edge{n}", edge_side)
-            t.address(f"edge{n}", edge_if, "198.51.100.254/24")
-            t.address(f"edge{n}", "lo", f"{VIP}/32")
-            t.link_up(f"edge{n}", edge_if)
-            t.address(f"peer{n}", peer_if, f"{PEER}/24")
-            t.link_up(f"peer{n}", peer_if)
-            t.peer_program(f"peer{n}", peer_if, "lab_peer_pass")
-            t.route(f"peer{n}", "203.0.113.0/24", "198.51.100.254")
-            t.address("ctl", ctl_side, f"192.0.2.{4 * n - 3}/30")
-            t.address(f"edge{n}", edge_side, f"192.0.2.{4 * n - 2}/30")
-            t.link_up("ctl", ctl_side)
-            t.link_up(f"edge{n}", edge_side)
-
-    def ns(self, role: str) -> str:
-        return self.topology.ns[role]
-
-    def ping(self, n: int) -> bool:
-        return in_netns(self.ns(f"peer{n}"), ["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", "-I", PEER, VIP],
-                        check=False).returncode == 0
+PEER = LAB_PEER
 
 
 EMPTY_POLICY = policy_to_toml(policy_from_document({"revision": 0, "global": {}, "tenants": []}, "empty"))
