@@ -90,6 +90,13 @@ directory = "{tmp_path}/evidence"
 """
 
 
+def _fix_server_neighbour(topo) -> None:
+    """The client knows the server's MAC for good: no frame waits on ARP (a
+    queue that drops beyond its size) and none is resent, so counts are exact."""
+    server_mac = topo.run_in("server", ["cat", "/sys/class/net/s0/address"]).stdout.strip()
+    topo.run_in("client", ["ip", "neigh", "replace", SERVER, "lladdr", server_mac, "dev", "c0", "nud", "permanent"])
+
+
 def _topology() -> Topology:
     topo = Topology("dd" + uuid.uuid4().hex[:6], ("client", "edge", "server"))
     topo.veth("client", "c0", "edge", "e0")
@@ -345,9 +352,7 @@ def test_stats_status_and_named_lists_of_a_running_dpdk_engine(tmp_path):
     daemon = None
     try:
         topo.up()
-        # A fixed neighbour: no frame waits on ARP (a queue that drops beyond its size) and none is resent.
-        server_mac = topo.run_in("server", ["cat", "/sys/class/net/s0/address"]).stdout.strip()
-        topo.run_in("client", ["ip", "neigh", "replace", SERVER, "lladdr", server_mac, "dev", "c0", "nud", "permanent"])
+        _fix_server_neighbour(topo)
         daemon = _start(tmp_path, topo, config, notify)
 
         sent = {"pass_allowed": 300, "drop_global_block": 200, "drop_port_block": 100}
@@ -454,8 +459,7 @@ def test_watched_tenant_on_the_dpdk_engine_is_sealed_as_evidence_tshark_reads(tm
     daemon = None
     try:
         topo.up()
-        server_mac = topo.run_in("server", ["cat", "/sys/class/net/s0/address"]).stdout.strip()
-        topo.run_in("client", ["ip", "neigh", "replace", SERVER, "lladdr", server_mac, "dev", "c0", "nud", "permanent"])
+        _fix_server_neighbour(topo)
         daemon = _start(tmp_path, topo, config, notify)
         passed, dropped = 150, 20
         topo.run_in("client", [sys.executable, "-c", EVIDENCE_SEND, CLIENT, SERVER, str(passed)], timeout=30)
