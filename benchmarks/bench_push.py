@@ -76,9 +76,7 @@ def agent_worker(controller_dir: str, agent_port: int, names: list[str], ready, 
     async def main():
         agents = []
         for name in names:
-            a = SimAgent(controller, name, {"cert": controller.ca_dir / f"{name}.pem",
-                                            "key": controller.ca_dir / f"{name}.key",
-                                            "ca": controller.ca_dir / "ca.pem"})
+            a = SimAgent(controller, name, controller.node_files(name))
             for _ in range(20):
                 try:
                     await a.connect()

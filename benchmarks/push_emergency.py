@@ -17,7 +17,6 @@ import statistics
 import sys
 import time
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 
 
@@ -31,9 +30,7 @@ def emergency_worker(controller_dir: str, agent_port: int, synced: list[str], fr
     controller = Controller(Path(controller_dir), agent_port=agent_port)
 
     async def connect(name: str) -> SimAgent:
-        agent = SimAgent(controller, name, {"cert": controller.ca_dir / f"{name}.pem",
-                                            "key": controller.ca_dir / f"{name}.key",
-                                            "ca": controller.ca_dir / "ca.pem"})
+        agent = SimAgent(controller, name, controller.node_files(name))
         for attempt in range(20):
             try:
                 await agent.connect()

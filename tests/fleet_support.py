@@ -95,6 +95,10 @@ digest_interval_seconds = {self.digest_interval}
 
     def add_node(self, name: str) -> dict:
         cli("controller", "node", "add", name, "--config", str(self.config))
+        return self.node_files(name)
+
+    def node_files(self, name: str) -> dict:
+        """Where `controller node add NAME` put the node's certificate, key and the CA."""
         return {"cert": self.ca_dir / f"{name}.pem", "key": self.ca_dir / f"{name}.key", "ca": self.ca_dir / "ca.pem"}
 
     def start(self) -> "Controller":
