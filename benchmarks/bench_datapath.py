@@ -158,7 +158,7 @@ FLOOD_FRAMES = {
                 tcp_ipv4_frame(CLIENT_SOURCE, FLOOD_VIPS["syn-ack"], 443, 40000, "SA")),
     "syn-rate": ("SYN over the SYN rate, `drop_syn_rate` (per-CPU share of the bucket)",
                  tcp_ipv4_frame(CLIENT_SOURCE, FLOOD_VIPS["syn-rate"], 40000, 443, "S")),
-    "per-source": ("ACK over the per-source rate, `drop_source_rate` (LRU bucket)",
+    "per-source": ("ACK over the per-source rate, `drop_source_rate` (IPv4: array bucket)",
                    tcp_ipv4_frame(CLIENT_SOURCE, FLOOD_VIPS["per-source"], 40000, 443, "A")),
 }
 
@@ -549,8 +549,8 @@ one. Tenant-wide rate limits no longer take a lock per packet: each CPU
 spends a share taken from the shared bucket in batches, and a CPU that
 found the shared bucket dry drops without the lock until the rate can have
 refilled it; the clock is the coarse one where every burst holds a 10 ms
-tick of its rate. The per-source path's remaining cost is its LRU hash
-lookup."""
+tick of its rate. An IPv4 source's per-source bucket is in a shared
+array of 4-way sets (an inlined lookup per way), no longer in an LRU hash."""
 
 
 def write_results(section: str) -> None:

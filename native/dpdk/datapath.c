@@ -103,8 +103,10 @@ static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map
         return index < v->slots ? &v->sample_budgets[index] : NULL;
     }
     /* Not kept by this engine: the datapath then walks the block tables
-     * without the prefilter and takes tenant-wide tokens under the lock. */
-    if (map == (void *)&ew_prefilter_v4 || map == (void *)&ew_bucket_shares)
+     * without the prefilter, takes tenant-wide tokens under the lock, and
+     * keeps IPv4 per-source buckets in ew_source_buckets (the lcore's
+     * set-associative cache) as IPv6 ones. */
+    if (map == (void *)&ew_prefilter_v4 || map == (void *)&ew_bucket_shares || map == (void *)&ew_source_ways_v4)
         return NULL;
     return NULL;
 }
