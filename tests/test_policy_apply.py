@@ -179,6 +179,7 @@ def make_maps(monkeypatch):
         for name in BLOCK_TABLES:
             maps[name] = Recorded(program.maps[name], name, log, "swap")
         maps["ew_prefilter_v4"] = program.maps["ew_prefilter_v4"]
+        maps["ew_host_bits_v4"] = program.maps["ew_host_bits_v4"]
         return maps
 
     yield make
@@ -252,7 +253,7 @@ def snapshot(maps):
     def contents(name, m):
         if isinstance(m, FakeMap):
             return m.items()
-        return bytes(m.array_values()) if name == "ew_prefilter_v4" else table_entries(maps, name)
+        return bytes(m.array_values()) if name in ("ew_prefilter_v4", "ew_host_bits_v4") else table_entries(maps, name)
     return {name: contents(name, m) for name, m in maps.items()}
 
 
@@ -786,7 +787,7 @@ def test_slots_and_counters_across_applies(shared_program, capacity, steps):
     log = []
     maps = fake_maps(log, ew_counters=capacity)
     counters, buckets, sources = maps["ew_counters"], maps["ew_buckets"], maps["ew_source_buckets"]
-    for name in (*BLOCK_TABLES, "ew_prefilter_v4"):   # no block lists here: the (empty) tables are only read
+    for name in (*BLOCK_TABLES, "ew_prefilter_v4", "ew_host_bits_v4"):   # no block lists here: the (empty) tables are only read
         maps[name] = shared_program.maps[name]
     traffic = 0
     floods: dict[int, FloodPolicy] = {}   # of the live tenants
