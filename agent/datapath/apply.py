@@ -15,7 +15,7 @@ from agent._prefixes import PrefixSet
 from agent.datapath import abi
 from agent.datapath.blocktables import SwappableTable
 from agent.datapath.conntrack import require_conntrack
-from agent.datapath.host_bits import GLOBAL_TABLE, follow_table, sync_host_bits
+from agent.datapath.host_bits import MAPS as HOST_BITS_TABLES, follow_table, sync_host_bits
 from agent.datapath.prefilter import MAP_NAME as PREFILTER_MAP, PrefilterUpdate
 from agent.datapath.syscalls import BpfMap
 from agent.datapath.compile import BLOCK_TABLES, POLICY_MAPS, CompiledPolicy, compile_policy, pack_u32
@@ -74,10 +74,11 @@ def apply_compiled(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> ApplyRe
         report.removed[name] = len(stale[name])
 
     # The prefilter stays a superset of the v4 tables: widened before they
-    # change, narrowed after (agent.datapath.prefilter). The global list's
-    # host bits follow the table once it changed (agent.datapath.host_bits).
+    # change, narrowed after (agent.datapath.prefilter). The host bits follow
+    # each v4 table once it changed (agent.datapath.host_bits).
     prefilter = PrefilterUpdate.for_tables(maps[PREFILTER_MAP], compiled.tables)
     prefilter.widen()
+    followed = [name for name in HOST_BITS_TABLES if name in compiled.tables]
     try:
         for name in compiled.tables:
             update = SwappableTable(maps[name]).apply(compiled.tables[name])
@@ -85,12 +86,11 @@ def apply_compiled(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> ApplyRe
             if update.swapped:
                 report.swapped.append(name)
     except BaseException:
-        if GLOBAL_TABLE in compiled.tables:
-            sync_host_bits(maps)    # the table may hold part of the new version
+        sync_host_bits(maps, followed)      # a table may hold part of the new version
         raise
     prefilter.narrow()
-    if GLOBAL_TABLE in compiled.tables:
-        follow_table(maps, compiled.tables[GLOBAL_TABLE])
+    for name in followed:
+        follow_table(maps, name, compiled.tables[name])
 
     # A counter slot is zeroed when a tenant takes it, before any VIP points at
     # it. Token buckets need nothing: the datapath starts a bucket over when

@@ -39,7 +39,7 @@ from typing import Protocol
 from agent._prefixes import PrefixSet
 from agent.datapath import abi
 from agent.datapath.prefilter import MAP_NAME as PREFILTER_MAP, NodePrefilterUpdate
-from agent.datapath.host_bits import GLOBAL_TABLE, follow_writes, sync_host_bits
+from agent.datapath.host_bits import MAPS as HOST_BITS_TABLES, follow_writes, sync_host_bits
 from agent.datapath.apply import ApplyReport, apply_policy_to_maps
 from agent.datapath.blocktables import DELTA_LIMIT, TENANT_KEY_FORMAT, SwappableTable
 from agent.datapath.compile import GLOBAL_TABLES, TENANT_TABLES, block_value, prefix_set
@@ -412,10 +412,11 @@ def _apply_delta_to_maps(maps, state: ListState, list_id: ListId, added: PrefixS
     if hooks is not None and len(added):
         hooks.before_writes(maps, scope.tenant_id, added)
     # The IPv4 prefilter stays a superset of the tables: widened before, narrowed after;
-    # the global host bits follow the table once it changed (agent.datapath.host_bits).
+    # the host bits follow each v4 table once it changed (agent.datapath.host_bits).
     prefilter = NodePrefilterUpdate.for_writes(maps[PREFILTER_MAP], plan.writes, plan.stale)
     if prefilter is not None:
         prefilter.widen()
+    followed = [table for table in HOST_BITS_TABLES if table in plan.writes]
     try:
         for table in abi.SWAPPABLE_TABLES:
             if table not in plan.writes:
@@ -426,13 +427,12 @@ def _apply_delta_to_maps(maps, state: ListState, list_id: ListId, added: PrefixS
             if digests is not None:
                 digests.adjust(table, plan.before[table], plan.after[table])
     except BaseException:
-        if GLOBAL_TABLE in plan.writes:
-            sync_host_bits(maps)    # the table may hold part of the delta
+        sync_host_bits(maps, followed)      # a table may hold part of the delta
         raise
     if prefilter is not None:
         prefilter.narrow()
-    if GLOBAL_TABLE in plan.writes:
-        follow_writes(maps, plan.writes[GLOBAL_TABLE], plan.stale[GLOBAL_TABLE])
+    for table in followed:
+        follow_writes(maps, table, plan.writes[table], plan.stale[table])
     _update_state(scope, list_id.name, added, removed, unblocked, has_v4, has_v6)
     # Hook point: everything is deleted.
     _after_deletes(hooks, maps, scope, unblocked, added, state)

@@ -33,9 +33,11 @@
  * /24s, index = source address >> 14, bit = (address >> 8) & 63. */
 #define EW_PREFILTER_V4_ENTRIES 262144
 
-/* IPv4 host bits (ew_host_bits_v4): entry = (source address >> 8) & (EW_HOST_BITS_V4_ENTRIES - 1),
- * a power of two; EW_HOST_BITS_VALID marks a tag that names a /24. */
+/* IPv4 host bits (ew_host_bits_v4, ew_thost_bits_v4): entry = ((source address >> 8) +
+ * tenant id * EW_HOST_BITS_TENANT_SPREAD) & (EW_HOST_BITS_V4_ENTRIES - 1), a power of two
+ * (tenant 0 in the global array); EW_HOST_BITS_VALID marks a tag that names a /24. */
 #define EW_HOST_BITS_V4_ENTRIES 65536
+#define EW_HOST_BITS_TENANT_SPREAD 40503
 #define EW_HOST_BITS_VALID 0x80000000
 
 /* Parser bounds: the verifier needs fixed loop bounds. */
@@ -327,22 +329,25 @@ struct ew_prefilter_v4 {
     __u64 reserved;
 };
 
-/* ew_host_bits_v4: the host bits of the global list's partial /24s (its
- * level-24 nodes), in an mmapable array so the packet path reads them with
- * one inlined lookup instead of a hash lookup. A direct-mapped cache in
- * front of ew_gblock_v4: an entry decides only for the /24 its tag names,
+/* ew_host_bits_v4, ew_thost_bits_v4: the host bits of the partial /24s (the
+ * level-24 nodes) of the global list and of the tenants' lists, in
+ * mmapable arrays so the packet path reads them with one inlined lookup
+ * instead of hash lookups. Direct-mapped caches in front of ew_gblock_v4
+ * and ew_tblock_v4: an entry decides only for the (tenant, /24) it names,
  * any other source falls back to the table. tag = (EW_HOST_BITS_VALID |
  * /24 index) << 32 | generation; a tag without EW_HOST_BITS_VALID is a free
  * entry (its generation kept, so an entry never gets the same tag twice).
- * The agent writes it through a mmap, one 8-byte word at a time: hosts of
- * the same /24 widened before and narrowed after the table changes (as the
- * prefilter), and an entry changes /24 only by tag freed, hosts written,
- * tag set; the reader takes the hosts word between two reads of the tag
+ * The agent writes them through a mmap, one 8-byte word at a time, after
+ * the table changed: the hosts of a kept (tenant, /24) word by word; an
+ * entry changes owner only by tag freed, tenant and hosts written, tag set;
+ * the reader takes the tenant and hosts words between two reads of the tag
  * (agent/datapath/host_bits.py, bpf/blocklist.h). 64 bytes: one cache line. */
 struct ew_host_bits_v4 {
     __u64 tag;
     __u64 hosts[4];     /* bit h: host h of the /24 is blocked */
-    __u64 reserved[3];
+    __u32 tenant_id;    /* whose list (ew_thost_bits_v4); 0 in ew_host_bits_v4 */
+    __u32 reserved;
+    __u64 spare[2];
 };
 
 /* ew_counters: per-CPU array indexed by tenant slot. */
