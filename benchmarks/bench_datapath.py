@@ -467,8 +467,9 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
         f"network namespace; its program id is the one `bpftool net` reports on the device "
         f"({', '.join(f'{s.prog_name} id {s.prog_id}' for s in xdp_filter_variants)}), test-run by fd. "
         "It matches exact addresses in a hash map; edgewarden matches prefixes: IPv4 through the /24 "
-        "prefilter (an array: no hash lookup for a /24 in no list or blocked whole) and /16 + /24 node "
-        "tables (one /24-node lookup for a longer prefix), IPv6 in LPM tries.",
+        "prefilter (an array: no hash lookup for a /24 in no list or blocked whole), the host bits of "
+        "partly blocked /24s (arrays in front of the /16 + /24 node tables, whose lookups are the "
+        "fallback), IPv6 in LPM tries.",
         f"- **Packets:** {len(BLOCKED_FRAME)}-byte IPv4 TCP SYNs to the tenant VIP {TENANT_VIP}:{TENANT_PORT}; "
         f"*blocked* from {BLOCKED_SOURCE} (edgewarden: global block list; xdp-filter: "
         f"`xdp-filter ip {BLOCKED_SOURCE} --mode src`), *tenant* from {UNLISTED_SOURCE} (in a /24 no list "
@@ -538,14 +539,15 @@ path for a source in no list is that plus inlined array lookups only: the
 IPv4 prefilter (one bit per /24 any list touches, `ew_prefilter_v4`) says
 "in no list" without a block-table lookup, and the tenant's blocked ports
 sit as ranges in the VIP value (no port-hash lookup for up to 8 ranges). A
-source whose /24 a list touches still pays the block-table lookups (row
-4'). A global drop of a prefix <= /24 is decided by the prefilter's
-"blocked whole" bitmap (VIP lookup + array lookup); a longer prefix adds the
-one /24-node lookup (the /16 level is no longer visited: the bitmap holds
-what it said). xdp-filter's drop is a parse and one exact-match hash lookup;
-edgewarden's also finds the tenant (a hash lookup: per-tenant attribution
-of every drop is required), so the /25 drop does two hash lookups to its
-one. Tenant-wide rate limits no longer take a lock per packet: each CPU
+source whose /24 its tenant's list blocks part of is judged by that /24's
+host bits (`ew_thost_bits_v4`, an inlined array; row 4'). A global drop of
+a prefix <= /24 is decided by the prefilter's "blocked whole" bitmap (VIP
+lookup + array lookup); a longer prefix adds one array lookup, the /24's
+host bits (`ew_host_bits_v4`; the /24-node hash lookup only when another
+/24 holds its entry). xdp-filter's drop is a parse and one exact-match hash
+lookup; edgewarden's also finds the tenant (a hash lookup: per-tenant
+attribution of every drop is required), so each drop does one hash lookup,
+as xdp-filter's does. Tenant-wide rate limits no longer take a lock per packet: each CPU
 spends a share taken from the shared bucket in batches, and a CPU that
 found the shared bucket dry drops without the lock until the rate can have
 refilled it; the clock is the coarse one where every burst holds a 10 ms
@@ -602,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
 
         subjects = {
             "drop": named("drop", "minimal `xdp_drop`", drop_fd, BLOCKED_FRAME, "blocked", XDP_DROP),
-            "ew-drop": named("ew-drop", "edgewarden, global block (/25: prefilter + one /24-node lookup)", ew_fd, BLOCKED_FRAME,
+            "ew-drop": named("ew-drop", "edgewarden, global block (/25: prefilter + host bits)", ew_fd, BLOCKED_FRAME,
                              "blocked", XDP_DROP),
             "ew-drop-wide": named("ew-drop-wide", "edgewarden, global block (/10: prefilter alone)", ew_fd,
                                   WIDE_BLOCKED_FRAME, "blocked wide", XDP_DROP),
