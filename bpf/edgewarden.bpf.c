@@ -66,8 +66,10 @@ struct {
 SEC("xdp.frags")
 int edgewarden_xdp(struct xdp_md *ctx)
 {
-    __u32 zero = 0, reason;
-    struct ew_packet_scratch *s = bpf_map_lookup_elem(&ew_packet_scratch, &zero);
+    /* A key in .rodata: one stack store (and barrier) fewer. */
+    static const __u32 zero_key = 0;
+    struct ew_packet_scratch *s = bpf_map_lookup_elem(&ew_packet_scratch, &zero_key);
+    __u32 reason;
 
     if (!s)     /* cannot happen: a per-CPU array always holds its index 0 */
         return XDP_ABORTED;

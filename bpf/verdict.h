@@ -39,7 +39,7 @@ static __always_inline const struct ew_vip *lookup_tenant(const struct packet_fa
     if (f->family == EW_FAMILY_IPV4) {
         __u32 daddr = f->daddr.v4;
 
-        vip = bpf_map_lookup_elem(&ew_vips_v4, &daddr);
+        vip = bpf_map_lookup_elem(&ew_vips_v4, &f->daddr.v4);   /* no key on the stack */
         if (vip && (vip->flags & EW_VIP_HAS_PORT_VIPS) && has_port(f)) {
             struct ew_vip_port_v4_key key = { .port = f->dport, .proto = f->l4_proto };
 
