@@ -39,7 +39,7 @@ static __always_inline const struct ew_vip *lookup_tenant(const struct packet_fa
     if (f->family == EW_FAMILY_IPV4) {
         __u32 daddr = f->daddr.v4;
 
-        vip = bpf_map_lookup_elem(&ew_vips_v4, &daddr);
+        vip = bpf_map_lookup_elem(&ew_vips_v4, &f->daddr.v4);   /* no key on the stack */
         if (vip && (vip->flags & EW_VIP_HAS_PORT_VIPS) && has_port(f)) {
             struct ew_vip_port_v4_key key = { .port = f->dport, .proto = f->l4_proto };
 
@@ -91,6 +91,8 @@ static __always_inline __u32 source_checks_v4(__be32 saddr)
 
     if (!pf)    /* an engine without the prefilter (the DPDK build) */
         return EW_CHECK_GLOBAL_NODES | EW_CHECK_TENANT;
+    if (!((pf->global_whole | pf->global_listed | pf->tenant_listed) & bit))
+        return 0;   /* in no list: one test */
     if (pf->global_whole & bit)
         return EW_BLOCKED_GLOBALLY;
     return ((pf->global_listed & bit) ? EW_CHECK_GLOBAL : 0) | ((pf->tenant_listed & bit) ? EW_CHECK_TENANT : 0);
@@ -105,17 +107,22 @@ static __always_inline int source_blocked_for_tenant(const struct packet_facts *
     }
 }
 
+/* The ranges are sorted by (protocol, first) and disjoint, the unused ones
+ * (protocol 0) last (agent/datapath/compile.py port_ranges): compared as
+ * protocol << 16 | port, the scan stops at the first range that starts
+ * past the packet's, so a port below every blocked one costs one range. */
 static __always_inline int port_blocked_in_ranges(const struct ew_vip *vip, const struct packet_facts *f)
 {
-    __u16 port = bpf_ntohs(f->dport);
+    __u32 key = (__u32)f->l4_proto << 16 | bpf_ntohs(f->dport);
 
 #pragma unroll
     for (int i = 0; i < EW_VIP_PORT_RANGES; i++) {
         const struct ew_port_range *r = &vip->port_blocks[i];
+        __u32 proto = (__u32)r->proto << 16;
 
-        if (r->proto == 0)
+        if (proto == 0 || key < (proto | r->first))
             break;
-        if (r->proto == f->l4_proto && port >= r->first && port <= r->last)
+        if (key <= (proto | r->last))
             return 1;
     }
     return 0;
@@ -124,15 +131,13 @@ static __always_inline int port_blocked_in_ranges(const struct ew_vip *vip, cons
 static __always_inline int port_blocked_for_tenant(const struct packet_facts *f, const struct ew_vip *vip,
                                                    __u32 tenant_id)
 {
-    struct ew_port_key key = {};
-
     if (!has_port(f))
         return 0;
     if (vip && (vip->flags & EW_TENANT_PORT_RANGES))
         return port_blocked_in_ranges(vip, f);
-    key.tenant_id = tenant_id;
-    key.port = f->dport;
-    key.proto = f->l4_proto;
+
+    struct ew_port_key key = { .tenant_id = tenant_id, .port = f->dport, .proto = f->l4_proto };
+
     return bpf_map_lookup_elem(&ew_port_blocks, &key) != NULL;
 }
 
