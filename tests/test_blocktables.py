@@ -377,6 +377,67 @@ def test_entry_table_from_packed_takes_exactly_whole_distinct_entries(layout, co
         assert EntryTable.from_packed(keys, values, key_size, value_size).items() == sorted(entries.items())
 
 
+@SETTINGS
+@given(versions=table_versions(), data=st.data())
+def test_entry_table_from_batches_is_from_packed_of_their_join(versions, data):
+    """Batches of any sizes (empty ones too), as bytes, bytearrays or
+    memoryviews, make the table their concatenation makes."""
+    key_size, value_size, entries, _ = versions
+    keys, values = list(entries), list(entries.values())
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(keys)), max_size=4)))
+    bounds = [0, *cuts, len(keys)]
+    kinds = (bytes, bytearray, lambda b: memoryview(bytes(b)))
+    batches = [(data.draw(st.sampled_from(kinds))(b"".join(keys[lo:hi])),
+                data.draw(st.sampled_from(kinds))(b"".join(values[lo:hi]))) for lo, hi in zip(bounds, bounds[1:])]
+    capacity = data.draw(st.integers(0, 2 * len(keys)))
+    table = EntryTable.from_batches(iter(batches), key_size, value_size, capacity)
+    assert table == table_of(entries, key_size, value_size)
+    assert table.items() == sorted(entries.items())
+
+
+@pytest.mark.parametrize("batches,message", [
+    ([(b"abc", b"wxyz")], "whole entries"),
+    ([(b"ab", b"wx"), (b"cd", b"y")], "whole entries"),
+    ([(b"ab", b"wx"), (b"ab", b"yz")], "duplicate key"),        # across batches
+    ([(b"ab",)], "pair"),
+])
+def test_entry_table_from_batches_refuses(batches, message):
+    with pytest.raises(ValueError, match=message):
+        EntryTable.from_batches(batches, 2, 2)
+
+
+@pytest.mark.parametrize("key_size", [2, 4, 8, 20])
+def test_entry_table_sorts_large_shuffled_and_sorted_input_in_place(key_size):
+    """Thousands of entries in random order (long permutation cycles), and
+    already in order: the bytewise order, each key with its own value."""
+    rng = __import__("random").Random(key_size)
+    keys = sorted({rng.randbytes(key_size) for _ in range(20_000)})
+    value_of = {k: bytes(reversed(k)) + k[:1] for k in keys}
+    shuffled = keys[:]
+    rng.shuffle(shuffled)
+    for order in (shuffled, keys, keys[::-1]):
+        table = EntryTable.from_packed(b"".join(order), b"".join(value_of[k] for k in order), key_size, key_size + 1)
+        assert table.keys_packed() == b"".join(keys)
+        assert table.values_packed() == b"".join(value_of[k] for k in keys)
+
+
+def test_node_table_read_back_in_several_batches_is_the_compiled_one():
+    """More nodes than one batched read returns (65,536): the live table
+    read back batch by batch (EntryTable.from_batches) is the compiled table."""
+    from agent.datapath.apply import apply_policy_to_maps
+    from agent.datapath.compile import GLOBAL_TABLES
+    from agent.policy import Policy
+    # 50,000 /32s: about 50,000 level-24 nodes and their level-16 nodes.
+    rng = __import__("random").Random(5)
+    hosts = {(rng.getrandbits(24) << 8) | rng.getrandbits(8) for _ in range(50_000)}
+    prefixes = PrefixSet.from_list([(h.to_bytes(4, "big"), 32) for h in hosts])
+    compiled = prefixes.v4_block_entries()
+    assert len(compiled) > 65536
+    with PrivateDatapath() as datapath:
+        apply_policy_to_maps(datapath.program.maps, Policy(revision=1), {None: prefixes}, frozenset(GLOBAL_TABLES))
+        assert SwappableTable(datapath.program.maps["ew_gblock_v4"]).entries_table() == compiled
+
+
 def test_a_table_without_values_round_trips_through_its_packed_form():
     """Regression: an EntryTable may have 0-byte values (PrefixSet.v6_lpm_entries makes
     one by default); from_packed must accept its own keys_packed()/values_packed() of
@@ -439,6 +500,13 @@ class CheckedInner:
 
     def items_packed(self):
         return b"".join(self.data), b"".join(self.data.values())
+
+    def packed_batches(self):
+        yield self.items_packed()
+
+    @property
+    def max_entries(self):
+        return len(self.data)
 
     def lookup(self, key):
         return self.data.get(key)

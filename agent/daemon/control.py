@@ -63,6 +63,7 @@ class ControlServer:
                 except ValueError as err:
                     answer = {"ok": False, "error": f"malformed request: {err}"}
                 else:
+                    del line        # a block load's line is megabytes: not held while it is applied
                     try:
                         answer = {"ok": True, "result": await self.handle(request)}
                     except Exception as err:       # every failure is answered, and the daemon goes on

@@ -159,6 +159,7 @@ class Enforcer:
 
     def replace_list(self, list_id, prefixes) -> dict[str, str]:
         results = {}
+        _return_freed_memory()      # the request's text and decoded bytes, before the tables are built
         for ifname, state in self.interfaces.items():
             if state.attached:
                 results[ifname] = replace_named_list(ifname, list_id, prefixes).summary()

@@ -329,7 +329,9 @@ class AgentDaemon:
             from agent._prefixes import PrefixSet
             from agent.datapath.named_lists import ListId, check_list_name
             list_id = ListId(check_list_name(request["list"]), request.get("tenant"))
-            prefixes = PrefixSet.deserialize(base64.b64decode(request["prefixes"])) if command == "block_load" else None
+            # Popped: the request's text (megabytes for a big list) is not held while the list is applied.
+            prefixes = PrefixSet.deserialize(base64.b64decode(request.pop("prefixes"))) \
+                if command == "block_load" else None
             results = await self.in_writer(e.replace_list, list_id, prefixes)
             journal.info("named list changed through the control socket", event="list_changed", list=str(list_id),
                          loaded=prefixes is not None)

@@ -231,8 +231,7 @@ class SwappableTable:
         if inner is None:
             return EntryTable(*self._sizes())
         with inner:
-            keys, values = inner.items_packed()
-        return EntryTable.from_packed(keys, values, *self._sizes())
+            return EntryTable.from_batches(inner.packed_batches(), *self._sizes(), inner.max_entries)
 
     def entries(self) -> dict[bytes, bytes]:
         return dict(self.entries_table().items())

@@ -32,6 +32,7 @@ GLOBAL_LISTED, GLOBAL_WHOLE, TENANT_LISTED, ENTRY_WORDS = 0, 1, 2, 4
 ENTRIES_PER_16 = 4          # 256 /24s in a /16, 64 per entry
 ALL_BITS = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 NODE_WORDS = 9              # struct ew_block_node as u64: flags and reserved, full24[4], partial24[4]
+WRITE_CHUNK = 16384         # prefilter entries read, compared and written at a time (512 KiB)
 
 
 def _level16_nodes(table: EntryTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -59,7 +60,11 @@ def _scatter(entries: np.ndarray, word: int, index16: np.ndarray, bits: np.ndarr
 def desired_entries(live: np.ndarray, tables: dict[str, EntryTable]) -> np.ndarray:
     """The prefilter for the tables in `tables`, keeping what `live` says
     for the tables not rebuilt."""
-    entries = live.copy()
+    return _make_desired(live.copy(), tables)
+
+
+def _make_desired(entries: np.ndarray, tables: dict[str, EntryTable]) -> np.ndarray:
+    """desired_entries, written over `entries` (the live prefilter)."""
     if GLOBAL_TABLE in tables:
         index16, whole, listed = _level16_nodes(tables[GLOBAL_TABLE])
         _scatter(entries, GLOBAL_WHOLE, index16, whole)
@@ -70,37 +75,49 @@ def desired_entries(live: np.ndarray, tables: dict[str, EntryTable]) -> np.ndarr
     return entries
 
 
+def _read_chunk(bpf_map: BpfMap, start: int) -> np.ndarray:
+    """Entries start.. of the live prefilter, at most WRITE_CHUNK of them
+    (a view of the map's read buffer: valid until its next read)."""
+    return np.frombuffer(bpf_map.array_values(WRITE_CHUNK, start), dtype=np.uint64).reshape(-1, ENTRY_WORDS)
+
+
 @dataclass
 class PrefilterUpdate:
-    """One change of the prefilter around one change of the v4 tables."""
+    """One change of the prefilter around one change of the v4 tables.
+    Only the desired version is held (8 MB); both steps read the live map
+    back a chunk of entries at a time and write what differs, so a
+    million-prefix load, which peaks while its compiled tables are held,
+    holds no second and third full-size copy of the prefilter."""
 
     bpf_map: BpfMap
-    live: np.ndarray
     desired: np.ndarray
     written: int = 0
 
     @classmethod
     def for_tables(cls, bpf_map: BpfMap, tables: dict[str, EntryTable]) -> "PrefilterUpdate":
-        live = np.frombuffer(bpf_map.array_values(), dtype=np.uint64).reshape(-1, ENTRY_WORDS).copy()
-        return cls(bpf_map, live, desired_entries(live, tables))
+        entries = np.empty((bpf_map.max_entries, ENTRY_WORDS), dtype=np.uint64)
+        for start in range(0, len(entries), WRITE_CHUNK):
+            live = _read_chunk(bpf_map, start)
+            entries[start:start + len(live)] = live
+        return cls(bpf_map, _make_desired(entries, tables))
 
     def widen(self) -> None:
         """Before the tables change: the union of the old and new versions."""
-        union = self.live | self.desired
-        self._write(union, self.live)
-        self.live = union
+        self._write(lambda live, desired: live | desired)
 
     def narrow(self) -> None:
         """After the tables changed: the new version only."""
-        self._write(self.desired, self.live)
-        self.live = self.desired
+        self._write(lambda live, desired: desired)
 
-    def _write(self, entries: np.ndarray, current: np.ndarray) -> None:
-        changed = np.nonzero((entries != current).any(axis=1))[0]
-        if len(changed):
-            self.bpf_map.update_packed(changed.astype(np.uint32).tobytes(),
-                                       np.ascontiguousarray(entries[changed]).tobytes())
-            self.written += len(changed)
+    def _write(self, wanted) -> None:
+        for start in range(0, len(self.desired), WRITE_CHUNK):
+            live = _read_chunk(self.bpf_map, start)
+            entries = wanted(live, self.desired[start:start + len(live)])
+            changed = np.nonzero((entries != live).any(axis=1))[0]
+            if len(changed):
+                self.bpf_map.update_packed((changed + start).astype(np.uint32).tobytes(),
+                                           np.ascontiguousarray(entries[changed]).tobytes())
+                self.written += len(changed)
 
 
 def sync_prefilter(maps: dict[str, BpfMap]) -> None:

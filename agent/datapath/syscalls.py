@@ -235,6 +235,31 @@ class BpfMap:
         present = [(k, v) for k, v in zip(keys, values) if v is not None]
         return b"".join(k for k, _ in present), b"".join(v for _, v in present)
 
+    def packed_batches(self):
+        """(keys, values) of the map a batch at a time, as views of read
+        buffers that the next batch reuses (EntryTable.from_batches copies
+        each in turn): no copy of the whole map is held. A map type without
+        batched reads gives one pair, read key by key."""
+        chunk = max(1, min(self.max_entries, 65536))
+        keys = ffi.new("char[]", self.key_size * chunk)
+        values = ffi.new("char[]", self.value_size * chunk)
+        out_batch = ffi.new("char[]", max(8, self.key_size))
+        in_batch = ffi.NULL
+        count = ffi.new("__u32 *")
+        while True:
+            count[0] = chunk
+            rc = lib.ew_map_lookup_batch(self.fd, in_batch, out_batch, keys, values, count)
+            if rc in (-22, -95, -524) and in_batch == ffi.NULL:
+                yield self.items_packed()
+                return
+            if rc < 0 and rc != -2:
+                check(rc, f"batch read of {self.name}")
+            yield (memoryview(ffi.buffer(keys, self.key_size * count[0])),
+                   memoryview(ffi.buffer(values, self.value_size * count[0])))
+            if rc == -2:
+                return
+            in_batch = ffi.new("char[]", ffi.buffer(out_batch)[:])
+
     def update_packed(self, keys, values) -> None:
         """Write concatenated keys and values (bytes or any buffer, e.g. a
         zero-copy view): one batched update where the map type has it, else
