@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config bpftool xdp-tools \
 	iproute2 iputils-ping ethtool tshark tcpreplay nftables util-linux gcc g++ make \
 	postgresql fastnetmon libdpdk-dev dpdk-dev
-BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.py native/*.pyx native/*.cpp native/include/*.h native/dpdk/*.[ch] native/dpdk/*.py bpf/*.c bpf/*.h bpf/lab/*.c)
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard native/*.py native/*.pyx native/*.cpp native/*.h native/include/*.h native/dpdk/*.[ch] native/dpdk/*.py bpf/*.c bpf/*.h bpf/lab/*.c)
 
 .PHONY: all setup os-packages build demo test bench bench-import bench-push crowdsec loadtest clean install
 

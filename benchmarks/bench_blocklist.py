@@ -80,6 +80,7 @@ AGENT_MEMORY_PROBE = """
 import os, sys
 from pathlib import Path
 from agent.blocklist import read_blocklist
+from agent.datapath import abi
 from agent.datapath.apply import apply_policy_to_maps
 from agent.datapath.blocktables import SwappableTable
 from agent.datapath.private import PrivateDatapath
@@ -100,11 +101,14 @@ with PrivateDatapath() as datapath:
     # from a big parent would report the parent's peak.
     status = dict(l.split(":", 1) for l in Path("/proc/self/status").read_text().splitlines())
     rss, peak = (int(status[k].split()[0]) for k in ("VmRSS", "VmHWM"))
-    kernel = sum(memlock(m.fd) for m in datapath.program.maps.values())
-    for name in BLOCK_TABLES:
-        inner = SwappableTable(datapath.program.maps[name]).inner()
-        kernel += memlock(inner.fd)
-        inner.close()
+    kernel = 0
+    for name, m in datapath.program.maps.items():
+        table = m._table if name in abi.POLICY_ARRAYS else SwappableTable(m) if name in BLOCK_TABLES else None
+        kernel += memlock((m.outer if name in abi.POLICY_ARRAYS else m).fd)
+        if table is not None:               # a map-in-map: its one inner table too
+            inner = table.inner()
+            kernel += memlock(inner.fd)
+            inner.close()
     print(rss * 1024, peak * 1024, kernel)
 """
 

@@ -40,8 +40,8 @@ from agent.daemon.incidents import IncidentTracker  # noqa: E402
 from agent.daemon.metrics import TenantTotals  # noqa: E402
 from agent.datapath import abi  # noqa: E402
 from agent.datapath.apply import apply_policy_to_maps  # noqa: E402
-from agent.datapath.bpf_object import BpfObject  # noqa: E402
 from agent.datapath.counters import CounterMonitor  # noqa: E402
+from agent.datapath.private import PrivateDatapath  # noqa: E402
 from agent.datapath.program import LoadedProgram  # noqa: E402
 from agent.datapath.syscalls import test_run  # noqa: E402
 from agent.policy import Policy, Tenant, policy_from_document  # noqa: E402
@@ -122,19 +122,16 @@ def _frames():
 POLICY = {"revision": 1, "tenants": [{"id": t, "name": f"t{t}", "vips": [f"203.0.113.{10 + t}"]} for t in (1, 2, 3)]}
 
 
-def _datapath(obj_path: Path, sampled: set[int], rate: int):
-    obj = BpfObject(obj_path)
-    maps = {name: obj.map(name, k, v, percpu=name in abi.PERCPU_MAPS) for name, (k, v) in abi.MAP_LAYOUTS.items()}
-    from agent.datapath.blocktables import SwappableTable
-    for name in abi.SWAPPABLE_TABLES:
-        SwappableTable(maps[name]).ensure_inner()
+def _datapath(obj_path: Path, sampled: set[int], rate: int) -> PrivateDatapath:
+    """A build of the datapath on private maps, loaded the way the agent loads it
+    (policy arrays and block tables behind their map-in-maps), tenants `sampled`."""
     from dataclasses import replace
     policy = policy_from_document(POLICY)
     policy = replace(policy, tenants=tuple(replace(t, sampled=t.id in sampled) for t in policy.tenants))
-    apply_policy_to_maps(maps, policy)
+    dp = PrivateDatapath(policy, object_file=obj_path)
     config = ffi.new("struct ew_sample_config *", {"samples_per_second": rate, "burst": rate})
-    maps["ew_sample_config"].update(b"\0\0\0\0", bytes(ffi.buffer(config)))
-    return obj, maps
+    dp.program.maps["ew_sample_config"].update(b"\0\0\0\0", bytes(ffi.buffer(config)))
+    return dp
 
 
 def sampling_figures(repeat: int, rounds: int) -> dict:
@@ -145,9 +142,9 @@ def sampling_figures(repeat: int, rounds: int) -> dict:
         frames = _frames()
         # tenant 1: not sampled; 2: sampled with a huge budget (ring fills, then losses); 3: sampled, budget 0
         subjects = {}
-        obj_plain, _ = _datapath(plain, set(), 0)
-        obj_built, maps_built = _datapath(built, {2, 3}, 0)
-        fd_plain, fd_built = obj_plain.program_fd("edgewarden_xdp"), obj_built.program_fd("edgewarden_xdp")
+        dp_plain, dp_built = _datapath(plain, set(), 0), _datapath(built, {2, 3}, 0)
+        maps_built = dp_built.program.maps
+        fd_plain, fd_built = dp_plain.program.prog_fd, dp_built.program.prog_fd
         subjects["baseline: not sampled, sampling compiled out"] = (fd_plain, frames[1])
         subjects["not sampled (one flag test)"] = (fd_built, frames[1])
         subjects["sampled, budget spent"] = (fd_built, frames[3])
@@ -162,7 +159,7 @@ def sampling_figures(repeat: int, rounds: int) -> dict:
         pin = Path("/sys/fs/bpf") / f"ew-bench-ring-{random.getrandbits(32):08x}"
         from agent.datapath.syscalls import check
         from agent._libbpf import lib
-        check(lib.bpf_obj_pin(lib.bpf_map__fd(obj_built._find_map("ew_samples")), str(pin).encode()), "pin ring")
+        check(lib.bpf_obj_pin(lib.bpf_map__fd(dp_built.program._object._find_map("ew_samples")), str(pin).encode()), "pin ring")
         ring = SampleRing(pin)
         written, per_run = [], 2000
         try:
@@ -179,8 +176,8 @@ def sampling_figures(repeat: int, rounds: int) -> dict:
             pin.unlink()
         results["sampled, sample written (256 bytes)"] = written
         lost = ffi.from_buffer("struct ew_sample_config *", maps_built["ew_sample_config"].lookup(b"\0\0\0\0")).lost
-        obj_plain.close()
-        obj_built.close()
+        dp_plain.close()
+        dp_built.close()
     return {k: statistics.median(v) for k, v in results.items()} | {"lost": lost}
 
 
