@@ -28,6 +28,11 @@ __noinline __u32 ew_packet_verdict(struct xdp_md *ctx, struct packet_facts *fact
     }
 }
 
+__noinline __u32 ew_vip_head_v4(__u32 daddr)
+{
+    return vip_head_v4(daddr);
+}
+
 __noinline __u32 ew_tcp_state_verdict(struct xdp_md *ctx, __u32 l3_offset, __u32 l4_offset, __u32 family,
                                       __u32 policy_flags)
 {

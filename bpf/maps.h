@@ -84,6 +84,16 @@ struct {
     __type(value, struct ew_prefilter_v4);
 } ew_prefilter_v4 SEC(".maps");
 
+/* The IPv4 VIP heads (struct ew_vip_head_bucket): an array, so the lookup
+ * is inlined; mmapable, so the agent writes each way with one store. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, EW_VIP_HEAD_BUCKETS);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __type(key, __u32);
+    __type(value, struct ew_vip_head_bucket);
+} ew_vip_heads_v4 SEC(".maps");
+
 /* Per-CPU array indexed by tenant slot: the packet path never contends on a
  * counter and the lookup compiles to an address computation. An attached
  * interface's loader sizes it, ew_bucket_shares and ew_sample_budget to the

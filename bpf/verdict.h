@@ -96,6 +96,53 @@ static __always_inline __u32 source_checks_v4(__be32 saddr)
     return ((pf->global_listed & bit) ? EW_CHECK_GLOBAL : 0) | ((pf->tenant_listed & bit) ? EW_CHECK_TENANT : 0);
 }
 
+/* What the VIP heads say about an IPv4 destination, as one u32 (the
+ * body of the global function ew_vip_head_v4, edgewarden.bpf.c: verified
+ * once, its ways' branches do not multiply the verdict's paths): the head
+ * (EW_VIP_HEAD_PRESENT set: slot and flags), EW_VIP_HEAD_NOT_A_VIP
+ * (decided: no VIP has this address) or EW_VIP_HEAD_OVERFLOW (ask
+ * ew_vips_v4: its bucket overflowed, or this engine keeps no heads). */
+#define EW_VIP_HEAD_NOT_A_VIP 0
+
+static __always_inline __u32 vip_head_v4(__be32 daddr)
+{
+    __u32 index = (__u32)((__u32)daddr * (__u32)EW_VIP_HEAD_MULTIPLIER) >> (32 - EW_VIP_HEAD_BUCKET_BITS);
+    const struct ew_vip_head_bucket *bucket = bpf_map_lookup_elem(&ew_vip_heads_v4, &index);
+    __u32 answer = EW_VIP_HEAD_NOT_A_VIP;
+
+    if (!bucket)    /* an engine without the heads (the DPDK build) */
+        return EW_VIP_HEAD_OVERFLOW;
+#pragma unroll
+    for (int i = 0; i < EW_VIP_HEAD_WAYS; i++) {
+        /* One 8-byte load: the agent writes a way with one 8-byte store. */
+        __u64 way = *(volatile const __u64 *)&bucket->ways[i];
+        __u32 head = way >> 32;
+
+        if ((__u32)way == (__u32)daddr && (head & EW_VIP_HEAD_PRESENT))
+            return head;
+        if (way && !(head & EW_VIP_HEAD_PRESENT))
+            answer = EW_VIP_HEAD_OVERFLOW;
+    }
+    return answer;
+}
+
+__u32 ew_vip_head_v4(__u32 daddr);
+
+/* Whether a VIP's head decides the packet without the VIP value: not when
+ * the tenant may differ by port, when the packet is sampled (the sample
+ * names the tenant id), or when a tenant-table or port lookup needs the
+ * tenant id or the port ranges. A global drop needs the slot only. */
+static __always_inline int head_decides(__u32 flags, __u32 checks)
+{
+    if (flags & (EW_VIP_HAS_PORT_VIPS | EW_TENANT_SAMPLED))
+        return 0;
+    if (checks & EW_BLOCKED_GLOBALLY)
+        return 1;
+    if (flags & EW_TENANT_HAS_PORT_BLOCKS)
+        return 0;
+    return !((flags & EW_TENANT_HAS_SOURCE_BLOCKS) && (checks & EW_CHECK_TENANT));
+}
+
 static __always_inline int source_blocked_for_tenant(const struct packet_facts *f, __u32 tenant_id)
 {
     if (f->family == EW_FAMILY_IPV4) {
@@ -136,30 +183,41 @@ static __always_inline int port_blocked_for_tenant(const struct packet_facts *f,
     return bpf_map_lookup_elem(&ew_port_blocks, &key) != NULL;
 }
 
-/* `vip`: the VIP map value *tenant was copied from, or NULL (unassigned). */
-static __always_inline __u32 decide_ip_verdict(struct xdp_md *ctx, const struct packet_facts *f,
-                                               const struct tenant_facts *tenant, const struct ew_vip *vip)
+/* The global source verdict, which needs nothing of the tenant: the checks
+ * the tenant part still needs (enum ew_source_checks), or
+ * EW_BLOCKED_GLOBALLY. */
+static __always_inline __u32 global_source_checks(const struct packet_facts *f)
 {
     __u32 checks = EW_CHECK_TENANT;
 
     if (f->family == EW_FAMILY_IPV4) {
         checks = source_checks_v4(f->saddr.v4);
         if (checks & EW_BLOCKED_GLOBALLY)
-            return EW_REASON_DROP_GLOBAL_BLOCK;
+            return EW_BLOCKED_GLOBALLY;
         if ((checks & EW_CHECK_GLOBAL) && source_blocked_v4_global_partial(f->saddr.v4))
-            return EW_REASON_DROP_GLOBAL_BLOCK;
+            return EW_BLOCKED_GLOBALLY;
         if (checks & EW_CHECK_GLOBAL_NODES) {
             const struct ew_config *config = current_config();
 
             if (config && (config->flags & EW_CONFIG_GLOBAL_V4_BLOCKS) && source_blocked_v4_global(f->saddr.v4))
-                return EW_REASON_DROP_GLOBAL_BLOCK;
+                return EW_BLOCKED_GLOBALLY;
         }
     } else {
         const struct ew_config *config = current_config();
 
         if (config && (config->flags & EW_CONFIG_GLOBAL_V6_BLOCKS) && source_blocked_v6_global(&f->saddr.v6))
-            return EW_REASON_DROP_GLOBAL_BLOCK;
+            return EW_BLOCKED_GLOBALLY;
     }
+    return checks;
+}
+
+/* The verdict after the global list: `checks` from global_source_checks;
+ * `vip`: the VIP map value *tenant was copied from, or NULL (unassigned, or
+ * decided by the VIP head alone, which then needs none of its ports). */
+static __always_inline __u32 decide_tenant_verdict(struct xdp_md *ctx, const struct packet_facts *f,
+                                                   const struct tenant_facts *tenant, const struct ew_vip *vip,
+                                                   __u32 checks)
+{
     if (tenant->flags & EW_TENANT_SUSPENDED)
         return EW_REASON_DROP_TENANT_SUSPENDED;
     if ((tenant->flags & EW_TENANT_HAS_SOURCE_BLOCKS) && (checks & EW_CHECK_TENANT) &&
@@ -194,11 +252,25 @@ static __always_inline int reason_action(__u32 reason)
  * parser and verdict paths would exceed its budget). */
 static __always_inline __u32 ip_verdict(struct xdp_md *ctx, struct packet_facts *f, struct tenant_facts *tenant)
 {
-    __u32 reason;
+    __u32 reason, checks = global_source_checks(f);
+    const struct ew_vip *vip = NULL;
+    __u32 head = f->family == EW_FAMILY_IPV4 ? ew_vip_head_v4(f->daddr.v4) : EW_VIP_HEAD_OVERFLOW;
 
-    const struct ew_vip *vip = lookup_tenant(f, tenant);
-
-    reason = decide_ip_verdict(ctx, f, tenant, vip);
+    if ((head & EW_VIP_HEAD_PRESENT) && head_decides(head & (EW_VIP_HEAD_PRESENT - 1), checks)) {
+        /* No tenant id: head_decides said nothing below needs it. */
+        tenant->tenant_id = EW_TENANT_UNASSIGNED;
+        tenant->slot = head >> EW_VIP_HEAD_SLOT_SHIFT;
+        tenant->flags = head & (EW_VIP_HEAD_PRESENT - 1);
+    } else if (head == EW_VIP_HEAD_NOT_A_VIP) {
+        tenant->tenant_id = EW_TENANT_UNASSIGNED;
+        tenant->slot = EW_TENANT_UNASSIGNED;
+        tenant->flags = 0;
+    } else {
+        vip = lookup_tenant(f, tenant);
+    }
+    if (checks & EW_BLOCKED_GLOBALLY)
+        return EW_REASON_DROP_GLOBAL_BLOCK;
+    reason = decide_tenant_verdict(ctx, f, tenant, vip, checks);
     if (reason == EW_REASON_ANSWER_SYN_COOKIE)
         reason = answer_syn_with_cookie(ctx, f);
     return reason;

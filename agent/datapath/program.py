@@ -16,6 +16,7 @@ from agent.datapath.blocktables import SwappableTable
 from agent.datapath.conntrack import CONNTRACK_KFUNCS, conntrack_available, object_kfuncs
 from agent.datapath.errors import InterfaceError
 from agent.datapath.prefilter import MAP_NAME as PREFILTER_MAP, sync_prefilter
+from agent.datapath.vip_heads import MAP_NAME as VIP_HEADS_MAP, sync_vip_heads
 from agent.datapath.scope import pin_dir_for
 from agent.datapath.bpf_object import BpfObject
 from agent.datapath.policy_arrays import open_typed_map
@@ -64,6 +65,8 @@ class LoadedProgram:
             pins.update(self.slot_growth.pins)
         # Tables pinned by an edgewarden without the prefilter get one built from them.
         new_prefilter = pins is not None and not pins[PREFILTER_MAP].exists()
+        # Likewise the VIP heads (an empty heads map would call every address "no VIP").
+        new_vip_heads = pins is not None and not pins[VIP_HEADS_MAP].exists()
         if pins is not None:
             refuse_in_place_policy_arrays(pins)
         path = object_file or object_path(conntrack=conntrack_available())
@@ -91,6 +94,8 @@ class LoadedProgram:
                 self.maps[name].ensure_inner()
             if new_prefilter:
                 sync_prefilter(self.maps)
+            if new_vip_heads:
+                sync_vip_heads(self.maps)
             if self.slot_growth is not None:
                 self.slot_growth.carry_over(self.maps)
         except Exception:

@@ -33,6 +33,22 @@
  * /24s, index = source address >> 14, bit = (address >> 8) & 63. */
 #define EW_PREFILTER_V4_ENTRIES 262144
 
+/* IPv4 VIP heads (ew_vip_heads_v4): 2^EW_VIP_HEAD_BUCKET_BITS buckets of
+ * EW_VIP_HEAD_WAYS ways; a destination's bucket is
+ * (daddr as loaded from the packet, a host-order u32) * EW_VIP_HEAD_MULTIPLIER
+ * (mod 2^32), shifted right by 32 - EW_VIP_HEAD_BUCKET_BITS. */
+#define EW_VIP_HEAD_BUCKET_BITS 14
+#define EW_VIP_HEAD_BUCKETS 16384
+#define EW_VIP_HEAD_WAYS 8
+#define EW_VIP_HEAD_MULTIPLIER 2654435761
+/* A way: the address in the low 32 bits, the head in the high 32: the slot
+ * above bit 8, the VIP's flags (all below EW_VIP_HEAD_PRESENT) in the low
+ * byte and EW_VIP_HEAD_PRESENT. A nonzero way without EW_VIP_HEAD_PRESENT
+ * is the overflow mark: some VIP of this bucket is in ew_vips_v4 only. */
+#define EW_VIP_HEAD_PRESENT 128
+#define EW_VIP_HEAD_SLOT_SHIFT 8
+#define EW_VIP_HEAD_OVERFLOW 1
+
 /* Parser bounds: the verifier needs fixed loop bounds. */
 #define EW_MAX_VLAN_TAGS 2
 #define EW_MAX_IPV6_EXT_HEADERS 6
@@ -233,6 +249,17 @@ struct ew_vip {
     struct ew_port_range port_blocks[8];    /* EW_VIP_PORT_RANGES */
 };
 
+/* ew_vip_heads_v4: an inlined open-addressing copy of the heads (slot and
+ * flags) of ew_vips_v4, so that a packet whose verdict needs no more than
+ * that (a global drop, a tenant without port or source-block lookups) costs
+ * no hash lookup. Each way is one aligned u64, written by the agent with one
+ * store through a mmap (agent/datapath/vip_heads.py), so a packet reads a
+ * VIP's old head or its new one, never a mix. ew_vips_v4 stays the whole
+ * truth: a VIP not in its bucket (overflow) is looked up there. */
+struct ew_vip_head_bucket {
+    __u64 ways[8];      /* EW_VIP_HEAD_WAYS */
+};
+
 /* ew_vips_v4 / ew_vips_v6: destination address (any port) -> ew_vip. An
  * address with only (protocol, port) VIPs has an entry for tenant 0 with
  * EW_VIP_HAS_PORT_VIPS set, so one lookup tells whether a second is needed. */
@@ -385,6 +412,11 @@ _Static_assert(sizeof(struct ew_block_node) == 72, "ew_block_node layout changed
 _Static_assert(sizeof(((struct ew_vip *)0)->port_blocks) == EW_VIP_PORT_RANGES * sizeof(struct ew_port_range),
                "port_blocks must hold EW_VIP_PORT_RANGES ranges");
 _Static_assert(sizeof(struct ew_prefilter_v4) == 32, "ew_prefilter_v4 layout changed");
+_Static_assert(sizeof(((struct ew_vip_head_bucket *)0)->ways) == EW_VIP_HEAD_WAYS * 8, "one u64 per way");
+_Static_assert(EW_VIP_HEAD_BUCKETS == 1 << EW_VIP_HEAD_BUCKET_BITS, "buckets: a power of two");
+_Static_assert((EW_TENANT_SUSPENDED | EW_TENANT_HAS_SOURCE_BLOCKS | EW_TENANT_HAS_PORT_BLOCKS | EW_VIP_HAS_PORT_VIPS |
+                EW_TENANT_HAS_FLOOD_POLICY | EW_TENANT_SAMPLED | EW_TENANT_PORT_RANGES) < EW_VIP_HEAD_PRESENT,
+               "every VIP flag fits below EW_VIP_HEAD_PRESENT");
 _Static_assert(sizeof(((struct ew_flood_policy *)0)->limits) == EW_BUCKET_KINDS * sizeof(struct ew_rate),
                "one limit per bucket kind");
 _Static_assert(sizeof(((struct ew_sample *)0)->data) == EW_SAMPLE_BYTES, "one sample holds EW_SAMPLE_BYTES");
