@@ -94,6 +94,17 @@ struct {
     __type(value, struct ew_vip_head_bucket);
 } ew_vip_heads_v4 SEC(".maps");
 
+/* Per tenant slot, the tenant id and port ranges for packets decided by
+ * their VIP head (struct ew_slot_tenant); mmapable like the heads. The
+ * loader sizes it to the tenant capacity. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, EW_MAX_TENANTS);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __type(key, __u32);
+    __type(value, struct ew_slot_tenant);
+} ew_slot_tenants SEC(".maps");
+
 /* Per-CPU array indexed by tenant slot: the packet path never contends on a
  * counter and the lookup compiles to an address computation. An attached
  * interface's loader sizes it, ew_bucket_shares and ew_sample_budget to the

@@ -10,6 +10,8 @@ import ipaddress
 import threading
 import time
 
+import numpy as np
+
 from agent.datapath import vip_heads
 from agent.datapath.abi import VerdictReason
 from agent.datapath.private import PrivateDatapath
@@ -147,4 +149,108 @@ def test_the_flip_test_catches_heads_cleared_before_they_are_written(monkeypatch
 
     monkeypatch.setattr(vip_heads.VipHeads, "_sync_bucket", clear_first)
     passed, _ = run_flips(flips=16)
+    assert passed
+
+
+def test_a_head_and_its_slot_entry_judge_a_tenant_with_ports_and_lists_without_its_vip_value():
+    """A tenant with port ranges, a source list and sampling is judged from
+    its head and its slot's ew_slot_tenants entry alone (the VIP value gone
+    from ew_vips_v4 changes nothing); an entry that is being written, or
+    that names another head, sends the packet to ew_vips_v4."""
+    vip = "203.0.113.10"
+    tenants = [{"id": 7, "name": "shop", "vips": [vip], "blocked_ports": ["tcp/25", "udp/1900"],
+                "blocked_sources": ["192.0.2.64/26"]}]
+    policy = policy_from_document(document(1, tenants))
+    frames = {
+        "pass": tcp_ipv4_frame("203.0.113.250", vip, 40000, 443, "S"),
+        "port": tcp_ipv4_frame("203.0.113.250", vip, 40000, 25, "S"),
+        "listed": tcp_ipv4_frame("192.0.2.70", vip, 40000, 443, "S"),
+        "near": tcp_ipv4_frame("192.0.2.10", vip, 40000, 443, "S"),
+    }
+    with PrivateDatapath(policy) as datapath:
+        maps = datapath.program.maps
+        oracle = Oracle(datapath, policy)
+        expected = {name: oracle.check(frame).reason for name, frame in frames.items()}
+        assert expected == {"pass": VerdictReason.pass_allowed, "port": VerdictReason.drop_port_block,
+                            "listed": VerdictReason.drop_tenant_block, "near": VerdictReason.pass_allowed}
+        slot = next(iter(vip_heads.live_slot_tenants(maps)))
+        assert vip_heads.live_slot_tenants(maps)[slot][1] == 7
+
+        key = ipaddress.IPv4Address(vip).packed
+        value = maps["ew_vips_v4"].lookup(key)
+        maps["ew_vips_v4"].delete(key)
+        for name, frame in frames.items():
+            assert datapath.run(frame) == oracle.check(frame, counters=False).action, name
+
+        # An entry mid-write (odd stamp): the packet asks ew_vips_v4, which
+        # has no VIP now, so it is nobody's and passes.
+        with vip_heads.SlotTenants(maps[vip_heads.SLOT_TENANTS_MAP]) as entries:
+            stamp = int(entries.words[slot, 0])
+            entries.words[slot, 0] = stamp | 1 << 32
+        assert datapath.run(frames["port"]) == XDP_PASS
+        # The map has it again: judged from the value.
+        maps["ew_vips_v4"].update(key, value)
+        assert datapath.run(frames["port"]) == XDP_DROP
+        # The next sync writes the entry again under an even stamp.
+        vip_heads.sync_vip_heads(maps)
+        after = vip_heads.live_slot_tenants(maps)[slot][0]
+        assert after >> 32 & 1 == 0 and after >> 32 > stamp >> 32
+        maps["ew_vips_v4"].delete(key)
+        assert datapath.run(frames["port"]) == XDP_DROP
+
+
+def port_flip_versions():
+    """Two versions of one tenant that both block tcp/25, in different
+    places of its ranges (first in one, second in the other): a packet that
+    read half of each version's ranges could miss it."""
+    vips = ["203.0.113.10", "203.0.113.11"]
+    ports = (["tcp/25"], ["tcp/10-20", "tcp/25", "udp/53"])
+    return vips, [policy_from_document(document(v + 1, [{"id": 1, "name": "shop", "vips": vips,
+                                                          "blocked_ports": ports[v]}])) for v in (0, 1)]
+
+
+def run_port_flips(flips: int):
+    vips, versions = port_flip_versions()
+    frames = [tcp_ipv4_frame("203.0.113.250", vip, 40000, 25, "S") for vip in vips]
+    with PrivateDatapath(versions[0]) as datapath:
+        fd = datapath.program.prog_fd
+        for frame in frames:
+            assert test_run(fd, frame).retval == XDP_DROP
+        stop, passed, runs = threading.Event(), [], [0]
+
+        def traffic():
+            while not stop.is_set():
+                for frame in frames:
+                    if test_run(fd, frame).retval != XDP_DROP:
+                        passed.append(frame)
+                    runs[0] += 1
+
+        sender = threading.Thread(target=traffic)
+        sender.start()
+        try:
+            for i in range(flips):
+                datapath.apply(versions[(i + 1) % 2])
+        finally:
+            stop.set()
+            sender.join()
+        return passed, runs[0]
+
+
+def test_no_packet_reads_half_of_two_versions_of_a_tenants_port_ranges():
+    passed, runs = run_port_flips(flips=16)
+    assert runs > 100, "too little traffic during the flips to mean anything"
+    assert passed == []
+
+
+def test_the_port_flip_test_catches_an_entry_written_without_its_stamps(monkeypatch):
+    """The check above has teeth: a writer that leaves the stamp even while
+    it rewrites the ranges lets packets read half of each version."""
+    def careless(self, slot, head, body):
+        for word, value in enumerate(np.frombuffer(body, dtype=np.uint64).tolist(), start=1):
+            self._store(slot, word, value)
+            time.sleep(0.002)   # the moment between two stores, widened (and the GIL let go)
+        self._store(slot, 0, (int(self.words[slot, 0]) >> 32) + 2 << 32 | head)
+
+    monkeypatch.setattr(vip_heads.SlotTenants, "write", careless)
+    passed, _ = run_port_flips(flips=16)
     assert passed

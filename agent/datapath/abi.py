@@ -107,6 +107,7 @@ MAP_LAYOUTS: dict[str, tuple[str, str]] = {
     "ew_sample_budget": ("__u32", "struct ew_sample_budget"),
     "ew_prefilter_v4": ("__u32", "struct ew_prefilter_v4"),
     "ew_vip_heads_v4": ("__u32", "struct ew_vip_head_bucket"),
+    "ew_slot_tenants": ("__u32", "struct ew_slot_tenant"),
 }
 # Maps pinned beside those above that have no key/value layout (the sample ring buffer).
 RING_MAPS = ("ew_samples",)

@@ -16,7 +16,7 @@ from agent.datapath.blocktables import SwappableTable
 from agent.datapath.conntrack import CONNTRACK_KFUNCS, conntrack_available, object_kfuncs
 from agent.datapath.errors import InterfaceError
 from agent.datapath.prefilter import MAP_NAME as PREFILTER_MAP, sync_prefilter
-from agent.datapath.vip_heads import MAP_NAME as VIP_HEADS_MAP, sync_vip_heads
+from agent.datapath.vip_heads import MAP_NAME as VIP_HEADS_MAP, SLOT_TENANTS_MAP, sync_vip_heads
 from agent.datapath.scope import pin_dir_for
 from agent.datapath.bpf_object import BpfObject
 from agent.datapath.policy_arrays import open_typed_map
@@ -52,7 +52,8 @@ class LoadedProgram:
         per tenant. `object_file`: another build of the datapath (tests)."""
         if tenant_capacity is not None:
             capacities = {**(capacities or {}), "ew_tenants": tenant_capacity,
-                          "ew_flood_policies": tenant_capacity, "ew_buckets": tenant_capacity * abi.BUCKET_KINDS,
+                          "ew_flood_policies": tenant_capacity, "ew_slot_tenants": tenant_capacity,
+                          "ew_buckets": tenant_capacity * abi.BUCKET_KINDS,
                           **slot_capacities(tenant_capacity)}
         # A policy array's capacity is its inner array's (its outer map has one slot).
         inner_capacities = {name: n for name, n in (capacities or {}).items() if name in abi.POLICY_ARRAYS}
@@ -66,7 +67,7 @@ class LoadedProgram:
         # Tables pinned by an edgewarden without the prefilter get one built from them.
         new_prefilter = pins is not None and not pins[PREFILTER_MAP].exists()
         # Likewise the VIP heads (an empty heads map would call every address "no VIP").
-        new_vip_heads = pins is not None and not pins[VIP_HEADS_MAP].exists()
+        new_vip_heads = pins is not None and not (pins[VIP_HEADS_MAP].exists() and pins[SLOT_TENANTS_MAP].exists())
         if pins is not None:
             refuse_in_place_policy_arrays(pins)
         path = object_file or object_path(conntrack=conntrack_available())

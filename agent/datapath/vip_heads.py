@@ -11,7 +11,16 @@ such promise). The heads follow ew_vips_v4 within an apply: synced after
 its new and changed entries are written and before its stale ones are
 deleted. Within a bucket a VIP that stays keeps its way; one that does not
 fit turns a way into the overflow mark first, so that at every instant a
-VIP of either version is in its bucket or its bucket says "ask the map"."""
+VIP of either version is in its bucket or its bucket says "ask the map".
+
+Beside the heads, ew_slot_tenants holds per counter slot the tenant id and
+port ranges that a head cannot (struct ew_slot_tenant), so that a tenant
+with port blocks or a source list is judged without ew_vips_v4 too. An
+entry is many words: each is written with one store between two stamps
+(sequence << 32 | head), the sequence odd meanwhile, and a packet uses the
+entry only if it read the same even stamp before and after it, holding the
+head it found. Entries are written before the heads, so a head that
+changed finds its entry ready; one that does not match is asked of the map."""
 
 from __future__ import annotations
 
@@ -31,6 +40,9 @@ PRESENT = lib.EW_VIP_HEAD_PRESENT
 OVERFLOW_WAY = lib.EW_VIP_HEAD_OVERFLOW << 32
 SLOT_SHIFT = lib.EW_VIP_HEAD_SLOT_SHIFT
 MAX_SLOT = (1 << (32 - SLOT_SHIFT)) - 1
+SLOT_TENANTS_MAP = "ew_slot_tenants"
+ENTRY_WORDS = abi.ffi.sizeof("struct ew_slot_tenant") // 8
+HAS_PORT_VIPS = lib.EW_VIP_HAS_PORT_VIPS
 
 
 def address_word(key: bytes) -> int:
@@ -122,16 +134,108 @@ class VipHeads:
                 self._store(bucket, i, new[i])
 
 
+def slot_entry(vip_value: bytes) -> tuple[int, int, bytes] | None:
+    """(slot, head, entry words after the stamp) for an ew_vips_v4 value
+    whose head ew_slot_tenants can complete, else None (a VIP with port
+    VIPs is judged from the map, and one without a head has no entry)."""
+    vip = abi.ffi.from_buffer("struct ew_vip *", vip_value)
+    if vip.flags & HAS_PORT_VIPS or vip.flags >= PRESENT or vip.slot > MAX_SLOT:
+        return None
+    ranges = abi.ffi.offsetof("struct ew_vip", "port_blocks")
+    # The tenant id, the reserved word, the port ranges as the value has them.
+    body = vip_value[:4] + bytes(4) + vip_value[ranges:ranges + 8 * (ENTRY_WORDS - 2)]
+    return vip.slot, vip.slot << SLOT_SHIFT | vip.flags | PRESENT, body
+
+
+class SlotTenants:
+    """The live ew_slot_tenants array, mmapped; entries written in place
+    under their stamps."""
+
+    def __init__(self, bpf_map: BpfMap):
+        self.slots = bpf_map.max_entries
+        length = self.slots * ENTRY_WORDS * 8
+        self._mmap = mmap.mmap(bpf_map.fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.words = np.frombuffer(self._mmap, dtype=np.uint64, count=self.slots * ENTRY_WORDS).reshape(
+            self.slots, ENTRY_WORDS)
+        self.stores = 0
+
+    def close(self) -> None:
+        del self.words
+        self._mmap.close()
+
+    def __enter__(self) -> "SlotTenants":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _store(self, slot: int, word: int, value: int) -> None:
+        self.words[slot, word] = np.uint64(value)     # one aligned 8-byte store
+        self.stores += 1
+
+    def write(self, slot: int, head: int, body: bytes) -> None:
+        """Entry `slot` for `head` with `body` (the words after the stamp),
+        unless it holds them already."""
+        stamp = int(self.words[slot, 0])
+        new_body = np.frombuffer(body, dtype=np.uint64)
+        if stamp & 0xFFFF_FFFF == head and not (stamp >> 32) & 1 and (self.words[slot, 1:] == new_body).all():
+            return
+        sequence = stamp >> 32 | 1      # odd: being written
+        self._store(slot, 0, sequence << 32 | stamp & 0xFFFF_FFFF)
+        for i, word in enumerate(new_body.tolist(), start=1):
+            if int(self.words[slot, i]) != word:
+                self._store(slot, i, word)
+        self._store(slot, 0, ((sequence + 1) & 0xFFFF_FFFF) << 32 | head)
+
+    def clear(self, slot: int) -> None:
+        """No head matches the entry any more (its words stay as they are)."""
+        stamp = int(self.words[slot, 0])
+        if stamp & 0xFFFF_FFFF:
+            self._store(slot, 0, ((stamp >> 32 | 1) + 1 & 0xFFFF_FFFF) << 32)
+
+    def sync(self, vips: dict[bytes, bytes]) -> None:
+        desired: dict[int, tuple[int, bytes] | None] = {}
+        for value in vips.values():
+            entry = slot_entry(value)
+            if entry is None:
+                continue
+            slot, head, body = entry
+            if slot >= self.slots:
+                continue
+            # Two heads for one slot (cannot happen: a slot is one tenant's): neither gets the entry.
+            desired[slot] = (head, body) if desired.get(slot, (head, body)) == (head, body) else None
+        live = np.nonzero(self.words[:, 0] & np.uint64(0xFFFF_FFFF))[0].tolist()
+        for slot in sorted(set(live) | set(desired)):
+            want = desired.get(slot)
+            if want is None:
+                self.clear(slot)
+            else:
+                self.write(slot, *want)
+
+
 def sync_vip_heads(maps: dict[str, BpfMap], vips: dict[bytes, bytes] | None = None) -> int:
-    """Bring ew_vip_heads_v4 to `vips` (default: the live ew_vips_v4).
-    Returns the stores made. A program without the heads map: nothing."""
+    """Bring ew_slot_tenants and then ew_vip_heads_v4 to `vips` (default:
+    the live ew_vips_v4). Returns the stores made. A program without the
+    heads map: nothing."""
     if MAP_NAME not in maps:
         return 0
     if vips is None:
         vips = maps[VIPS_MAP].items()
+    stores = 0
+    if SLOT_TENANTS_MAP in maps:
+        with SlotTenants(maps[SLOT_TENANTS_MAP]) as entries:
+            entries.sync(vips)
+            stores += entries.stores
     with VipHeads(maps[MAP_NAME]) as heads:
         heads.sync(vips)
-        return heads.stores
+        return stores + heads.stores
+
+
+def live_slot_tenants(maps: dict[str, BpfMap]) -> dict[int, tuple[int, int]]:
+    """Slot -> (stamp, tenant id) of every entry that some head can match (tests, status)."""
+    with SlotTenants(maps[SLOT_TENANTS_MAP]) as entries:
+        return {int(slot): (int(entries.words[slot, 0]), int(entries.words[slot, 1]) & 0xFFFF_FFFF)
+                for slot in np.nonzero(entries.words[:, 0] & np.uint64(0xFFFF_FFFF))[0]}
 
 
 def live_heads(maps: dict[str, BpfMap]) -> dict[int, list[int]]:

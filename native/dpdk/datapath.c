@@ -104,7 +104,8 @@ static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map
     }
     /* Not kept by this engine: the datapath then walks the block tables
      * without the prefilter and takes tenant-wide tokens under the lock. */
-    if (map == (void *)&ew_prefilter_v4 || map == (void *)&ew_bucket_shares || map == (void *)&ew_vip_heads_v4)
+    if (map == (void *)&ew_prefilter_v4 || map == (void *)&ew_bucket_shares || map == (void *)&ew_vip_heads_v4 ||
+        map == (void *)&ew_slot_tenants)
         return NULL;
     return NULL;
 }

@@ -43,9 +43,12 @@
 #define EW_VIP_HEAD_MULTIPLIER 2654435761
 /* A way: the address in the low 32 bits, the head in the high 32: the slot
  * above bit 8, the VIP's flags (all below EW_VIP_HEAD_PRESENT) in the low
- * byte and EW_VIP_HEAD_PRESENT. A nonzero way without EW_VIP_HEAD_PRESENT
- * is the overflow mark: some VIP of this bucket is in ew_vips_v4 only. */
+ * byte and EW_VIP_HEAD_PRESENT. A way whose head is EW_VIP_HEAD_OVERFLOW
+ * (no EW_VIP_HEAD_PRESENT) is the overflow mark: some VIP of this bucket is
+ * in ew_vips_v4 only. The probe returns a head, EW_VIP_HEAD_OVERFLOW (ask
+ * ew_vips_v4) or 0 (no VIP has the address). */
 #define EW_VIP_HEAD_PRESENT 128
+#define EW_VIP_HEAD_PRESENT_SHIFT 7
 #define EW_VIP_HEAD_SLOT_SHIFT 8
 #define EW_VIP_HEAD_OVERFLOW 1
 
@@ -260,6 +263,23 @@ struct ew_vip_head_bucket {
     __u64 ways[8];      /* EW_VIP_HEAD_WAYS */
 };
 
+/* ew_slot_tenants: per counter slot, what a packet whose VIP head names
+ * the slot needs beyond the head when its tenant has port blocks, a source
+ * list the packet must be looked up in, or sampling: the tenant id and the
+ * blocked port ranges (those of its VIPs' values). So that such a tenant's
+ * packets, too, are judged without the ew_vips_v4 lookup. The agent writes
+ * an entry through a mmap, one aligned u64 store at a time, between two
+ * stamps (agent/datapath/vip_heads.py): stamp = sequence << 32 | head, the
+ * sequence odd while the entry is being written. A packet uses an entry
+ * only if the stamp it read before and after the entry were equal, even and
+ * held the very head it found; else it asks ew_vips_v4 (the whole truth). */
+struct ew_slot_tenant {
+    __u64 stamp;
+    __u32 tenant_id;
+    __u32 reserved;
+    struct ew_port_range port_blocks[8];    /* EW_VIP_PORT_RANGES */
+};
+
 /* ew_vips_v4 / ew_vips_v6: destination address (any port) -> ew_vip. An
  * address with only (protocol, port) VIPs has an entry for tenant 0 with
  * EW_VIP_HAS_PORT_VIPS set, so one lookup tells whether a second is needed. */
@@ -414,6 +434,10 @@ _Static_assert(sizeof(((struct ew_vip *)0)->port_blocks) == EW_VIP_PORT_RANGES *
 _Static_assert(sizeof(struct ew_prefilter_v4) == 32, "ew_prefilter_v4 layout changed");
 _Static_assert(sizeof(((struct ew_vip_head_bucket *)0)->ways) == EW_VIP_HEAD_WAYS * 8, "one u64 per way");
 _Static_assert(EW_VIP_HEAD_BUCKETS == 1 << EW_VIP_HEAD_BUCKET_BITS, "buckets: a power of two");
+_Static_assert(sizeof(struct ew_slot_tenant) == 80 && sizeof(struct ew_port_range) == 8,
+               "a slot tenant entry is u64 words, each written with one store");
+_Static_assert(EW_VIP_HEAD_PRESENT == 1 << EW_VIP_HEAD_PRESENT_SHIFT && EW_VIP_HEAD_OVERFLOW == 1,
+               "the probe finds the mark by a shift of PRESENT onto bit 0");
 _Static_assert((EW_TENANT_SUSPENDED | EW_TENANT_HAS_SOURCE_BLOCKS | EW_TENANT_HAS_PORT_BLOCKS | EW_VIP_HAS_PORT_VIPS |
                 EW_TENANT_HAS_FLOOD_POLICY | EW_TENANT_SAMPLED | EW_TENANT_PORT_RANGES) < EW_VIP_HEAD_PRESENT,
                "every VIP flag fits below EW_VIP_HEAD_PRESENT");
