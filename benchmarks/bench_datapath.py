@@ -479,9 +479,9 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
         f"{len(POLICY_DOCUMENT['global']['blocked_sources'])} global blocked prefixes; the measured tenant "
         f"has {len(POLICY_DOCUMENT['tenants'][0]['blocked_sources'])} blocked source prefixes and "
         f"{len(POLICY_DOCUMENT['tenants'][0]['blocked_ports'])} blocked port rules (ranges in its VIP value); "
-        "its pass path does the VIP head and VIP value lookups (the port ranges sit in the value), the "
-        "prefilter and, for a source whose /24 a list touches, the tenant block lookups, then per-CPU "
-        "accounting.",
+        "its pass path does the VIP head and its slot entry (tenant id and port ranges; two inlined array "
+        "lookups, no VIP hash lookup), the prefilter and, for a source whose /24 a list touches, the tenant "
+        "block lookups, then per-CPU accounting.",
         "",
         "| # | Program | Packet | Verdict | ns/packet (median) | min | max |",
         "|---|---|---|---|---:|---:|---:|",
@@ -539,11 +539,10 @@ hash lookup on the destination, one per-CPU array count. On this machine a
 hash lookup costs about 30-35 ns, an inlined array lookup a few: the count
 of hash lookups decides every figure. The tenant is found through the IPv4
 VIP heads (`ew_vip_heads_v4`): an array of 8-way buckets holding each VIP's
-counter slot and flags, so a packet whose verdict needs no more (a global
-drop; a tenant without port blocks, port VIPs, sampling or a tenant-list
-lookup for this source) does no VIP hash lookup; the others (rows 4 and 4':
-the measured tenant has port blocks) read the VIP value from `ew_vips_v4`
-after the heads. The global list is checked first, and needs nothing of the
+counter slot and flags, and beside them per slot the tenant id and port
+ranges (`ew_slot_tenants`), so no verdict here reads the VIP value from
+`ew_vips_v4` (only a VIP with port VIPs, an overflowed bucket or an entry
+being rewritten do). The global list is checked first, and needs nothing of the
 tenant: the IPv4 prefilter (`ew_prefilter_v4`, one bit per /24 a list
 touches) decides a prefix <= /24 with one inlined array lookup, and a longer
 prefix adds the one /24-node hash lookup, so the /25 drop does one hash
