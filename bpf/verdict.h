@@ -129,15 +129,21 @@ static __always_inline __u32 vip_head_v4(__be32 daddr)
 }
 
 
+/* The ranges are merged and in order of (protocol, first port)
+ * (agent.datapath.compile.port_ranges): the scan stops at the first range
+ * past the packet's (protocol, port), which for most ports is the first
+ * or second, not the last. */
 static __always_inline int port_blocked_in_ranges(const struct ew_port_range *ranges, __u32 proto, __u16 port)
 {
+    __u32 packet = proto << 16 | port;
+
 #pragma unroll
     for (int i = 0; i < EW_VIP_PORT_RANGES; i++) {
         const struct ew_port_range *r = &ranges[i];
 
-        if (r->proto == 0)
+        if (r->proto == 0 || ((__u32)r->proto << 16 | r->first) > packet)
             break;
-        if (r->proto == proto && port >= r->first && port <= r->last)
+        if (r->proto == proto && port <= r->last)
             return 1;
     }
     return 0;

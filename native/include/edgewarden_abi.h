@@ -242,7 +242,9 @@ struct ew_bucket_share {
 
 /* Value of every VIP map: who owns the destination and its state. A tenant
  * whose blocked ports merge into at most EW_VIP_PORT_RANGES ranges has them
- * in port_blocks and EW_TENANT_PORT_RANGES set; one with more keeps
+ * in port_blocks (merged, in order of protocol then first port: the
+ * datapath stops at the first range past the packet's) and
+ * EW_TENANT_PORT_RANGES set; one with more keeps
  * EW_TENANT_HAS_PORT_BLOCKS alone and the datapath looks in ew_port_blocks. */
 struct ew_vip {
     __u32 tenant_id;
