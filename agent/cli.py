@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager
 
 from agent.datapath.abi import DROP_REASONS, TrafficClass, VerdictReason, action_name
-from agent.datapath.blocktables import blocked_prefixes
+from agent.datapath.blocktables import blocked_prefixes, prefixes_of_tables
 from agent.datapath.counters import read_counters
 from agent.blocklist import BlockListError, LoadedList, read_blocklist
 from agent.cli_output import emit, print_table
@@ -23,6 +23,7 @@ from agent.datapath import (
     list_store, live_maps, managed_interfaces, replace_named_list,
 )
 from agent.datapath.named_lists import DEFAULT_LIST, ListId, check_list_name
+from agent.datapath.policy_store import applied_policy
 from agent.datapath.syscalls import BpfError
 from agent.pcap import CaptureError
 from agent.policy import Policy, PolicyError, TenantState, load_policy
@@ -126,12 +127,31 @@ def _network(text: str):
         raise UsageError(str(err)) from None
 
 
+def _engine_blocked(ifname: str) -> list:
+    """For an engine without pins (DPDK): the block tables compiled from what
+    it was given, the policy recorded beside its lists and the lists stored
+    under its name; the engine swaps these in whole, so they are what it holds."""
+    from agent.datapath.compile import compile_policy
+    from agent.datapath.named_lists import scope_unions
+    policy = applied_policy(ifname)
+    lists = {lid: p for lid, p in list_store(ifname).load_all().items()
+             if lid.tenant_id is None or policy.tenant(lid.tenant_id) is not None}
+    tables = compile_policy(policy, named_lists=scope_unions(lists)).tables
+    return prefixes_of_tables({name: table.items() for name, table in tables.items()})
+
+
 def cmd_block_list(args) -> int:
-    """Reads the live maps (what the datapath enforces), not the document."""
+    """Reads the live maps (what the datapath enforces), not the document;
+    for the DPDK engine, what it was given (_engine_blocked)."""
     result = {}
-    for ifname in _target_interfaces(args):
-        with live_maps(ifname) as maps:
-            entries = [{"tenant_id": tenant_id, "prefix": str(net)} for tenant_id, net in blocked_prefixes(maps)]
+    pinned = managed_interfaces()
+    for ifname in _list_interfaces(args):
+        if ifname in pinned or applied_policy(ifname) is None:
+            with live_maps(ifname) as maps:         # says why, if it is not managed
+                blocked = blocked_prefixes(maps)
+        else:
+            blocked = _engine_blocked(ifname)
+        entries = [{"tenant_id": tenant_id, "prefix": str(net)} for tenant_id, net in blocked]
         if args.tenant is not None:
             entries = [e for e in entries if e["tenant_id"] == args.tenant]
         result[ifname] = sorted(entries, key=lambda e: (e["tenant_id"] or 0, e["prefix"]))

@@ -296,7 +296,15 @@ class ReferenceBuckets:
     generations: a tenant whose flood policy changed, or that is new, starts
     with fresh buckets. (One case differs: a tenant removed and re-added with
     the same flood policy gets its old generation back, and the datapath may
-    find its old, refilling buckets; tests do not re-add tenants.)"""
+    find its old, refilling buckets; tests do not re-add tenants.)
+
+    Per-source buckets here are never evicted. The datapath keeps them in a
+    bounded store and evicts, the evicted prefix starting over full: IPv4
+    in 4-way sets of ew_source_ways_v4 (a prefix is evicted when four more
+    recently refilled ones share its set), IPv6 in an LRU of
+    EW_MAX_SOURCE_BUCKETS. So the two agree while no set holds more than
+    four live prefixes and the LRU is not full, which tests keep to;
+    tests/test_flood.py shows the eviction itself."""
 
     def __init__(self) -> None:
         self.buckets: dict[tuple[int, object], TokenBucket | SharedBucket] = {}

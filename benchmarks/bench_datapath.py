@@ -158,7 +158,7 @@ FLOOD_FRAMES = {
                 tcp_ipv4_frame(CLIENT_SOURCE, FLOOD_VIPS["syn-ack"], 443, 40000, "SA")),
     "syn-rate": ("SYN over the SYN rate, `drop_syn_rate` (per-CPU share of the bucket)",
                  tcp_ipv4_frame(CLIENT_SOURCE, FLOOD_VIPS["syn-rate"], 40000, 443, "S")),
-    "per-source": ("ACK over the per-source rate, `drop_source_rate` (LRU bucket)",
+    "per-source": ("ACK over the per-source rate, `drop_source_rate` (IPv4: array bucket)",
                    tcp_ipv4_frame(CLIENT_SOURCE, FLOOD_VIPS["per-source"], 40000, 443, "A")),
 }
 
@@ -549,7 +549,8 @@ prefix adds the one /24-node hash lookup, so the /25 drop does one hash
 lookup, as xdp-filter's does. A source whose /24 a tenant list touches still
 pays the tenant table's lookups (row 4'). Tenant-wide rate limits take no
 lock per packet: each CPU spends a share taken from the shared bucket in
-batches. The per-source path's remaining cost is its LRU hash lookup."""
+batches. An IPv4 source's per-source bucket is in a shared array of 4-way
+sets (an inlined lookup per way), no longer in an LRU hash."""
 
 
 def write_results(section: str) -> None:

@@ -68,14 +68,19 @@ static __always_inline void mask_prefix(__u8 *addr, __u32 bytes, __u32 prefixlen
     }
 }
 
-static __always_inline int source_allows(const struct packet_facts *f, __u32 slot,
-                                         const struct ew_flood_policy *policy, __u64 now)
+/* The per-source bucket in the LRU hash ew_source_buckets: IPv6 sources, and
+ * IPv4 ones in an engine without ew_source_ways_v4 (the DPDK build). The key
+ * carries the policy's generation: a new policy finds none of the old
+ * buckets. A prefix seen for the first time (or evicted) is judged on a full
+ * bucket, inserted already spent (no second lookup); only when another CPU
+ * inserted the same prefix meanwhile is it judged again, on that one. */
+static __always_inline int source_allows_lru(const struct packet_facts *f, __u32 slot,
+                                             const struct ew_flood_policy *policy, __u64 now)
 {
     struct ew_source_key key = { .slot = slot, .family = f->family, .generation = (__u16)policy->generation };
-    struct ew_source_bucket *bucket;
+    struct ew_source_bucket *bucket, fresh = {};
+    int allowed;
 
-    if (policy->per_source.rate == 0 && policy->per_source.burst == 0)
-        return 1;
     if (f->family == EW_FAMILY_IPV4) {
         key.prefixlen = policy->source_prefix_v4;
         __builtin_memcpy(key.prefix, &f->saddr.v4, 4);
@@ -87,17 +92,94 @@ static __always_inline int source_allows(const struct packet_facts *f, __u32 slo
     }
     bucket = bpf_map_lookup_elem(&ew_source_buckets, &key);
     if (!bucket) {
-        struct ew_source_bucket fresh = {};
-
-        bpf_map_update_elem(&ew_source_buckets, &key, &fresh, BPF_NOEXIST);
+        allowed = token_take(&fresh.tokens, &fresh.last_ns, &policy->per_source, now, 1);
+        if (bpf_map_update_elem(&ew_source_buckets, &key, &fresh, BPF_NOEXIST) == 0)
+            return allowed;
         bucket = bpf_map_lookup_elem(&ew_source_buckets, &key);
         if (!bucket)
-            return 1;
+            return allowed;
     }
-    /* No lock (LRU maps cannot hold one): CPUs updating the same prefix at
-     * once may lose an update, so a per-source limit is approximate under
-     * a multi-queue flood from one prefix; tenant-wide limits stay exact. */
     return token_take(&bucket->tokens, &bucket->last_ns, &policy->per_source, now, 1);
+}
+
+/* The first way of the set of a (slot, IPv4 prefix) tag in
+ * ew_source_ways_v4: the top bits of a multiplicative (Fibonacci) hash. */
+static __always_inline __u32 source_set_v4(__u64 tag)
+{
+    return (__u32)((tag * 0x9E3779B97F4A7C15ULL) >> (64 - EW_SOURCE_SETS_V4_BITS)) * EW_SOURCE_WAYS_V4;
+}
+
+/* An IPv4 source's bucket: an inlined array lookup per way of its set (a
+ * lookup, not pointer arithmetic on one value, which the verifier refuses
+ * without CAP_PERFMON when the offset differs by path), the first way
+ * first, which is where a set's only prefix is. A prefix not in its set
+ * takes a free way, else the one refilled least recently, which starts
+ * over full (an eviction, as in an LRU: the set is its LRU list). A way of
+ * another policy generation starts over full where it is. */
+static __always_inline int source_allows_v4(const struct packet_facts *f, __u32 slot,
+                                            const struct ew_flood_policy *policy, __u64 now)
+{
+    __u32 prefixlen = policy->source_prefix_v4 < 32 ? policy->source_prefix_v4 : 32;
+    /* The top `prefixlen` of 32 bits, for 0..32 without a shift by 32. */
+    __u32 mask = (__u32)(0xffffffff00000000ULL >> prefixlen);
+    __u64 tag = (__u64)slot << 32 | (__u32)(f->saddr.v4 & bpf_htonl(mask));
+    __u32 first = source_set_v4(tag), index = first, victim = first;
+    struct ew_source_way_v4 *way = bpf_map_lookup_elem(&ew_source_ways_v4, &index);
+    __u64 oldest;
+
+    if (!way)
+        return source_allows_lru(f, slot, policy, now);
+    if (way->tag == tag && way->generation)
+        goto found;
+    oldest = way->generation ? way->last_ns : 0;    /* a free way goes first */
+#pragma unroll
+    for (__u32 i = 1; i < EW_SOURCE_WAYS_V4; i++) {
+        __u64 age;
+
+        index = first + i;
+        way = bpf_map_lookup_elem(&ew_source_ways_v4, &index);
+        if (!way)
+            return 1;
+        if (way->tag == tag && way->generation)
+            goto found;
+        age = way->generation ? way->last_ns : 0;
+        if (age < oldest) {
+            oldest = age;
+            victim = index;
+        }
+    }
+    way = bpf_map_lookup_elem(&ew_source_ways_v4, &victim);
+    if (!way)
+        return 1;
+    way->tag = tag;
+    way->generation = policy->generation;     /* never 0 (agent/datapath/compile.py with_generation) */
+    way->tokens = 0;
+    way->last_ns = 0;
+    return token_take(&way->tokens, &way->last_ns, &policy->per_source, now, 1);
+found:
+    if (way->generation != policy->generation) {
+        way->generation = policy->generation;
+        way->tokens = 0;
+        way->last_ns = 0;
+    }
+    return token_take(&way->tokens, &way->last_ns, &policy->per_source, now, 1);
+}
+
+/* Per-source limits take no lock (the LRU cannot hold one, and the array
+ * is written in place): CPUs updating the same prefix at once may lose an
+ * update, so a per-source limit is approximate under a multi-queue flood
+ * from one prefix; two CPUs taking the same way for two new prefixes at
+ * once leave it to one of them, the other starting over full at its next
+ * packet (as if evicted). Tenant-wide limits stay within their bound
+ * (token_bucket.h share_take). */
+static __always_inline int source_allows(const struct packet_facts *f, __u32 slot,
+                                         const struct ew_flood_policy *policy, __u64 now)
+{
+    if (policy->per_source.rate == 0 && policy->per_source.burst == 0)
+        return 1;
+    if (f->family == EW_FAMILY_IPV4)
+        return source_allows_v4(f, slot, policy, now);
+    return source_allows_lru(f, slot, policy, now);
 }
 
 #define EW_FLOOD_TCP_STATE (EW_FLOOD_SYN_COOKIES | EW_FLOOD_SYN_ACK_DROP | EW_FLOOD_SYN_ACK_TRACK)

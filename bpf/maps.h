@@ -33,6 +33,7 @@ EW_HASH_MAP(ew_port_blocks, struct ew_port_key, __u8, EW_MAX_PORT_RULES);
 struct ew_inner_types {
     struct ew_source_key source_key;
     struct ew_source_bucket source_bucket;
+    struct ew_source_way_v4 source_way_v4;
     struct ew_block_node block_node;
     struct ew_tenant_block_key tenant_block_key;
     struct ew_lpm_v6_key lpm_v6_key;
@@ -172,7 +173,8 @@ struct {
     __type(value, struct ew_bucket_share);
 } ew_bucket_shares SEC(".maps");
 
-/* Per-source buckets. LRU: under a spoofed flood from more prefixes than it
+/* Per-source buckets of IPv6 sources (IPv4 ones are in ew_source_ways_v4
+ * below, but in an engine without it). LRU: under a spoofed flood from more prefixes than it
  * holds, the least recently seen prefixes are evicted and start again with a
  * full burst, so the tenant-wide limits are the backstop that cannot churn.
  * One LRU list for all CPUs, on purpose: with BPF_F_NO_COMMON_LRU each CPU
@@ -187,5 +189,17 @@ struct {
     __type(key, struct ew_source_key);
     __type(value, struct ew_source_bucket);
 } ew_source_buckets SEC(".maps");
+
+/* Per-source buckets of IPv4 sources: a shared array of 4-way sets, an
+ * inlined array lookup per way where the LRU hash took a hash lookup (bpf/flood.h
+ * source_allows_v4; what it keeps: benchmarks/RESULTS.md, "Per-source
+ * buckets in an array"). Not per CPU, so the limit is per prefix, not per
+ * prefix and CPU. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, EW_SOURCE_SETS_V4 * EW_SOURCE_WAYS_V4);
+    __type(key, __u32);
+    __type(value, struct ew_source_way_v4);
+} ew_source_ways_v4 SEC(".maps");
 
 #endif /* EW_MAPS_H */

@@ -452,7 +452,9 @@ def _tenant_field_args(p) -> None:
     p.add_argument("--vip", action="append", help="a VIP address (repeat)")
     p.add_argument("--contact", action="append", metavar="NAME,EMAIL,PHONE[,WEBHOOK]", help="a security contact (repeat)")
     p.add_argument("--flood", metavar="JSON", help="flood settings as in the policy document, as JSON")
-    p.add_argument("--state", choices=["active", "suspended", "terminated"])
+    # "terminated" stays a choice so the controller's refusal (HTTP 409) can name the command that does it
+    p.add_argument("--state", choices=["active", "suspended", "terminated"],
+                   help="active or suspended; terminating is `edgewarden tenant terminate ID --confirm` (admin)")
 
 
 def add_commands(sub) -> None:

@@ -337,7 +337,7 @@ def _start(tmp_path, topo, config, notify) -> DaemonProcess:
 
 
 def test_stats_status_and_named_lists_of_a_running_dpdk_engine(tmp_path):
-    """`edgewarden stats` / `status` / `block lists` read a running DPDK
+    """`edgewarden stats` / `status` / `block lists` / `block list` read a running DPDK
     engine through the agent's socket (its counters are in the agent's
     memory, not pinned), with the XDP path's output shape and exactly the
     packets sent per reason; a named list loaded through the agent is still
@@ -399,6 +399,11 @@ def test_stats_status_and_named_lists_of_a_running_dpdk_engine(tmp_path):
         assert lists.returncode == 0, lists.stderr
         [stored] = json.loads(lists.stdout)["interfaces"]["net_af_packet0"]
         assert (stored["list"], stored["tenant_id"], stored["prefixes"], stored["enforced"]) == ("abuse", 1, 1, True)
+        # `block list`: what the engine blocks, the policy's own prefix and the list's, in the XDP path's shape
+        blocked = _cli(topo, socket_path, "block", "list", "--json")
+        assert blocked.returncode == 0, blocked.stderr
+        assert json.loads(blocked.stdout)["interfaces"] == {"net_af_packet0": [
+            {"tenant_id": None, "prefix": "198.51.100.0/24"}, {"tenant_id": 1, "prefix": "203.0.113.0/24"}]}
 
         # The agent restarts: the engine starts from nothing, and the stored list is enforced with its first policy.
         assert daemon.stop() == 0

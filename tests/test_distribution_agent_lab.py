@@ -29,6 +29,11 @@ from edge_lab import (
 )
 from fleet_support import Controller
 
+RECORDED_REVISION = """
+import json, sys
+from agent.datapath.policy_store import applied_policy
+print(json.dumps({"revision": applied_policy(sys.argv[1]).revision}))
+"""
 DIGEST_SECONDS = 4.0        # the controller's digest exchange (a readback of ~1M entries each time)
 
 
@@ -83,6 +88,12 @@ def test_a_100_entry_change_to_a_1m_list_is_written_in_place_and_enforced(fleet)
     assert all(after[s] == XDP_DROP for s in new)
     assert all(after[s] == XDP_DROP for s in sample)
     assert all(after[s] == XDP_PASS for s in spare_hosts(5, 3))     # next to the new ones, never listed
+    # the revision recorded beside the pins follows (it is written after the ack): what `edgewarden stats` shows
+    recorded = lambda: lab.run_in_edge(RECORDED_REVISION, lab.edge_if)["revision"]  # noqa: E731
+    deadline = time.monotonic() + 10
+    while recorded() != revision and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert recorded() == revision
 
 
 def test_entries_changed_by_hand_are_found_by_the_digest_exchange_and_repaired(fleet):

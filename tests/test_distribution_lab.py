@@ -23,8 +23,8 @@ from daemon_harness import DaemonProcess, write_config
 from fleet_support import LAB_PEER, Controller, FleetLab
 
 CUT_SECONDS = 60     # the controller link is down this long (issue 11)
-# after the cut, TCP retransmits what was in flight on its backoff (0.2 s doubling: about 100 s after the cut
-# began), or the agent reconnects: converging can take this long
+# the cut outlasts the link's dead-peer bound (agent/wire/keepalive.py, 30 s): the agent drops the connection
+# and reconnects on its backoff (up to 30 s between attempts, each up to 10 s): converging can take this long
 CONVERGE_AFTER_CUT_SECONDS = 150
 PEER = LAB_PEER
 

@@ -2,6 +2,7 @@
 reference TokenBucket (through a harness program that is handed the clock),
 and every flood verdict reason of the real program against the reference."""
 
+import ipaddress
 import struct
 import subprocess
 from pathlib import Path
@@ -19,7 +20,7 @@ from agent.policy import policy_from_document
 from agent.reference import ReferenceBuckets, TokenBucket
 from frames import ipv4_fragment_frame, tcp_ipv4_frame, udp_ipv4_frame
 from native.bpf_build import compile_bpf
-from oracle import Oracle
+from oracle import Oracle, observe
 
 REPO = Path(__file__).resolve().parents[1]
 VIP, CLIENT = "203.0.113.10", "198.51.100.9"
@@ -204,8 +205,9 @@ def test_limits_change_at_run_time_without_reload():
 
 
 def test_per_source_buckets_are_fresh_under_a_new_policy_and_kept_under_the_same():
-    """Per-source buckets carry the policy's generation in their key: a new
-    policy finds none of the old ones, with no write by the agent."""
+    """Per-source buckets carry the policy's generation (IPv4: in the array's
+    way, IPv6: in the LRU key): a new policy finds none of the old ones, with
+    no write by the agent."""
     def policy(burst, revision=1):
         return policy_from_document({"revision": revision, "tenants": [{"id": 1, "name": "shop", "vips": [VIP],
             "flood": {"source_packets_per_second": 0, "source_packet_burst": burst}}]})
@@ -259,6 +261,48 @@ def test_per_source_prefix_lengths_are_configurable():
     try:
         assert [oracle.check(tcp_ipv4_frame(f"198.51.100.{h}", VIP, 1, 80, "A")).reason for h in (1, 2, 1)] == \
             [VerdictReason.pass_allowed, VerdictReason.pass_allowed, VerdictReason.drop_source_rate]
+    finally:
+        oracle.datapath.close()
+
+
+def source_set_v4(slot: int, source: str, prefixlen: int) -> int:
+    """The set of ew_source_ways_v4 a (slot, IPv4 prefix) hashes to (bpf/flood.h source_set_v4)."""
+    prefix = ipaddress.ip_network((source, prefixlen), strict=False).network_address.packed
+    tag = slot << 32 | int.from_bytes(prefix, "little")     # the prefix as the kernel's __u32 holds it
+    return ((tag * 0x9E3779B97F4A7C15) % 2**64) >> (64 - lib.EW_SOURCE_SETS_V4_BITS)
+
+
+def test_ipv4_per_source_buckets_are_exact_up_to_the_ways_of_a_set():
+    """IPv4 per-source buckets live in 4-way sets of a shared array: four
+    prefixes that hash to one set keep their buckets (the reference agrees
+    packet by packet); a fifth takes the way refilled least recently, and the
+    prefix that held it starts over with a full burst, which the exact
+    reference does not do. That is the documented loss of exactness (an
+    LRU evicts the same way, only with one list for all 262,144 buckets)."""
+    ways = lib.EW_SOURCE_WAYS_V4
+    policy = policy_from_document({"revision": 1, "tenants": [{"id": 1, "name": "shop", "vips": [VIP],
+        "flood": {"source_packets_per_second": 0, "source_packet_burst": 1, "source_prefix_v4": 32}}]})
+    oracle = oracle_for(policy)
+    try:
+        slot = struct.unpack_from("=I", oracle.datapath.program.maps["ew_vips_v4"].lookup(
+            ipaddress.IPv4Address(VIP).packed), 4)[0]
+        by_set: dict[int, list[str]] = {}
+        for n in range(1 << 17):    # in 198.18.0.0/15, the first set to hold five
+            source = str(ipaddress.IPv4Address(0xC6120000 + n))
+            crowd = by_set.setdefault(source_set_v4(slot, source, 32), [])
+            crowd.append(source)
+            if len(crowd) > ways:
+                break
+        assert len(crowd) == ways + 1
+        frame = {s: tcp_ipv4_frame(s, VIP, 40000, 443, "A") for s in crowd}
+        for source in crowd[:ways]:
+            assert oracle.check(frame[source]).reason is VerdictReason.pass_allowed
+        for source in crowd[:ways]:                 # each spent its one token, each is still known
+            assert oracle.check(frame[source]).reason is VerdictReason.drop_source_rate
+        assert observe(oracle.datapath, frame[crowd[ways]]).reason == "pass_allowed"    # a fifth: a way
+        assert observe(oracle.datapath, frame[crowd[0]]).reason == "pass_allowed"       # evicted: full again
+        for source in crowd[2:ways]:                 # the others kept theirs
+            assert observe(oracle.datapath, frame[source]).reason == "drop_source_rate"
     finally:
         oracle.datapath.close()
 

@@ -366,6 +366,8 @@ class ControllerMode:
         await link.send(Ack(new.revision, new.digest))
         if change.path == "full":
             self._after_full_apply()
+        else:
+            self._after_delta_apply()
         self.daemon._after_change()
         self.daemon.metrics.revision_apply_seconds.labels(change.path).set(change.seconds)
         journal.info("revision applied", event="revision_applied", revision=new.revision,
@@ -374,6 +376,17 @@ class ControllerMode:
                      store_ms=round(change.store_seconds * 1e3, 3), persist_ms=round(persist_seconds * 1e3, 3),
                      repaired=repair, **({"fallback": change.fallback} if change.fallback else {}),
                      interfaces=change.results)
+
+    def _after_delta_apply(self) -> None:
+        """The revision beside the pins brought up to date, in the writer after the ack."""
+        future = asyncio.get_running_loop().run_in_executor(self.daemon.enforcer.writer,
+                                                            self.daemon.enforcer.record_revision)
+
+        def done(f):
+            if not f.cancelled() and f.exception() is not None:
+                journal.error(f"recording the revision beside the pins failed: {f.exception()}",
+                              event="revision_record_failed")
+        future.add_done_callback(done)
 
     def _after_full_apply(self) -> None:
         """Read the tables' digests back, in the writer after the ack (a

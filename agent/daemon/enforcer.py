@@ -229,6 +229,18 @@ class Enforcer:
                     digests.reset(maps)
                 list_state(ifname)
 
+    def record_revision(self) -> None:
+        """After a delta went in place: the policy recorded beside each
+        interface's pins carries the revision now enforced, so a CLI that
+        reads the pins (edgewarden stats, status) shows it. The lists are
+        not in that document (they are named lists), so it stays small."""
+        from agent.datapath.policy_store import applied_policy, record_applied_policy
+        for ifname, state in self.interfaces.items():
+            if state.attached:
+                recorded = applied_policy(ifname)
+                if recorded is not None and recorded.revision != self.policy.revision:
+                    record_applied_policy(ifname, replace(recorded, revision=self.policy.revision))
+
     def tables_unknown(self) -> None:
         """Before a full apply: what the tables should hold is not known until read back."""
         from agent.datapath.table_digest import digests_for

@@ -103,6 +103,7 @@ MAP_LAYOUTS: dict[str, tuple[str, str]] = {
     "ew_buckets": ("__u32", "struct ew_bucket"),
     "ew_bucket_shares": ("__u32", "struct ew_bucket_share"),
     "ew_source_buckets": ("struct ew_source_key", "struct ew_source_bucket"),
+    "ew_source_ways_v4": ("__u32", "struct ew_source_way_v4"),
     "ew_sample_config": ("__u32", "struct ew_sample_config"),
     "ew_sample_budget": ("__u32", "struct ew_sample_budget"),
     "ew_prefilter_v4": ("__u32", "struct ew_prefilter_v4"),

@@ -28,6 +28,7 @@ from typing import Iterable
 from agent._libbpf import ffi
 from agent._prefixes import EntryTable
 from agent.datapath import abi
+from agent.datapath.compile import BLOCK_TABLES
 from agent.datapath.syscalls import BpfError, BpfMap, create_map, map_fd_by_id, map_info, obj_get, obj_pin
 
 NODE_FORMAT = "=II4Q4Q"      # struct ew_block_node
@@ -287,14 +288,21 @@ class SwappableTable:
 
 def blocked_prefixes(maps: dict[str, BpfMap]) -> list[tuple[int | None, ipaddress.IPv4Network | ipaddress.IPv6Network]]:
     """(tenant id or None for global, prefix) for everything the live tables block."""
+    return prefixes_of_tables({name: SwappableTable(maps[name]).entries().items() for name in BLOCK_TABLES})
+
+
+def prefixes_of_tables(tables) -> list[tuple[int | None, ipaddress.IPv4Network | ipaddress.IPv6Network]]:
+    """(tenant id or None for global, prefix) for the block-table entries
+    `tables` holds: per table name, its (key, value) pairs, as read from the
+    kernel or as compiled (agent.datapath.compile) for an engine without pins."""
     result: list = [(None, n) for n in v4_networks_from_nodes(
-        {struct.unpack("=I", k)[0]: v for k, v in SwappableTable(maps["ew_gblock_v4"]).entries().items()})]
+        {struct.unpack("=I", k)[0]: v for k, v in tables["ew_gblock_v4"]})]
     per_tenant: dict[int, dict[int, bytes]] = {}
-    for key, value in SwappableTable(maps["ew_tblock_v4"]).entries().items():
+    for key, value in tables["ew_tblock_v4"]:
         tenant_id, node = struct.unpack(TENANT_KEY_FORMAT, key)
         per_tenant.setdefault(tenant_id, {})[node] = value
     for tenant_id, nodes in per_tenant.items():
         result += [(tenant_id, n) for n in v4_networks_from_nodes(nodes)]
     for name in ("ew_gblock_v6", "ew_tblock_v6"):
-        result += [decode_v6_lpm_key(k) for k in SwappableTable(maps[name]).entries()]
+        result += [decode_v6_lpm_key(k) for k, _ in tables[name]]
     return result

@@ -8,6 +8,7 @@ import asyncio
 import socket
 
 from agent.wire.connection import ConnectionClosed, ConnectionState, SnapshotProgress
+from agent.wire.keepalive import detect_dead_peer
 from agent.wire.messages import Close, CloseReason
 from agent.wire.outbox import PRIORITY_REPORT, Outbox
 from agent.wire.transport import frame_priority
@@ -39,6 +40,7 @@ class StreamPeer:
     def __init__(self, conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.conn, self.reader, self.writer = conn, reader, writer
         _keep_queues_short(writer)
+        detect_dead_peer(writer.get_extra_info("socket"))
         self.outbox = Outbox()
         self._wake = asyncio.Event()
         self._final: bytes | None = None

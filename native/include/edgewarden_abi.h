@@ -25,6 +25,10 @@
 #define EW_MAX_TENANT_BLOCK_NODES_V4 262144
 #define EW_MAX_SOURCE_BLOCKS_V6 262144
 #define EW_MAX_SOURCE_BUCKETS 262144
+/* IPv4 per-source buckets (ew_source_ways_v4): sets x ways = 524,288 buckets of 32 B, 16 MiB. */
+#define EW_SOURCE_SETS_V4 131072
+#define EW_SOURCE_SETS_V4_BITS 17
+#define EW_SOURCE_WAYS_V4 4
 
 /* Port ranges held in each VIP value (struct ew_vip.port_blocks). */
 #define EW_VIP_PORT_RANGES 8
@@ -200,13 +204,28 @@ struct ew_source_bucket {
     __u64 last_ns;
 };
 
-/* ew_source_buckets (LRU): per tenant slot and source prefix. */
+/* ew_source_buckets (LRU): per tenant slot and source prefix (IPv6; IPv4 in
+ * an engine without ew_source_ways_v4, the DPDK build). */
 struct ew_source_key {
     __u32 slot;
     __u8 family;                    /* EW_FAMILY_IPV4 / EW_FAMILY_IPV6 */
     __u8 prefixlen;
     __u16 generation;               /* low 16 bits of the policy's: a new policy, new buckets */
     __u8 prefix[16];                /* the source, host bits cleared */
+};
+
+/* ew_source_ways_v4: the per-source buckets of IPv4 sources, a shared array
+ * of EW_SOURCE_SETS_V4 sets of EW_SOURCE_WAYS_V4 consecutive ways, one bucket
+ * each (bpf/flood.h source_allows_v4). A (slot, prefix) hashes to one set
+ * and is kept in one of its ways; a prefix not found takes a free way, or
+ * else the way refilled least recently, which starts over with a full burst
+ * (as an LRU eviction does). */
+struct ew_source_way_v4 {
+    __u64 tag;                      /* slot << 32 | prefix (the source in network byte order, host bits cleared) */
+    __u32 generation;               /* of the flood policy that spent from it; 0: a free way */
+    __u32 reserved;
+    __u64 tokens;                   /* as in ew_bucket */
+    __u64 last_ns;
 };
 
 /* ew_buckets: token state. Tokens are kept in unit-nanoseconds (units x
