@@ -467,9 +467,10 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
         f"network namespace; its program id is the one `bpftool net` reports on the device "
         f"({', '.join(f'{s.prog_name} id {s.prog_id}' for s in xdp_filter_variants)}), test-run by fd. "
         "It matches exact addresses in a hash map; edgewarden matches prefixes: IPv4 through the /24 "
-        "prefilter (an array: no hash lookup for a /24 in no list or blocked whole) and /16 + /24 node "
-        "tables (one /24-node lookup for a longer prefix), IPv6 in LPM tries; it finds the tenant of an "
-        "IPv4 drop in the VIP heads (an array), with no hash lookup.",
+        "prefilter (an array: no hash lookup for a /24 in no list or blocked whole), the host bits of "
+        "partly blocked /24s (arrays in front of the /16 + /24 node tables, whose lookups are the "
+        "fallback), IPv6 in LPM tries; it finds the tenant of an IPv4 packet in the VIP heads and slot "
+        "entries (arrays), with no hash lookup.",
         f"- **Packets:** {len(BLOCKED_FRAME)}-byte IPv4 TCP SYNs to the tenant VIP {TENANT_VIP}:{TENANT_PORT}; "
         f"*blocked* from {BLOCKED_SOURCE} (edgewarden: global block list; xdp-filter: "
         f"`xdp-filter ip {BLOCKED_SOURCE} --mode src`), *tenant* from {UNLISTED_SOURCE} (in a /24 no list "
@@ -535,22 +536,27 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
 
 ANALYSIS = """**What the paths cost (issue 14).** `parse_lookup_pass` is the floor
 for a datapath that attributes traffic to tenants: edgewarden's parser, one
-hash lookup on the destination, one per-CPU array count. On this machine a
-hash lookup costs about 30-35 ns, an inlined array lookup a few: the count
-of hash lookups decides every figure. The tenant is found through the IPv4
-VIP heads (`ew_vip_heads_v4`): an array of 8-way buckets holding each VIP's
-counter slot and flags, and beside them per slot the tenant id and port
-ranges (`ew_slot_tenants`), so no verdict here reads the VIP value from
-`ew_vips_v4` (only a VIP with port VIPs, an overflowed bucket or an entry
-being rewritten do). The global list is checked first, and needs nothing of the
-tenant: the IPv4 prefilter (`ew_prefilter_v4`, one bit per /24 a list
-touches) decides a prefix <= /24 with one inlined array lookup, and a longer
-prefix adds the one /24-node hash lookup, so the /25 drop does one hash
-lookup, as xdp-filter's does. A source whose /24 a tenant list touches still
-pays the tenant table's lookups (row 4'). Tenant-wide rate limits take no
-lock per packet: each CPU spends a share taken from the shared bucket in
-batches. An IPv4 source's per-source bucket is in a shared array of 4-way
-sets (an inlined lookup per way), no longer in an LRU hash."""
+hash lookup on the destination, one per-CPU array count. edgewarden's pass
+path for a source in no list is that less the hash lookup plus inlined
+array lookups only: the tenant is found through the IPv4 VIP heads
+(`ew_vip_heads_v4`, 8-way buckets of each VIP's counter slot and flags) and
+beside them per slot the tenant id and port ranges (`ew_slot_tenants`), so
+no verdict here reads the VIP value from `ew_vips_v4` (only a VIP with port
+VIPs, an overflowed bucket or an entry being rewritten do); the IPv4
+prefilter (one bit per /24 any list touches, `ew_prefilter_v4`) says "in no
+list" without a block-table lookup. A source whose /24 its tenant's list
+blocks part of is judged by that /24's host bits (`ew_thost_bits_v4`, an
+inlined array; row 4'). A global drop of a prefix <= /24 is decided by the
+prefilter's "blocked whole" bitmap (VIP head + array lookup); a longer
+prefix adds one array lookup, the /24's host bits (`ew_host_bits_v4`; the
+/24-node hash lookup only when another /24 holds its entry), so neither
+drop does a hash lookup where xdp-filter's does one. Tenant-wide rate
+limits no longer take a lock per packet: each CPU spends a share taken from
+the shared bucket in batches, and a CPU that found the shared bucket dry
+drops without the lock until the rate can have refilled it; the clock is
+the coarse one where every burst holds a 10 ms tick of its rate. An IPv4
+source's per-source bucket is in a shared array of 4-way sets (an inlined
+lookup per way), no longer in an LRU hash."""
 
 
 def write_results(section: str) -> None:
@@ -602,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
 
         subjects = {
             "drop": named("drop", "minimal `xdp_drop`", drop_fd, BLOCKED_FRAME, "blocked", XDP_DROP),
-            "ew-drop": named("ew-drop", "edgewarden, global block (/25: VIP head, prefilter, one /24-node lookup)", ew_fd, BLOCKED_FRAME,
+            "ew-drop": named("ew-drop", "edgewarden, global block (/25: VIP head, prefilter, host bits)", ew_fd, BLOCKED_FRAME,
                              "blocked", XDP_DROP),
             "ew-drop-wide": named("ew-drop-wide", "edgewarden, global block (/10: VIP head and prefilter, no hash lookup)", ew_fd,
                                   WIDE_BLOCKED_FRAME, "blocked wide", XDP_DROP),

@@ -9,9 +9,11 @@
 
 #include "maps.h"
 
-static __always_inline void account_packet(__u32 slot, __u32 traffic_class, __u32 reason, __u32 length)
+/* `slot` points into the packet's scratch (edgewarden.bpf.c), so the key
+ * takes no stack store (a speculation barrier without CAP_PERFMON). */
+static __always_inline void account_packet(const __u32 *slot, __u32 traffic_class, __u32 reason, __u32 length)
 {
-    struct ew_counters *c = bpf_map_lookup_elem(&ew_counters, &slot);
+    struct ew_counters *c = bpf_map_lookup_elem(&ew_counters, slot);
 
     if (!c) {
         /* a slot beyond the array (never written by the agent): count as unassigned */

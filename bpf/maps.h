@@ -106,6 +106,23 @@ struct {
     __type(value, struct ew_slot_tenant);
 } ew_slot_tenants SEC(".maps");
 
+/* The host bits of the partial /24s of the global list and of the tenants'
+ * lists (struct ew_host_bits_v4): arrays, so their lookups are inlined too;
+ * mmapable, so the agent writes a tag or a hosts word with one 8-byte store
+ * (an update through the syscall copies the whole value, and a packet could
+ * read half of it). */
+#define EW_HOST_BITS_ARRAY(name)                            \
+    struct {                                                \
+        __uint(type, BPF_MAP_TYPE_ARRAY);                   \
+        __uint(max_entries, EW_HOST_BITS_V4_ENTRIES);       \
+        __uint(map_flags, BPF_F_MMAPABLE);                  \
+        __type(key, __u32);                                 \
+        __type(value, struct ew_host_bits_v4);              \
+    } name SEC(".maps")
+
+EW_HOST_BITS_ARRAY(ew_host_bits_v4);
+EW_HOST_BITS_ARRAY(ew_thost_bits_v4);
+
 /* Per-CPU array indexed by tenant slot: the packet path never contends on a
  * counter and the lookup compiles to an address computation. An attached
  * interface's loader sizes it, ew_bucket_shares and ew_sample_budget to the

@@ -39,7 +39,7 @@ static __always_inline const struct ew_vip *lookup_tenant(const struct packet_fa
     if (f->family == EW_FAMILY_IPV4) {
         __u32 daddr = f->daddr.v4;
 
-        vip = bpf_map_lookup_elem(&ew_vips_v4, &daddr);
+        vip = bpf_map_lookup_elem(&ew_vips_v4, &f->daddr.v4);   /* no key on the stack */
         if (vip && (vip->flags & EW_VIP_HAS_PORT_VIPS) && has_port(f)) {
             struct ew_vip_port_v4_key key = { .port = f->dport, .proto = f->l4_proto };
 
@@ -91,6 +91,8 @@ static __always_inline __u32 source_checks_v4(__be32 saddr)
 
     if (!pf)    /* an engine without the prefilter (the DPDK build) */
         return EW_CHECK_GLOBAL_NODES | EW_CHECK_TENANT;
+    if (!((pf->global_whole | pf->global_listed | pf->tenant_listed) & bit))
+        return 0;   /* in no list: one test */
     if (pf->global_whole & bit)
         return EW_BLOCKED_GLOBALLY;
     return ((pf->global_listed & bit) ? EW_CHECK_GLOBAL : 0) | ((pf->tenant_listed & bit) ? EW_CHECK_TENANT : 0);
@@ -127,7 +129,6 @@ static __always_inline __u32 vip_head_v4(__be32 daddr)
     }
     return marks & EW_VIP_HEAD_OVERFLOW;
 }
-
 
 /* The ranges are merged and in order of (protocol, first port)
  * (agent.datapath.compile.port_ranges): the scan stops at the first range
@@ -241,16 +242,14 @@ static __always_inline int source_blocked_for_tenant(const struct packet_facts *
 static __always_inline int port_blocked_for_tenant(const struct packet_facts *f, const struct ew_vip *vip,
                                                    __u32 tenant_id, __u32 flags, __u32 known)
 {
-    struct ew_port_key key = {};
-
     if (!has_port(f))
         return 0;
     if (flags & EW_TENANT_PORT_RANGES)
         return vip ? port_blocked_in_ranges(vip->port_blocks, f->l4_proto, bpf_ntohs(f->dport))
                    : (known & EW_HEAD_PORT_BLOCKED) != 0;
-    key.tenant_id = tenant_id;
-    key.port = f->dport;
-    key.proto = f->l4_proto;
+
+    struct ew_port_key key = { .tenant_id = tenant_id, .port = f->dport, .proto = f->l4_proto };
+
     return bpf_map_lookup_elem(&ew_port_blocks, &key) != NULL;
 }
 

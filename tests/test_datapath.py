@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from agent.datapath.abi import TrafficClass, VerdictReason
 from agent.datapath.private import PrivateDatapath
-from agent.policy import Policy
+from agent.policy import Policy, policy_from_document
 from frames import CASES, MALFORMED_CASES, frames, malformed_frames, tcp_ipv4_frame, udp_ipv6_frame
-from frames import icmp_ipv4_frame, ipv4_fragment_frame, ipv6_fragment_frame, udp
+from frames import icmp_ipv4_frame, ipv4_fragment_frame, ipv6_fragment_frame, udp, udp_ipv4_frame
 from oracle import Oracle
 from policies import FIXED_POLICY, policies
 
@@ -158,3 +158,31 @@ def test_fragment_offsets_at_field_boundaries(fixed_oracle, offset_units):
                                                 frag_offset=offset_units, more_fragments=False))
     assert v4.traffic_class is TrafficClass.fragment and v6.traffic_class is TrafficClass.fragment
     assert v4.reason is VerdictReason.pass_allowed      # no port to check on a non-first fragment
+
+
+# Port ranges in the VIP value, both protocols, scanned in (protocol, first)
+# order with an early exit (bpf/verdict.h port_blocked_in_ranges): every
+# edge of every range, and the ports between and around them.
+PORT_RANGES = ["tcp/25", "tcp/100-200", "tcp/3306", "tcp/6379", "udp/53", "udp/1000-2000", "udp/11211", "udp/65535"]
+
+
+def test_port_ranges_in_the_vip_value_match_reference_at_every_edge():
+    policy = policy_from_document({"revision": 1, "tenants": [
+        {"id": 1, "name": "ranges", "vips": ["203.0.113.10"], "blocked_ports": PORT_RANGES}]}, "test")
+    edges = {0, 1, 65534, 65535}
+    for rule in PORT_RANGES:
+        first, _, last = rule.split("/")[1].partition("-")
+        for port in (int(first), int(last or first)):
+            edges |= {port - 1, port, port + 1}
+    with PrivateDatapath(policy) as datapath:
+        oracle = Oracle(datapath, policy)
+        reasons = {}
+        for port in sorted(p for p in edges if 0 < p <= 65535):
+            for proto, frame in (("tcp", tcp_ipv4_frame("198.51.100.9", "203.0.113.10", 40000, port, flags="S")),
+                                 ("udp", udp_ipv4_frame("198.51.100.9", "203.0.113.10", 40000, port, b"x"))):
+                reasons[proto, port] = oracle.check(frame).reason
+    blocked = {key for key, reason in reasons.items() if reason is VerdictReason.drop_port_block}
+    assert {("tcp", 25), ("tcp", 100), ("tcp", 200), ("tcp", 3306), ("tcp", 6379), ("udp", 53), ("udp", 1000),
+            ("udp", 2000), ("udp", 11211), ("udp", 65535)} <= blocked
+    assert not blocked & {("tcp", 24), ("tcp", 26), ("tcp", 99), ("tcp", 201), ("tcp", 53), ("udp", 25),
+                          ("udp", 999), ("udp", 2001), ("udp", 65534), ("tcp", 65535)}

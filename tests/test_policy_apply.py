@@ -161,6 +161,10 @@ class Recorded:
         self._map.close()
 
 
+# Real arrays the block-table changes write beside the tables (the prefilter, the host bits).
+ARRAYS_BESIDE_TABLES = ("ew_prefilter_v4", "ew_host_bits_v4", "ew_thost_bits_v4")
+
+
 @pytest.fixture
 def make_maps(monkeypatch):
     """make_maps(log, **capacities): fake regular maps and real, recorded block tables."""
@@ -178,7 +182,8 @@ def make_maps(monkeypatch):
         maps = fake_maps(log, **capacity)
         for name in BLOCK_TABLES:
             maps[name] = Recorded(program.maps[name], name, log, "swap")
-        maps["ew_prefilter_v4"] = program.maps["ew_prefilter_v4"]
+        for name in ARRAYS_BESIDE_TABLES:
+            maps[name] = program.maps[name]
         return maps
 
     yield make
@@ -252,7 +257,7 @@ def snapshot(maps):
     def contents(name, m):
         if isinstance(m, FakeMap):
             return m.items()
-        return bytes(m.array_values()) if name == "ew_prefilter_v4" else table_entries(maps, name)
+        return bytes(m.array_values()) if name in ARRAYS_BESIDE_TABLES else table_entries(maps, name)
     return {name: contents(name, m) for name, m in maps.items()}
 
 
@@ -786,7 +791,7 @@ def test_slots_and_counters_across_applies(shared_program, capacity, steps):
     log = []
     maps = fake_maps(log, ew_counters=capacity)
     counters, buckets, sources = maps["ew_counters"], maps["ew_buckets"], maps["ew_source_buckets"]
-    for name in (*BLOCK_TABLES, "ew_prefilter_v4"):   # no block lists here: the (empty) tables are only read
+    for name in (*BLOCK_TABLES, *ARRAYS_BESIDE_TABLES):   # no block lists here: the (empty) tables are only read
         maps[name] = shared_program.maps[name]
     traffic = 0
     floods: dict[int, FloodPolicy] = {}   # of the live tenants

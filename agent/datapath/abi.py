@@ -64,6 +64,9 @@ TENANT_HAS_FLOOD_POLICY = lib.EW_TENANT_HAS_FLOOD_POLICY
 TENANT_PORT_RANGES = lib.EW_TENANT_PORT_RANGES
 VIP_PORT_RANGES = lib.EW_VIP_PORT_RANGES
 PREFILTER_V4_ENTRIES = lib.EW_PREFILTER_V4_ENTRIES
+HOST_BITS_V4_ENTRIES = lib.EW_HOST_BITS_V4_ENTRIES
+HOST_BITS_VALID = lib.EW_HOST_BITS_VALID
+HOST_BITS_TENANT_SPREAD = lib.EW_HOST_BITS_TENANT_SPREAD
 TENANT_SAMPLED = lib.EW_TENANT_SAMPLED
 SAMPLE_BYTES = lib.EW_SAMPLE_BYTES
 FLOOD_DROP_AMPLIFICATION = lib.EW_FLOOD_DROP_AMPLIFICATION
@@ -109,6 +112,8 @@ MAP_LAYOUTS: dict[str, tuple[str, str]] = {
     "ew_prefilter_v4": ("__u32", "struct ew_prefilter_v4"),
     "ew_vip_heads_v4": ("__u32", "struct ew_vip_head_bucket"),
     "ew_slot_tenants": ("__u32", "struct ew_slot_tenant"),
+    "ew_host_bits_v4": ("__u32", "struct ew_host_bits_v4"),
+    "ew_thost_bits_v4": ("__u32", "struct ew_host_bits_v4"),
 }
 # Maps pinned beside those above that have no key/value layout (the sample ring buffer).
 RING_MAPS = ("ew_samples",)

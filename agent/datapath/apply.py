@@ -1,9 +1,10 @@
 """Applies a compiled policy to live maps as a diff: only entries that differ
 are written or deleted; block tables first (swapped whole or changed in a
 safe order, see blocktables, inside a widening and a narrowing of the
-prefilter, see prefilter), then the rules and tenants, then the VIPs that
-route traffic to them (and their heads, see vip_heads); removals in reverse;
-the revision strictly last, so a reader that sees a revision sees all of it."""
+prefilter, see prefilter, and followed by the host bits, see host_bits),
+then the rules and tenants, then the VIPs that route traffic to them (and
+their heads, see vip_heads); removals in reverse; the revision strictly
+last, so a reader that sees a revision sees all of it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from agent._prefixes import PrefixSet
 from agent.datapath import abi
 from agent.datapath.blocktables import SwappableTable
 from agent.datapath.conntrack import require_conntrack
+from agent.datapath.host_bits import MAPS as HOST_BITS_TABLES, follow_table, sync_host_bits
 from agent.datapath.prefilter import MAP_NAME as PREFILTER_MAP, PrefilterUpdate
 from agent.datapath.vip_heads import VIPS_MAP, sync_vip_heads
 from agent.datapath.syscalls import BpfMap
@@ -73,15 +75,23 @@ def apply_compiled(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> ApplyRe
         report.removed[name] = len(stale[name])
 
     # The prefilter stays a superset of the v4 tables: widened before they
-    # change, narrowed after (agent.datapath.prefilter).
+    # change, narrowed after (agent.datapath.prefilter). The host bits follow
+    # each v4 table once it changed (agent.datapath.host_bits).
     prefilter = PrefilterUpdate.for_tables(maps[PREFILTER_MAP], compiled.tables)
     prefilter.widen()
-    for name in compiled.tables:
-        update = SwappableTable(maps[name]).apply(compiled.tables[name])
-        report.added[name], report.changed[name], report.removed[name] = update.added, update.changed, update.removed
-        if update.swapped:
-            report.swapped.append(name)
+    followed = [name for name in HOST_BITS_TABLES if name in compiled.tables]
+    try:
+        for name in compiled.tables:
+            update = SwappableTable(maps[name]).apply(compiled.tables[name])
+            report.added[name], report.changed[name], report.removed[name] = update.added, update.changed, update.removed
+            if update.swapped:
+                report.swapped.append(name)
+    except BaseException:
+        sync_host_bits(maps, followed)      # a table may hold part of the new version
+        raise
     prefilter.narrow()
+    for name in followed:
+        follow_table(maps, name, compiled.tables[name])
 
     # A counter slot is zeroed when a tenant takes it, before any VIP points at
     # it. Token buckets need nothing: the datapath starts a bucket over when

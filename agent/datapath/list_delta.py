@@ -39,6 +39,7 @@ from typing import Protocol
 from agent._prefixes import PrefixSet
 from agent.datapath import abi
 from agent.datapath.prefilter import MAP_NAME as PREFILTER_MAP, NodePrefilterUpdate
+from agent.datapath.host_bits import MAPS as HOST_BITS_TABLES, follow_writes, sync_host_bits
 from agent.datapath.apply import ApplyReport, apply_policy_to_maps
 from agent.datapath.blocktables import DELTA_LIMIT, TENANT_KEY_FORMAT, SwappableTable
 from agent.datapath.compile import GLOBAL_TABLES, TENANT_TABLES, block_value, prefix_set
@@ -410,20 +411,28 @@ def _apply_delta_to_maps(maps, state: ListState, list_id: ListId, added: PrefixS
     # Hook point: nothing is written yet.
     if hooks is not None and len(added):
         hooks.before_writes(maps, scope.tenant_id, added)
-    # The IPv4 prefilter stays a superset of the tables: widened before, narrowed after.
+    # The IPv4 prefilter stays a superset of the tables: widened before, narrowed after;
+    # the host bits follow each v4 table once it changed (agent.datapath.host_bits).
     prefilter = NodePrefilterUpdate.for_writes(maps[PREFILTER_MAP], plan.writes, plan.stale)
     if prefilter is not None:
         prefilter.widen()
-    for table in abi.SWAPPABLE_TABLES:
-        if table not in plan.writes:
-            continue
-        writes, stale = plan.writes[table], plan.stale[table]
-        _write_in_place(maps[table], table, writes, stale)
-        report.added[table], report.changed[table], report.removed[table] = plan.counts[table]
-        if digests is not None:
-            digests.adjust(table, plan.before[table], plan.after[table])
+    followed = [table for table in HOST_BITS_TABLES if table in plan.writes]
+    try:
+        for table in abi.SWAPPABLE_TABLES:
+            if table not in plan.writes:
+                continue
+            writes, stale = plan.writes[table], plan.stale[table]
+            _write_in_place(maps[table], table, writes, stale)
+            report.added[table], report.changed[table], report.removed[table] = plan.counts[table]
+            if digests is not None:
+                digests.adjust(table, plan.before[table], plan.after[table])
+    except BaseException:
+        sync_host_bits(maps, followed)      # a table may hold part of the delta
+        raise
     if prefilter is not None:
         prefilter.narrow()
+    for table in followed:
+        follow_writes(maps, table, plan.writes[table], plan.stale[table])
     _update_state(scope, list_id.name, added, removed, unblocked, has_v4, has_v6)
     # Hook point: everything is deleted.
     _after_deletes(hooks, maps, scope, unblocked, added, state)

@@ -17,6 +17,7 @@ from agent.datapath.conntrack import CONNTRACK_KFUNCS, conntrack_available, obje
 from agent.datapath.errors import InterfaceError
 from agent.datapath.prefilter import MAP_NAME as PREFILTER_MAP, sync_prefilter
 from agent.datapath.vip_heads import MAP_NAME as VIP_HEADS_MAP, SLOT_TENANTS_MAP, sync_vip_heads
+from agent.datapath.host_bits import MAPS as HOST_BITS_MAPS, sync_host_bits
 from agent.datapath.scope import pin_dir_for
 from agent.datapath.bpf_object import BpfObject
 from agent.datapath.policy_arrays import open_typed_map
@@ -68,6 +69,9 @@ class LoadedProgram:
         new_prefilter = pins is not None and not pins[PREFILTER_MAP].exists()
         # Likewise the VIP heads (an empty heads map would call every address "no VIP").
         new_vip_heads = pins is not None and not (pins[VIP_HEADS_MAP].exists() and pins[SLOT_TENANTS_MAP].exists())
+        # ...and the host bits (without them every partial /24 takes the table lookups).
+        new_host_bits = [table for table, name in HOST_BITS_MAPS.items()
+                         if pins is not None and not pins[name].exists()]
         if pins is not None:
             refuse_in_place_policy_arrays(pins)
         path = object_file or object_path(conntrack=conntrack_available())
@@ -97,6 +101,8 @@ class LoadedProgram:
                 sync_prefilter(self.maps)
             if new_vip_heads:
                 sync_vip_heads(self.maps)
+            if new_host_bits:
+                sync_host_bits(self.maps, new_host_bits)
             if self.slot_growth is not None:
                 self.slot_growth.carry_over(self.maps)
         except Exception:

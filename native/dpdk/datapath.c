@@ -31,6 +31,8 @@ static __thread struct ew_view current_view __attribute__((tls_model("initial-ex
 /* Tracing: the packet's counters go to a scratch block first, to see what it moved. */
 static __thread struct ew_counters trace_scratch __attribute__((tls_model("initial-exec")));
 static __thread int64_t trace_slot __attribute__((tls_model("initial-exec")));
+/* The packet's facts and tenant head (bpf/edgewarden.bpf.c ew_packet_scratch): a thread's. */
+static __thread struct ew_packet_scratch packet_scratch __attribute__((tls_model("initial-exec")));
 
 static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map, const void *key)
 {
@@ -79,6 +81,8 @@ static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map
         return *(const __u32 *)key == 0 ? (void *)s->gblock_v6 : NULL;
     if (map == (void *)&ew_tblock_v6)
         return *(const __u32 *)key == 0 ? (void *)s->tblock_v6 : NULL;
+    if (map == (void *)&ew_packet_scratch)
+        return &packet_scratch;
     if (map == (void *)&ew_counters) {
         index = *(const __u32 *)key;
         if (index >= v->slots)

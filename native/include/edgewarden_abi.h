@@ -55,6 +55,12 @@
 #define EW_VIP_HEAD_PRESENT_SHIFT 7
 #define EW_VIP_HEAD_SLOT_SHIFT 8
 #define EW_VIP_HEAD_OVERFLOW 1
+/* IPv4 host bits (ew_host_bits_v4, ew_thost_bits_v4): entry = ((source address >> 8) +
+ * tenant id * EW_HOST_BITS_TENANT_SPREAD) & (EW_HOST_BITS_V4_ENTRIES - 1), a power of two
+ * (tenant 0 in the global array); EW_HOST_BITS_VALID marks a tag that names a /24. */
+#define EW_HOST_BITS_V4_ENTRIES 65536
+#define EW_HOST_BITS_TENANT_SPREAD 40503
+#define EW_HOST_BITS_VALID 0x80000000
 
 /* Parser bounds: the verifier needs fixed loop bounds. */
 #define EW_MAX_VLAN_TAGS 2
@@ -390,6 +396,27 @@ struct ew_prefilter_v4 {
     __u64 reserved;
 };
 
+/* ew_host_bits_v4, ew_thost_bits_v4: the host bits of the partial /24s (the
+ * level-24 nodes) of the global list and of the tenants' lists, in
+ * mmapable arrays so the packet path reads them with one inlined lookup
+ * instead of hash lookups. Direct-mapped caches in front of ew_gblock_v4
+ * and ew_tblock_v4: an entry decides only for the (tenant, /24) it names,
+ * any other source falls back to the table. tag = (EW_HOST_BITS_VALID |
+ * /24 index) << 32 | generation; a tag without EW_HOST_BITS_VALID is a free
+ * entry (its generation kept, so an entry never gets the same tag twice).
+ * The agent writes them through a mmap, one 8-byte word at a time, after
+ * the table changed: the hosts of a kept (tenant, /24) word by word; an
+ * entry changes owner only by tag freed, tenant and hosts written, tag set;
+ * the reader takes the tenant and hosts words between two reads of the tag
+ * (agent/datapath/host_bits.py, bpf/blocklist.h). 64 bytes: one cache line. */
+struct ew_host_bits_v4 {
+    __u64 tag;
+    __u64 hosts[4];     /* bit h: host h of the /24 is blocked */
+    __u32 tenant_id;    /* whose list (ew_thost_bits_v4); 0 in ew_host_bits_v4 */
+    __u32 reserved;
+    __u64 spare[2];
+};
+
 /* ew_counters: per-CPU array indexed by tenant slot. */
 struct ew_counters {
     __u64 class_packets[6];    /* EW_CLASS_COUNT */
@@ -462,6 +489,9 @@ _Static_assert(EW_VIP_HEAD_PRESENT == 1 << EW_VIP_HEAD_PRESENT_SHIFT && EW_VIP_H
 _Static_assert((EW_TENANT_SUSPENDED | EW_TENANT_HAS_SOURCE_BLOCKS | EW_TENANT_HAS_PORT_BLOCKS | EW_VIP_HAS_PORT_VIPS |
                 EW_TENANT_HAS_FLOOD_POLICY | EW_TENANT_SAMPLED | EW_TENANT_PORT_RANGES) < EW_VIP_HEAD_PRESENT,
                "every VIP flag fits below EW_VIP_HEAD_PRESENT");
+_Static_assert(sizeof(struct ew_host_bits_v4) == 64, "ew_host_bits_v4 layout changed");
+_Static_assert((EW_HOST_BITS_V4_ENTRIES & (EW_HOST_BITS_V4_ENTRIES - 1)) == 0,
+               "EW_HOST_BITS_V4_ENTRIES is a power of two (the entry is a mask of the /24)");
 _Static_assert(sizeof(((struct ew_flood_policy *)0)->limits) == EW_BUCKET_KINDS * sizeof(struct ew_rate),
                "one limit per bucket kind");
 _Static_assert(sizeof(((struct ew_sample *)0)->data) == EW_SAMPLE_BYTES, "one sample holds EW_SAMPLE_BYTES");
