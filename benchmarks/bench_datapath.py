@@ -469,7 +469,8 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
         "It matches exact addresses in a hash map; edgewarden matches prefixes: IPv4 through the /24 "
         "prefilter (an array: no hash lookup for a /24 in no list or blocked whole), the host bits of "
         "partly blocked /24s (arrays in front of the /16 + /24 node tables, whose lookups are the "
-        "fallback), IPv6 in LPM tries.",
+        "fallback), IPv6 in LPM tries; it finds the tenant of an IPv4 packet in the VIP heads and slot "
+        "entries (arrays), with no hash lookup.",
         f"- **Packets:** {len(BLOCKED_FRAME)}-byte IPv4 TCP SYNs to the tenant VIP {TENANT_VIP}:{TENANT_PORT}; "
         f"*blocked* from {BLOCKED_SOURCE} (edgewarden: global block list; xdp-filter: "
         f"`xdp-filter ip {BLOCKED_SOURCE} --mode src`), *tenant* from {UNLISTED_SOURCE} (in a /24 no list "
@@ -479,8 +480,9 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
         f"{len(POLICY_DOCUMENT['global']['blocked_sources'])} global blocked prefixes; the measured tenant "
         f"has {len(POLICY_DOCUMENT['tenants'][0]['blocked_sources'])} blocked source prefixes and "
         f"{len(POLICY_DOCUMENT['tenants'][0]['blocked_ports'])} blocked port rules (ranges in its VIP value); "
-        "its pass path does the VIP lookup, the prefilter, the port ranges and, for a source whose /24 a "
-        "list touches, the tenant block lookups, then per-CPU accounting.",
+        "its pass path does the VIP head and its slot entry (tenant id and port ranges; two inlined array "
+        "lookups, no VIP hash lookup), the prefilter and, for a source whose /24 a list touches, the tenant "
+        "block lookups, then per-CPU accounting.",
         "",
         "| # | Program | Packet | Verdict | ns/packet (median) | min | max |",
         "|---|---|---|---|---:|---:|---:|",
@@ -535,24 +537,26 @@ def report(subjects: dict[str, Subject], xdp_filter_variants: list[Subject], bes
 ANALYSIS = """**What the paths cost (issue 14).** `parse_lookup_pass` is the floor
 for a datapath that attributes traffic to tenants: edgewarden's parser, one
 hash lookup on the destination, one per-CPU array count. edgewarden's pass
-path for a source in no list is that plus inlined array lookups only: the
-IPv4 prefilter (one bit per /24 any list touches, `ew_prefilter_v4`) says
-"in no list" without a block-table lookup, and the tenant's blocked ports
-sit as ranges in the VIP value (no port-hash lookup for up to 8 ranges). A
-source whose /24 its tenant's list blocks part of is judged by that /24's
-host bits (`ew_thost_bits_v4`, an inlined array; row 4'). A global drop of
-a prefix <= /24 is decided by the prefilter's "blocked whole" bitmap (VIP
-lookup + array lookup); a longer prefix adds one array lookup, the /24's
-host bits (`ew_host_bits_v4`; the /24-node hash lookup only when another
-/24 holds its entry). xdp-filter's drop is a parse and one exact-match hash
-lookup; edgewarden's also finds the tenant (a hash lookup: per-tenant
-attribution of every drop is required), so each drop does one hash lookup,
-as xdp-filter's does. Tenant-wide rate limits no longer take a lock per packet: each CPU
-spends a share taken from the shared bucket in batches, and a CPU that
-found the shared bucket dry drops without the lock until the rate can have
-refilled it; the clock is the coarse one where every burst holds a 10 ms
-tick of its rate. An IPv4 source's per-source bucket is in a shared
-array of 4-way sets (an inlined lookup per way), no longer in an LRU hash."""
+path for a source in no list is that less the hash lookup plus inlined
+array lookups only: the tenant is found through the IPv4 VIP heads
+(`ew_vip_heads_v4`, 8-way buckets of each VIP's counter slot and flags) and
+beside them per slot the tenant id and port ranges (`ew_slot_tenants`), so
+no verdict here reads the VIP value from `ew_vips_v4` (only a VIP with port
+VIPs, an overflowed bucket or an entry being rewritten do); the IPv4
+prefilter (one bit per /24 any list touches, `ew_prefilter_v4`) says "in no
+list" without a block-table lookup. A source whose /24 its tenant's list
+blocks part of is judged by that /24's host bits (`ew_thost_bits_v4`, an
+inlined array; row 4'). A global drop of a prefix <= /24 is decided by the
+prefilter's "blocked whole" bitmap (VIP head + array lookup); a longer
+prefix adds one array lookup, the /24's host bits (`ew_host_bits_v4`; the
+/24-node hash lookup only when another /24 holds its entry), so neither
+drop does a hash lookup where xdp-filter's does one. Tenant-wide rate
+limits no longer take a lock per packet: each CPU spends a share taken from
+the shared bucket in batches, and a CPU that found the shared bucket dry
+drops without the lock until the rate can have refilled it; the clock is
+the coarse one where every burst holds a 10 ms tick of its rate. An IPv4
+source's per-source bucket is in a shared array of 4-way sets (an inlined
+lookup per way), no longer in an LRU hash."""
 
 
 def write_results(section: str) -> None:
@@ -604,9 +608,9 @@ def main(argv: list[str] | None = None) -> int:
 
         subjects = {
             "drop": named("drop", "minimal `xdp_drop`", drop_fd, BLOCKED_FRAME, "blocked", XDP_DROP),
-            "ew-drop": named("ew-drop", "edgewarden, global block (/25: prefilter + host bits)", ew_fd, BLOCKED_FRAME,
+            "ew-drop": named("ew-drop", "edgewarden, global block (/25: VIP head, prefilter, host bits)", ew_fd, BLOCKED_FRAME,
                              "blocked", XDP_DROP),
-            "ew-drop-wide": named("ew-drop-wide", "edgewarden, global block (/10: prefilter alone)", ew_fd,
+            "ew-drop-wide": named("ew-drop-wide", "edgewarden, global block (/10: VIP head and prefilter, no hash lookup)", ew_fd,
                                   WIDE_BLOCKED_FRAME, "blocked wide", XDP_DROP),
             "ew-pass": named("ew-pass", "edgewarden, tenant pass + accounting, source /24 in no list", ew_fd,
                              UNLISTED_FRAME, "tenant", XDP_PASS),

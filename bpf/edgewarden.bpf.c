@@ -28,6 +28,13 @@ __noinline __u32 ew_packet_verdict(struct xdp_md *ctx, struct packet_facts *fact
     }
 }
 
+__noinline __u32 ew_vip_tenant_v4(__u32 daddr, __u32 checks, __u32 proto, __u32 port, struct tenant_facts *out)
+{
+    if (!out)
+        return 0;
+    return vip_tenant_v4(daddr, checks, proto, port, out);
+}
+
 __noinline __u32 ew_tcp_state_verdict(struct xdp_md *ctx, __u32 l3_offset, __u32 l4_offset, __u32 family,
                                       __u32 policy_flags)
 {

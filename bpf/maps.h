@@ -85,6 +85,27 @@ struct {
     __type(value, struct ew_prefilter_v4);
 } ew_prefilter_v4 SEC(".maps");
 
+/* The IPv4 VIP heads (struct ew_vip_head_bucket): an array, so the lookup
+ * is inlined; mmapable, so the agent writes each way with one store. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, EW_VIP_HEAD_BUCKETS);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __type(key, __u32);
+    __type(value, struct ew_vip_head_bucket);
+} ew_vip_heads_v4 SEC(".maps");
+
+/* Per tenant slot, the tenant id and port ranges for packets decided by
+ * their VIP head (struct ew_slot_tenant); mmapable like the heads. The
+ * loader sizes it to the tenant capacity. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, EW_MAX_TENANTS);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __type(key, __u32);
+    __type(value, struct ew_slot_tenant);
+} ew_slot_tenants SEC(".maps");
+
 /* The host bits of the partial /24s of the global list and of the tenants'
  * lists (struct ew_host_bits_v4): arrays, so their lookups are inlined too;
  * mmapable, so the agent writes a tag or a hosts word with one 8-byte store

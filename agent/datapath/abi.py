@@ -110,6 +110,8 @@ MAP_LAYOUTS: dict[str, tuple[str, str]] = {
     "ew_sample_config": ("__u32", "struct ew_sample_config"),
     "ew_sample_budget": ("__u32", "struct ew_sample_budget"),
     "ew_prefilter_v4": ("__u32", "struct ew_prefilter_v4"),
+    "ew_vip_heads_v4": ("__u32", "struct ew_vip_head_bucket"),
+    "ew_slot_tenants": ("__u32", "struct ew_slot_tenant"),
     "ew_host_bits_v4": ("__u32", "struct ew_host_bits_v4"),
     "ew_thost_bits_v4": ("__u32", "struct ew_host_bits_v4"),
 }

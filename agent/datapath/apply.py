@@ -2,9 +2,9 @@
 are written or deleted; block tables first (swapped whole or changed in a
 safe order, see blocktables, inside a widening and a narrowing of the
 prefilter, see prefilter, and followed by the host bits, see host_bits),
-then the rules and tenants, then the VIPs that route traffic to them;
-removals in reverse; the revision strictly last, so a reader that sees a
-revision sees all of it."""
+then the rules and tenants, then the VIPs that route traffic to them (and
+their heads, see vip_heads); removals in reverse; the revision strictly
+last, so a reader that sees a revision sees all of it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from agent.datapath.blocktables import SwappableTable
 from agent.datapath.conntrack import require_conntrack
 from agent.datapath.host_bits import MAPS as HOST_BITS_TABLES, follow_table, sync_host_bits
 from agent.datapath.prefilter import MAP_NAME as PREFILTER_MAP, PrefilterUpdate
+from agent.datapath.vip_heads import VIPS_MAP, sync_vip_heads
 from agent.datapath.syscalls import BpfMap
 from agent.datapath.compile import BLOCK_TABLES, POLICY_MAPS, CompiledPolicy, compile_policy, pack_u32
 from agent.policy.model import Policy
@@ -109,6 +110,10 @@ def apply_compiled(maps: dict[str, BpfMap], compiled: CompiledPolicy) -> ApplyRe
         _remove(maps[name], stale[name])
     for name in RULE_MAPS:
         maps[name].update_many(writes[name])
+    # The VIP heads follow ew_vips_v4 between its writes and its removals
+    # (agent.datapath.vip_heads), so both versions' VIPs are found meanwhile.
+    if writes[VIPS_MAP] or stale[VIPS_MAP]:
+        sync_vip_heads(maps, compiled.maps[VIPS_MAP])
     for name in reversed(RULE_MAPS):
         if name not in tight:
             _remove(maps[name], stale[name])

@@ -16,6 +16,7 @@ from agent.datapath.blocktables import SwappableTable
 from agent.datapath.conntrack import CONNTRACK_KFUNCS, conntrack_available, object_kfuncs
 from agent.datapath.errors import InterfaceError
 from agent.datapath.prefilter import MAP_NAME as PREFILTER_MAP, sync_prefilter
+from agent.datapath.vip_heads import MAP_NAME as VIP_HEADS_MAP, SLOT_TENANTS_MAP, sync_vip_heads
 from agent.datapath.host_bits import MAPS as HOST_BITS_MAPS, sync_host_bits
 from agent.datapath.scope import pin_dir_for
 from agent.datapath.bpf_object import BpfObject
@@ -52,7 +53,8 @@ class LoadedProgram:
         per tenant. `object_file`: another build of the datapath (tests)."""
         if tenant_capacity is not None:
             capacities = {**(capacities or {}), "ew_tenants": tenant_capacity,
-                          "ew_flood_policies": tenant_capacity, "ew_buckets": tenant_capacity * abi.BUCKET_KINDS,
+                          "ew_flood_policies": tenant_capacity, "ew_slot_tenants": tenant_capacity,
+                          "ew_buckets": tenant_capacity * abi.BUCKET_KINDS,
                           **slot_capacities(tenant_capacity)}
         # A policy array's capacity is its inner array's (its outer map has one slot).
         inner_capacities = {name: n for name, n in (capacities or {}).items() if name in abi.POLICY_ARRAYS}
@@ -65,6 +67,8 @@ class LoadedProgram:
             pins.update(self.slot_growth.pins)
         # Tables pinned by an edgewarden without the prefilter get one built from them.
         new_prefilter = pins is not None and not pins[PREFILTER_MAP].exists()
+        # Likewise the VIP heads (an empty heads map would call every address "no VIP").
+        new_vip_heads = pins is not None and not (pins[VIP_HEADS_MAP].exists() and pins[SLOT_TENANTS_MAP].exists())
         # ...and the host bits (without them every partial /24 takes the table lookups).
         new_host_bits = [table for table, name in HOST_BITS_MAPS.items()
                          if pins is not None and not pins[name].exists()]
@@ -95,6 +99,8 @@ class LoadedProgram:
                 self.maps[name].ensure_inner()
             if new_prefilter:
                 sync_prefilter(self.maps)
+            if new_vip_heads:
+                sync_vip_heads(self.maps)
             if new_host_bits:
                 sync_host_bits(self.maps, new_host_bits)
             if self.slot_growth is not None:

@@ -107,10 +107,12 @@ static inline __attribute__((always_inline)) void *bpf_map_lookup_elem(void *map
         return index < v->slots ? &v->sample_budgets[index] : NULL;
     }
     /* Not kept by this engine: the datapath then walks the block tables
-     * without the prefilter, takes tenant-wide tokens under the lock, and
+     * without the prefilter, takes tenant-wide tokens under the lock,
      * keeps IPv4 per-source buckets in ew_source_buckets (the lcore's
-     * set-associative cache) as IPv6 ones. */
-    if (map == (void *)&ew_prefilter_v4 || map == (void *)&ew_bucket_shares || map == (void *)&ew_source_ways_v4)
+     * set-associative cache) as IPv6 ones, and finds every tenant in its
+     * VIP table (no heads, no slot entries). */
+    if (map == (void *)&ew_prefilter_v4 || map == (void *)&ew_bucket_shares || map == (void *)&ew_source_ways_v4 ||
+        map == (void *)&ew_vip_heads_v4 || map == (void *)&ew_slot_tenants)
         return NULL;
     return NULL;
 }

@@ -37,6 +37,24 @@
  * /24s, index = source address >> 14, bit = (address >> 8) & 63. */
 #define EW_PREFILTER_V4_ENTRIES 262144
 
+/* IPv4 VIP heads (ew_vip_heads_v4): 2^EW_VIP_HEAD_BUCKET_BITS buckets of
+ * EW_VIP_HEAD_WAYS ways; a destination's bucket is
+ * (daddr as loaded from the packet, a host-order u32) * EW_VIP_HEAD_MULTIPLIER
+ * (mod 2^32), shifted right by 32 - EW_VIP_HEAD_BUCKET_BITS. */
+#define EW_VIP_HEAD_BUCKET_BITS 14
+#define EW_VIP_HEAD_BUCKETS 16384
+#define EW_VIP_HEAD_WAYS 8
+#define EW_VIP_HEAD_MULTIPLIER 2654435761
+/* A way: the address in the low 32 bits, the head in the high 32: the slot
+ * above bit 8, the VIP's flags (all below EW_VIP_HEAD_PRESENT) in the low
+ * byte and EW_VIP_HEAD_PRESENT. A way whose head is EW_VIP_HEAD_OVERFLOW
+ * (no EW_VIP_HEAD_PRESENT) is the overflow mark: some VIP of this bucket is
+ * in ew_vips_v4 only. The probe returns a head, EW_VIP_HEAD_OVERFLOW (ask
+ * ew_vips_v4) or 0 (no VIP has the address). */
+#define EW_VIP_HEAD_PRESENT 128
+#define EW_VIP_HEAD_PRESENT_SHIFT 7
+#define EW_VIP_HEAD_SLOT_SHIFT 8
+#define EW_VIP_HEAD_OVERFLOW 1
 /* IPv4 host bits (ew_host_bits_v4, ew_thost_bits_v4): entry = ((source address >> 8) +
  * tenant id * EW_HOST_BITS_TENANT_SPREAD) & (EW_HOST_BITS_V4_ENTRIES - 1), a power of two
  * (tenant 0 in the global array); EW_HOST_BITS_VALID marks a tag that names a /24. */
@@ -249,12 +267,42 @@ struct ew_bucket_share {
 
 /* Value of every VIP map: who owns the destination and its state. A tenant
  * whose blocked ports merge into at most EW_VIP_PORT_RANGES ranges has them
- * in port_blocks and EW_TENANT_PORT_RANGES set; one with more keeps
+ * in port_blocks (merged, in order of protocol then first port: the
+ * datapath stops at the first range past the packet's) and
+ * EW_TENANT_PORT_RANGES set; one with more keeps
  * EW_TENANT_HAS_PORT_BLOCKS alone and the datapath looks in ew_port_blocks. */
 struct ew_vip {
     __u32 tenant_id;
     __u32 slot;         /* index into ew_counters */
     __u32 flags;        /* EW_TENANT_* | EW_VIP_HAS_PORT_VIPS */
+    __u32 reserved;
+    struct ew_port_range port_blocks[8];    /* EW_VIP_PORT_RANGES */
+};
+
+/* ew_vip_heads_v4: an inlined open-addressing copy of the heads (slot and
+ * flags) of ew_vips_v4, so that a packet whose verdict needs no more than
+ * that (a global drop, a tenant without port or source-block lookups) costs
+ * no hash lookup. Each way is one aligned u64, written by the agent with one
+ * store through a mmap (agent/datapath/vip_heads.py), so a packet reads a
+ * VIP's old head or its new one, never a mix. ew_vips_v4 stays the whole
+ * truth: a VIP not in its bucket (overflow) is looked up there. */
+struct ew_vip_head_bucket {
+    __u64 ways[8];      /* EW_VIP_HEAD_WAYS */
+};
+
+/* ew_slot_tenants: per counter slot, what a packet whose VIP head names
+ * the slot needs beyond the head when its tenant has port blocks, a source
+ * list the packet must be looked up in, or sampling: the tenant id and the
+ * blocked port ranges (those of its VIPs' values). So that such a tenant's
+ * packets, too, are judged without the ew_vips_v4 lookup. The agent writes
+ * an entry through a mmap, one aligned u64 store at a time, between two
+ * stamps (agent/datapath/vip_heads.py): stamp = sequence << 32 | head, the
+ * sequence odd while the entry is being written. A packet uses an entry
+ * only if the stamp it read before and after the entry were equal, even and
+ * held the very head it found; else it asks ew_vips_v4 (the whole truth). */
+struct ew_slot_tenant {
+    __u64 stamp;
+    __u32 tenant_id;
     __u32 reserved;
     struct ew_port_range port_blocks[8];    /* EW_VIP_PORT_RANGES */
 };
@@ -432,6 +480,15 @@ _Static_assert(sizeof(struct ew_block_node) == 72, "ew_block_node layout changed
 _Static_assert(sizeof(((struct ew_vip *)0)->port_blocks) == EW_VIP_PORT_RANGES * sizeof(struct ew_port_range),
                "port_blocks must hold EW_VIP_PORT_RANGES ranges");
 _Static_assert(sizeof(struct ew_prefilter_v4) == 32, "ew_prefilter_v4 layout changed");
+_Static_assert(sizeof(((struct ew_vip_head_bucket *)0)->ways) == EW_VIP_HEAD_WAYS * 8, "one u64 per way");
+_Static_assert(EW_VIP_HEAD_BUCKETS == 1 << EW_VIP_HEAD_BUCKET_BITS, "buckets: a power of two");
+_Static_assert(sizeof(struct ew_slot_tenant) == 80 && sizeof(struct ew_port_range) == 8,
+               "a slot tenant entry is u64 words, each written with one store");
+_Static_assert(EW_VIP_HEAD_PRESENT == 1 << EW_VIP_HEAD_PRESENT_SHIFT && EW_VIP_HEAD_OVERFLOW == 1,
+               "the probe finds the mark by a shift of PRESENT onto bit 0");
+_Static_assert((EW_TENANT_SUSPENDED | EW_TENANT_HAS_SOURCE_BLOCKS | EW_TENANT_HAS_PORT_BLOCKS | EW_VIP_HAS_PORT_VIPS |
+                EW_TENANT_HAS_FLOOD_POLICY | EW_TENANT_SAMPLED | EW_TENANT_PORT_RANGES) < EW_VIP_HEAD_PRESENT,
+               "every VIP flag fits below EW_VIP_HEAD_PRESENT");
 _Static_assert(sizeof(struct ew_host_bits_v4) == 64, "ew_host_bits_v4 layout changed");
 _Static_assert((EW_HOST_BITS_V4_ENTRIES & (EW_HOST_BITS_V4_ENTRIES - 1)) == 0,
                "EW_HOST_BITS_V4_ENTRIES is a power of two (the entry is a mask of the /24)");
