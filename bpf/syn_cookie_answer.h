@@ -24,6 +24,20 @@ struct ew_synack_tcp {
     __be32 options[5];      /* MSS; with timestamps: SACK-perm/NOPs + TS kind, TS value, TS echo, WS/NOPs */
 };
 
+/* The reply's IP and TCP headers, contiguous as they go into the packet,
+ * so that one store writes both (the IPv4 header ends where the IPv6 one
+ * does, see struct tcp_segment). */
+struct ew_synack {
+    union {
+        struct {
+            __u8 ip_pad[sizeof(struct ipv6hdr) - sizeof(struct iphdr)];
+            struct iphdr ip;
+        };
+        struct ipv6hdr ip6;
+    };
+    struct ew_synack_tcp tcp;
+};
+
 /* What the SYN's options ask for, as far as a cookie can remember it. */
 struct syn_options {
     __u8 timestamps;
@@ -36,16 +50,32 @@ struct syn_options {
 #define EW_TCP_HEADER_COPY_WORDS 16     /* 15 words of header and options, and a spare one */
 #define EW_TCP_HEADER_BYTES_MASK 63     /* so that masked option indexes stay inside the copy */
 
-/* The SYN's header, copied out of the packet, and a walk over its options,
- * one option per bpf_loop step (a plain loop's paths explode the verifier).
- * It lives in a per-CPU map value, not on the stack: the walk indexes it by
- * a variable, which the verifier allows on the stack only with CAP_PERFMON. */
+/* The SYN's IP header, then its TCP header with options, copied out of the
+ * packet (the cookie helper wants the TCP header and options in one piece),
+ * and a walk over its options, one option per bpf_loop step (a plain loop's
+ * paths explode the verifier). It lives in a per-CPU map value, not on the
+ * stack: the copy's length and the walk's index are variables, which the
+ * verifier allows on the stack only with CAP_PERFMON. */
 struct option_walk {
+    union {
+        struct {
+            __u8 ip_pad[sizeof(struct ipv6hdr) - sizeof(struct iphdr)];
+            struct iphdr ip;
+        };
+        struct ipv6hdr ip6;
+    };
     __u32 words[EW_TCP_HEADER_COPY_WORDS];
     __u32 length;           /* header bytes, options included */
     __u32 at;               /* offset of the next option */
     struct syn_options found;
 };
+
+_Static_assert(__builtin_offsetof(struct option_walk, words) == sizeof(struct ipv6hdr) &&
+               __builtin_offsetof(struct option_walk, ip) + sizeof(struct iphdr) == sizeof(struct ipv6hdr),
+               "the IP headers end where the TCP header starts");
+_Static_assert(__builtin_offsetof(struct ew_synack, tcp) == sizeof(struct ipv6hdr) &&
+               __builtin_offsetof(struct ew_synack, ip) + sizeof(struct iphdr) == sizeof(struct ipv6hdr),
+               "the reply's IP headers end where its TCP header starts");
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -101,17 +131,56 @@ static long walk_one_option(__u32 index, void *context)
     return 0;
 }
 
+/* The option words of the two layouts almost every SYN has, as they come
+ * (first byte first, whatever the host's order). */
+#define EW_OPT_WORD(a, b, c, d) bpf_htonl(((__u32)(a) << 24) | ((__u32)(b) << 16) | ((__u32)(c) << 8) | (d))
+
+/* What the SYN's options ask for, in w->found. Without the walk for the
+ * layouts almost every SYN has, with the walk's result: no options; the MSS
+ * alone; and Linux's MSS, SACK-permitted, timestamps, NOP, window scale. */
+static __always_inline void find_syn_options(struct option_walk *w, __u32 tcp_len)
+{
+    __u32 zero = 0;
+
+    __builtin_memset(&w->found, 0, sizeof(w->found));
+    if (tcp_len == sizeof(struct tcphdr))
+        return;
+    if ((w->words[5] & EW_OPT_WORD(0xff, 0xff, 0, 0)) == EW_OPT_WORD(TCP_OPT_MSS, TCP_OPT_MSS_LEN, 0, 0)) {
+        if (tcp_len == sizeof(struct tcphdr) + 4)
+            return;
+        if (tcp_len == sizeof(struct tcphdr) + 20 &&
+            w->words[6] == EW_OPT_WORD(TCP_OPT_SACK_PERM, TCP_OPT_SACK_PERM_LEN, TCP_OPT_TIMESTAMP,
+                                       TCP_OPT_TIMESTAMP_LEN) &&
+            (w->words[9] & EW_OPT_WORD(0xff, 0xff, 0xff, 0)) ==
+                EW_OPT_WORD(TCP_OPT_NOP, TCP_OPT_WSCALE, TCP_OPT_WSCALE_LEN, 0)) {
+            __u8 wscale = ((const __u8 *)w->words)[39];
+
+            w->found.sack = 1;
+            w->found.timestamps = 1;
+            w->found.tsval = w->words[7];
+            w->found.window_scaling = 1;
+            w->found.wscale = wscale < TCP_OPT_WSCALE_MAX ? wscale : TCP_OPT_WSCALE_MAX;
+            return;
+        }
+    }
+    w->length = tcp_len;
+    w->at = sizeof(struct tcphdr);
+    bpf_loop(40, walk_one_option, &zero, 0);
+}
+
 /* The SYN-ACK's options after the MSS; returns the TCP header length. The
  * timestamp value carries what the cookie cannot (kernel and synproxy
  * format): low 4 bits the client's window scale or 0xf for none, bit 4
- * SACK; the rest is the millisecond clock. */
+ * SACK; the rest is the millisecond clock. The coarse clock (a tick, at
+ * most 4 ms) serves: the value's low 6 bits are not the clock's anyway,
+ * and synproxy only echoes it, as the client does. */
 static __always_inline __u32 synack_options(struct ew_synack_tcp *tcp, const struct syn_options *o)
 {
     __u32 tsval;
 
     if (!o->timestamps)
         return EW_SYNACK_TCP_LEN;
-    tsval = (__u32)(bpf_ktime_get_ns() / 1000000) & ~0x3fU;
+    tsval = (__u32)(bpf_ktime_get_coarse_ns() / 1000000) & ~0x3fU;
     tsval |= o->window_scaling ? o->wscale : 0xf;
     if (o->sack)
         tsval |= 1 << 4;
@@ -124,141 +193,126 @@ static __always_inline __u32 synack_options(struct ew_synack_tcp *tcp, const str
     return EW_SYNACK_TCP_LEN_TS;
 }
 
-struct ew_pseudo_v4 {
-    __be32 saddr;
-    __be32 daddr;
-    __u8 zero;
-    __u8 protocol;
-    __be16 length;
-};
-
-struct ew_pseudo_v6 {
-    struct in6_addr saddr;
-    struct in6_addr daddr;
-    __be32 length;
-    __u8 zero[3];
-    __u8 next_header;
-};
-
-static __always_inline __u16 fold_checksum(__s64 sum)
+/* The internet checksum, computed here rather than by bpf_csum_diff: the
+ * headers are a few words long, and the sum of 32-bit words in memory order,
+ * folded, is the sum of their 16-bit halves (RFC 1071), stored as it comes
+ * out, in either byte order. */
+static __always_inline __u16 fold_checksum(__u64 sum)
 {
-    __u32 s = (__u32)sum;
-
-    s = (s & 0xffff) + (s >> 16);
-    s = (s & 0xffff) + (s >> 16);
-    return (__u16)~s;
+    sum = (sum & 0xffffffff) + (sum >> 32);
+    sum = (sum & 0xffffffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    return (__u16)~sum;
 }
 
-#define EW_TCP_MAX_HEADER_WORDS 15
+static __always_inline __u64 sum_words(const __u32 *words, __u32 count)
+{
+    __u64 sum = 0;
+
+#pragma unroll
+    for (__u32 i = 0; i < EW_SYNACK_TCP_LEN_TS / 4; i++)
+        if (i < count)
+            sum += words[i];
+    return sum;
+}
 
 /* Turns the SYN in `ctx` into the SYN-ACK that answers it with a cookie,
  * ready for XDP_TX: addresses and ports swapped, everything after the TCP
  * header cut off. Returns ANSWER_SYN_COOKIE, or DROP_BAD_COOKIE for a SYN
  * that cannot be answered (IPv6 extension headers, options cut short, or
  * refused by the cookie helper). The body of the global function
- * ew_answer_syn_cookie (edgewarden.bpf.c). */
+ * ew_answer_syn_cookie (edgewarden.bpf.c).
+ *
+ * Per SYN: two reads (the IP and TCP headers in one, when nothing lies
+ * between them, and the options), the cookie, one write of the reply's IP
+ * and TCP headers, and a tail adjustment only when the SYN's length differs
+ * from the reply's (the flood's MSS-only SYN and Linux's SYN are as long as
+ * their answers). */
 static __always_inline __u32 build_syn_cookie_answer(struct xdp_md *ctx, __u32 l3_offset, __u32 l4_offset,
                                                      __u32 family)
 {
     __u32 zero = 0;
-    struct option_walk *walk = bpf_map_lookup_elem(&ew_syn_scratch, &zero);
-    __u32 words[EW_TCP_HEADER_COPY_WORDS] = {};
-    const struct tcphdr *syn = (const struct tcphdr *)words;
-    struct ew_synack_tcp tcp = {};
-    struct tcp_segment seg = {};
+    struct option_walk *w = bpf_map_lookup_elem(&ew_syn_scratch, &zero);
+    const struct tcphdr *syn;
+    struct ew_synack reply = {};
+    struct ew_synack_tcp *tcp = &reply.tcp;
     __u32 tcp_len, ip_len, doff, new_len, reply_len;
     __u8 mac[2][ETH_ALEN];
     void *data, *data_end;
-    __s64 value, sum;
+    __s64 value;
+    __u64 sum;
+    int delta;
 
-    if (!walk || copy_segment(ctx, l3_offset, l4_offset, family, &seg) < 0)
+    if (!w)
         return EW_REASON_DROP_BAD_COOKIE;
-    doff = ((const __u8 *)&seg.tcp)[12] >> 4;
-    /* The fixed header came with seg; the option words are copied one by
-     * one, each to a constant place on the stack (a variable one needs
-     * CAP_PERFMON). */
-    __builtin_memcpy(words, &seg.tcp, sizeof(struct tcphdr));
-#define EW_COPY_OPTION_WORD(i)                                                          \
-    if (doff > (i) && bpf_xdp_load_bytes(ctx, l4_offset + (i) * 4, &words[(i)], 4))    \
-        return EW_REASON_DROP_BAD_COOKIE;
-    EW_COPY_OPTION_WORD(5) EW_COPY_OPTION_WORD(6) EW_COPY_OPTION_WORD(7) EW_COPY_OPTION_WORD(8)
-    EW_COPY_OPTION_WORD(9) EW_COPY_OPTION_WORD(10) EW_COPY_OPTION_WORD(11) EW_COPY_OPTION_WORD(12)
-    EW_COPY_OPTION_WORD(13) EW_COPY_OPTION_WORD(14)
-#undef EW_COPY_OPTION_WORD
+    syn = (const struct tcphdr *)w->words;
+    if (family == EW_FAMILY_IPV4) {
+        ip_len = sizeof(struct iphdr);
+        if (l4_offset == l3_offset + sizeof(struct iphdr)) {
+            if (bpf_xdp_load_bytes(ctx, l3_offset, &w->ip, sizeof(struct iphdr) + sizeof(struct tcphdr)))
+                return EW_REASON_DROP_BAD_COOKIE;
+        } else if (bpf_xdp_load_bytes(ctx, l3_offset, &w->ip, sizeof(struct iphdr)) ||    /* IP options */
+                   bpf_xdp_load_bytes(ctx, l4_offset, w->words, sizeof(struct tcphdr))) {
+            return EW_REASON_DROP_BAD_COOKIE;
+        }
+    } else {
+        ip_len = sizeof(struct ipv6hdr);
+        if (l4_offset != l3_offset + sizeof(struct ipv6hdr) ||      /* extension headers */
+            bpf_xdp_load_bytes(ctx, l3_offset, &w->ip6, sizeof(struct ipv6hdr) + sizeof(struct tcphdr)) ||
+            w->ip6.nexthdr != IPPROTO_TCP)
+            return EW_REASON_DROP_BAD_COOKIE;
+    }
+    doff = ((const __u8 *)w->words)[12] >> 4;
     tcp_len = doff * 4;
     if (tcp_len < sizeof(struct tcphdr))
         return EW_REASON_DROP_BAD_COOKIE;
+    if (tcp_len > sizeof(struct tcphdr) &&
+        bpf_xdp_load_bytes(ctx, l4_offset + sizeof(struct tcphdr), &w->words[5], tcp_len - sizeof(struct tcphdr)))
+        return EW_REASON_DROP_BAD_COOKIE;
 
-    if (family == EW_FAMILY_IPV4) {
-        value = bpf_tcp_raw_gen_syncookie_ipv4(&seg.ip, (struct tcphdr *)words, tcp_len);
-        ip_len = sizeof(struct iphdr);
-    } else {
-        if (seg.ip6.nexthdr != IPPROTO_TCP)
-            return EW_REASON_DROP_BAD_COOKIE;
-        value = bpf_tcp_raw_gen_syncookie_ipv6(&seg.ip6, (struct tcphdr *)words, tcp_len);
-        ip_len = sizeof(struct ipv6hdr);
-    }
+    if (family == EW_FAMILY_IPV4)
+        value = bpf_tcp_raw_gen_syncookie_ipv4(&w->ip, (struct tcphdr *)w->words, tcp_len);
+    else
+        value = bpf_tcp_raw_gen_syncookie_ipv6(&w->ip6, (struct tcphdr *)w->words, tcp_len);
     if (value < 0)
         return EW_REASON_DROP_BAD_COOKIE;
 
-    tcp.source = syn->dest;
-    tcp.dest = syn->source;
-    tcp.seq = bpf_htonl((__u32)value);
-    tcp.ack_seq = bpf_htonl(bpf_ntohl(syn->seq) + 1);
-    tcp.flags = TCP_FLAG_SYN | TCP_FLAG_ACK;
-    tcp.options[0] = bpf_htonl((2 << 24) | (4 << 16) | (__u16)(value >> 32));   /* kind 2, length 4, MSS */
-    __builtin_memcpy(walk->words, words, sizeof(words));
-    walk->length = tcp_len;
-    walk->at = 0;
-    __builtin_memset(&walk->found, 0, sizeof(walk->found));
-    walk->at = sizeof(struct tcphdr);
-    bpf_loop(40, walk_one_option, &zero, 0);
-    reply_len = synack_options(&tcp, &walk->found);
-    tcp.doff_reserved = (reply_len / 4) << 4;
+    tcp->source = syn->dest;
+    tcp->dest = syn->source;
+    tcp->seq = bpf_htonl((__u32)value);
+    tcp->ack_seq = bpf_htonl(bpf_ntohl(syn->seq) + 1);
+    tcp->flags = TCP_FLAG_SYN | TCP_FLAG_ACK;
+    tcp->options[0] = bpf_htonl((2 << 24) | (4 << 16) | (__u16)(value >> 32));   /* kind 2, length 4, MSS */
+    find_syn_options(w, tcp_len);
+    reply_len = synack_options(tcp, &w->found);
+    tcp->doff_reserved = (reply_len / 4) << 4;
 
-    /* The reply's IP header, in place in seg, and the TCP checksum over the
-     * pseudo header (for IPv6 its 40 bytes are the reply's addresses, the
-     * length and the next header, laid over the words array, now free). */
+    /* The reply's IP header, and the TCP checksum over the pseudo header
+     * (the reply's addresses, its protocol and TCP length). */
     if (family == EW_FAMILY_IPV4) {
-        struct ew_pseudo_v4 pseudo = {
-            .saddr = seg.ip.daddr, .daddr = seg.ip.saddr, .protocol = IPPROTO_TCP,
-            .length = bpf_htons(reply_len),
-        };
-        __be32 client = seg.ip.saddr;
-
-        sum = bpf_csum_diff(NULL, 0, (__be32 *)&pseudo, sizeof(pseudo), 0);
-        *(__be32 *)&seg.ip = 0;
-        seg.ip.version = 4;
-        seg.ip.ihl = 5;
-        seg.ip.tot_len = bpf_htons(sizeof(struct iphdr) + reply_len);
-        seg.ip.id = 0;
-        seg.ip.frag_off = bpf_htons(IPV4_DONT_FRAGMENT);
-        seg.ip.ttl = EW_SYNACK_TTL;
-        seg.ip.protocol = IPPROTO_TCP;
-        seg.ip.check = 0;
-        seg.ip.saddr = seg.ip.daddr;
-        seg.ip.daddr = client;
-        seg.ip.check = fold_checksum(bpf_csum_diff(NULL, 0, (__be32 *)&seg.ip, sizeof(struct iphdr), 0));
+        reply.ip.version = 4;
+        reply.ip.ihl = 5;
+        reply.ip.tot_len = bpf_htons(sizeof(struct iphdr) + reply_len);
+        reply.ip.frag_off = bpf_htons(IPV4_DONT_FRAGMENT);
+        reply.ip.ttl = EW_SYNACK_TTL;
+        reply.ip.protocol = IPPROTO_TCP;
+        reply.ip.saddr = w->ip.daddr;
+        reply.ip.daddr = w->ip.saddr;
+        reply.ip.check = fold_checksum(sum_words((const __u32 *)&reply.ip, sizeof(struct iphdr) / 4));
+        sum = (__u64)reply.ip.saddr + reply.ip.daddr + bpf_htons(IPPROTO_TCP) + bpf_htons(reply_len);
     } else {
-        struct ew_pseudo_v6 *pseudo = (struct ew_pseudo_v6 *)words;
-
-        pseudo->saddr = seg.ip6.daddr;
-        pseudo->daddr = seg.ip6.saddr;
-        pseudo->length = bpf_htonl(reply_len);
-        pseudo->zero[0] = pseudo->zero[1] = pseudo->zero[2] = 0;
-        pseudo->next_header = IPPROTO_TCP;
-        sum = bpf_csum_diff(NULL, 0, (__be32 *)pseudo, sizeof(*pseudo), 0);
-        *(__be32 *)&seg.ip6 = bpf_htonl(0x60000000);      /* version 6, no traffic class or flow label */
-        seg.ip6.payload_len = bpf_htons(reply_len);
-        seg.ip6.hop_limit = EW_SYNACK_TTL;
-        seg.ip6.saddr = pseudo->saddr;
-        seg.ip6.daddr = pseudo->daddr;
+        *(__be32 *)&reply.ip6 = bpf_htonl(0x60000000);      /* version 6, no traffic class or flow label */
+        reply.ip6.payload_len = bpf_htons(reply_len);
+        reply.ip6.nexthdr = IPPROTO_TCP;
+        reply.ip6.hop_limit = EW_SYNACK_TTL;
+        reply.ip6.saddr = w->ip6.daddr;
+        reply.ip6.daddr = w->ip6.saddr;
+        sum = sum_words((const __u32 *)&reply.ip6.saddr, 2 * sizeof(struct in6_addr) / 4) +
+              bpf_htonl(reply_len) + bpf_htonl(IPPROTO_TCP);
     }
-    if (reply_len == EW_SYNACK_TCP_LEN_TS)
-        sum = bpf_csum_diff(NULL, 0, (__be32 *)&tcp, EW_SYNACK_TCP_LEN_TS, (__u32)sum);
-    else
-        sum = bpf_csum_diff(NULL, 0, (__be32 *)&tcp, EW_SYNACK_TCP_LEN, (__u32)sum);
-    tcp.check = fold_checksum(sum);
+    tcp->check = fold_checksum(sum + sum_words((const __u32 *)tcp, reply_len / 4));
 
     data = (void *)(long)ctx->data;
     data_end = (void *)(long)ctx->data_end;
@@ -266,9 +320,11 @@ static __always_inline __u32 build_syn_cookie_answer(struct xdp_md *ctx, __u32 l
         return EW_REASON_DROP_BAD_COOKIE;
     __builtin_memcpy(mac[0], ((struct ethhdr *)data)->h_source, ETH_ALEN);
     __builtin_memcpy(mac[1], ((struct ethhdr *)data)->h_dest, ETH_ALEN);
-    /* Resize to exactly the reply; every packet pointer is stale after this. */
+    /* Resize to exactly the reply (every packet pointer is stale after
+     * that), unless it is already. */
     new_len = l3_offset + ip_len + reply_len;
-    if (bpf_xdp_adjust_tail(ctx, (int)new_len - (int)bpf_xdp_get_buff_len(ctx)))
+    delta = (int)new_len - (int)bpf_xdp_get_buff_len(ctx);
+    if (delta && bpf_xdp_adjust_tail(ctx, delta))
         return EW_REASON_DROP_BAD_COOKIE;
     data = (void *)(long)ctx->data;
     data_end = (void *)(long)ctx->data_end;
@@ -278,19 +334,17 @@ static __always_inline __u32 build_syn_cookie_answer(struct xdp_md *ctx, __u32 l
         return EW_REASON_DROP_BAD_COOKIE;
     __builtin_memcpy(eth->h_dest, mac[0], ETH_ALEN);
     __builtin_memcpy(eth->h_source, mac[1], ETH_ALEN);
-    /* The headers go in by offset (bpf_xdp_store_bytes), as they came out. */
+    /* The headers go in by offset (bpf_xdp_store_bytes), as they came out,
+     * IP and TCP in one write. */
     if (family == EW_FAMILY_IPV4) {
-        if (bpf_xdp_store_bytes(ctx, l3_offset, &seg.ip, sizeof(struct iphdr)))
+        if (reply_len == EW_SYNACK_TCP_LEN_TS ?
+            bpf_xdp_store_bytes(ctx, l3_offset, &reply.ip, sizeof(struct iphdr) + EW_SYNACK_TCP_LEN_TS) :
+            bpf_xdp_store_bytes(ctx, l3_offset, &reply.ip, sizeof(struct iphdr) + EW_SYNACK_TCP_LEN))
             return EW_REASON_DROP_BAD_COOKIE;
     } else {
-        if (bpf_xdp_store_bytes(ctx, l3_offset, &seg.ip6, sizeof(struct ipv6hdr)))
-            return EW_REASON_DROP_BAD_COOKIE;
-    }
-    if (reply_len == EW_SYNACK_TCP_LEN_TS) {
-        if (bpf_xdp_store_bytes(ctx, l3_offset + ip_len, &tcp, EW_SYNACK_TCP_LEN_TS))
-            return EW_REASON_DROP_BAD_COOKIE;
-    } else {
-        if (bpf_xdp_store_bytes(ctx, l3_offset + ip_len, &tcp, EW_SYNACK_TCP_LEN))
+        if (reply_len == EW_SYNACK_TCP_LEN_TS ?
+            bpf_xdp_store_bytes(ctx, l3_offset, &reply.ip6, sizeof(struct ipv6hdr) + EW_SYNACK_TCP_LEN_TS) :
+            bpf_xdp_store_bytes(ctx, l3_offset, &reply.ip6, sizeof(struct ipv6hdr) + EW_SYNACK_TCP_LEN))
             return EW_REASON_DROP_BAD_COOKIE;
     }
     return EW_REASON_ANSWER_SYN_COOKIE;

@@ -136,6 +136,10 @@ def test_a_syn_is_answered_with_a_cookie_the_ack_then_returns(cookies, family, o
     (bytes([1, 1, 8, 10]) + CLIENT_TSVAL + bytes(4) + bytes([1, 3, 3, 14]), False, 14),
     (bytes([1, 3, 3, 15]) + bytes([8, 10]) + CLIENT_TSVAL + bytes(4) + bytes([4, 2, 0, 0]), True, 14),  # capped
     (MSS_1460 + bytes([1, 1, 8, 10]) + CLIENT_TSVAL + bytes(4), False, None),
+    # Linux's layout is read without the option walk: its window scale is capped too,
+    # and the same layout with NOPs where the window scale was is not taken for it.
+    (MSS_1460 + bytes([4, 2, 8, 10]) + CLIENT_TSVAL + bytes(4) + bytes([1, 3, 3, 15]), True, 14),
+    (MSS_1460 + bytes([4, 2, 8, 10]) + CLIENT_TSVAL + bytes(4) + bytes([1, 1, 1, 1]), True, None),
 ])
 @pytest.mark.parametrize("family", [4, 6])
 def test_timestamps_carry_what_the_cookie_cannot(cookies, family, offered, sack, wscale):
