@@ -144,8 +144,14 @@ static __always_inline __u32 tcp_state_checks(struct xdp_md *ctx, __u32 l3_offse
  * function (a file including this one would carry its own copy). */
 __u32 ew_tcp_state_verdict(struct xdp_md *ctx, __u32 l3_offset, __u32 l4_offset, __u32 family, __u32 policy_flags);
 
+/* A SYN in cookie mode needs no kernel state, only its flags, which the
+ * parser has: it is judged here as tcp_state_checks would, without the call
+ * and the copy (the cookie answer reads the segment itself). */
 static __always_inline __u32 tcp_state_verdict(struct xdp_md *ctx, const struct packet_facts *f, __u32 policy_flags)
 {
+    if ((policy_flags & EW_FLOOD_SYN_COOKIES) && f->l4_parsed &&
+        (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+        return (f->tcp_flags & (TCP_FLAG_RST | TCP_FLAG_FIN)) ? EW_REASON_DROP_BAD_COOKIE : EW_REASON_PASS_ALLOWED;
     return ew_tcp_state_verdict(ctx, f->l3_offset, f->l4_offset, f->family, policy_flags);
 }
 

@@ -136,6 +136,10 @@ def test_a_syn_is_answered_with_a_cookie_the_ack_then_returns(cookies, family, o
     (bytes([1, 1, 8, 10]) + CLIENT_TSVAL + bytes(4) + bytes([1, 3, 3, 14]), False, 14),
     (bytes([1, 3, 3, 15]) + bytes([8, 10]) + CLIENT_TSVAL + bytes(4) + bytes([4, 2, 0, 0]), True, 14),  # capped
     (MSS_1460 + bytes([1, 1, 8, 10]) + CLIENT_TSVAL + bytes(4), False, None),
+    # Linux's layout is read without the option walk: its window scale is capped too,
+    # and the same layout with NOPs where the window scale was is not taken for it.
+    (MSS_1460 + bytes([4, 2, 8, 10]) + CLIENT_TSVAL + bytes(4) + bytes([1, 3, 3, 15]), True, 14),
+    (MSS_1460 + bytes([4, 2, 8, 10]) + CLIENT_TSVAL + bytes(4) + bytes([1, 1, 1, 1]), True, None),
 ])
 @pytest.mark.parametrize("family", [4, 6])
 def test_timestamps_carry_what_the_cookie_cannot(cookies, family, offered, sack, wscale):
@@ -180,6 +184,29 @@ def test_a_syn_behind_vlan_tags_and_with_ip_options_and_data_is_answered_bare(co
     assert out[12:22] == syn[12:22], "the VLAN tags stay"
     reply = decode_answer(out, l3_offset=22)
     assert (reply.ack, reply.dst) == (6, CLIENT)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("vlans", [(), (7,)], ids=["untagged", "tagged"])
+@pytest.mark.parametrize("options", [MSS_1460, SYN_OPTIONS], ids=["mss", "linux"])
+@pytest.mark.parametrize("payload", [b"", b"x" * 100], ids=["bare", "data"])
+def test_the_answer_is_the_same_read_in_place_or_copied(cookies, family, vlans, options, payload):
+    """An untagged SYN is answered in place (read and written at constant
+    offsets), a tagged one through copies by offset; with data after the
+    header the frame is cut to the answer, without it (the lengths match)
+    it is not resized. Each way gives a valid answer whose ACK the kernel's
+    cookie check lets through."""
+    client, vip = (CLIENT, VIP) if family == 4 else (CLIENT6, VIP6)
+    make = tcp_ipv4_frame if family == 4 else tcp_ipv6_frame
+    syn = make(client, vip, 40000, 443, "S", payload=payload, vlans=vlans, seq=5, tcp_options=options)
+    action, out = answer(cookies, syn)
+    assert action == lib.XDP_TX
+    assert out[12:12 + 4 * len(vlans)] == syn[12:12 + 4 * len(vlans)], "the VLAN tags stay"
+    reply = decode_answer(out, l3_offset=14 + 4 * len(vlans))
+    assert (reply.src, reply.dst, reply.sport, reply.dport, reply.ack) == (vip, client, 443, 40000, 6)
+    assert len(reply.options) == (4 if options == MSS_1460 else SYNACK_TCP_LEN_TS - 20)
+    assert cookies.check(the_ack(reply), tcp=COOKIE_VALID).reason is VerdictReason.pass_allowed
+    assert cookies.check(the_ack(reply, ack_delta=1 + (1 << 20))).reason is VerdictReason.drop_bad_cookie
 
 
 @pytest.mark.parametrize("frame", [
