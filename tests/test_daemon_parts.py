@@ -276,3 +276,41 @@ def test_recorder_rotates_by_age(tmp_path):
     recorder.record("eth1", _samples(1, 3), 0)
     recorder.close()
     assert len(list(tmp_path.glob("*.pcapng"))) == 2 and verify(tmp_path).ok
+
+
+def test_counter_summary_from_the_metrics_totals_is_flat_and_counts_the_interval(tmp_path):
+    """What the agent sends the controller each report interval: from the
+    per-tenant totals the metrics keep (packets, bytes, a drops dict by
+    reason), flat numeric counters since the previous summary, which the
+    controller's store keeps whole and turns into the tenant's rates."""
+    from agent.daemon.controller_link import flat_totals, interval_counts
+    from agent.daemon.metrics import TenantTotals
+    from controller.distribution import reports
+    from controller.store import migrate, open_engine
+    aggregator, fields, ncpus, ids = new_aggregator(), abi.COUNTER_FIELDS, 2, [0, 7]
+    rp = abi.COUNTER_LAYOUT["reason_packets"]
+
+    def scan(scale):
+        values = [0] * fields
+        values[rp.start + abi.VerdictReason.pass_allowed] = 10 * scale
+        values[rp.start + abi.VerdictReason.drop_global_block] = 3 * scale
+        return aggregator.scan(b"".join(struct.pack(f"={fields}Q", *values) for _ in ids for _ in range(ncpus)),
+                               ids, ncpus, scale * 1_000_000_000)
+
+    totals = TenantTotals(top=10)
+    totals.update({"eth0": scan(1)})
+    before = {t: flat_totals(r) for t, r in totals._rows.items()}
+    totals.update({"eth0": scan(4)})
+    summary = {e["tenant_id"]: e for e in interval_counts({t: flat_totals(r) for t, r in totals._rows.items()}, before)}
+    # per tenant, two CPUs each: 3 x (10 + 3) more packets per CPU since the first scan, 3 x 3 of them dropped
+    assert sorted(summary) == [0, 7]
+    assert summary[7]["packets"] == 2 * 3 * 13
+    assert summary[7]["dropped_packets"] == summary[7]["drop_global_block"] == 2 * 3 * 3
+    assert all(type(v) is int for v in summary[7].values())
+
+    engine = open_engine(f"sqlite:///{tmp_path / 'controller.db'}")
+    migrate(engine)
+    reports.store_counters(engine, "edge-1", 1_000_000, 6, list(summary.values()))
+    rates = reports.tenant_stats(engine, 7)["per_second"]
+    assert rates == {k: v / 6 for k, v in summary[7].items() if k != "tenant_id"}
+    engine.dispose()

@@ -44,7 +44,7 @@ def _listen() -> socket.socket:
 def _dial(with_keepalive: bool) -> socket.socket:
     sock = socket.create_connection((SERVER, PORT), timeout=5)
     if with_keepalive:
-        keepalive.detect_dead_peer(sock, idle=1, interval=1, probes=2, user_timeout=3)
+        keepalive.detect_dead_peer(sock, idle=1, interval=1, probes=2)
     return sock
 
 
@@ -109,8 +109,7 @@ def test_both_ends_of_a_controller_link_carry_it(tmp_path):
             await asyncio.sleep(0.2)
 
     asyncio.run(asyncio.wait_for(main(), 30))
-    wanted = (1, keepalive.IDLE_SECONDS, keepalive.PROBE_INTERVAL_SECONDS, keepalive.PROBES,
-              keepalive.USER_TIMEOUT_SECONDS * 1000)
+    wanted = (1, keepalive.IDLE_SECONDS, keepalive.PROBE_INTERVAL_SECONDS, keepalive.PROBES, 0)
     assert seen == {"agent": wanted, "controller": wanted}
 
 
@@ -119,4 +118,4 @@ def _options(sock) -> tuple[int, ...]:
             sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
             sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
             sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))      # 0: not set (see keepalive.py)

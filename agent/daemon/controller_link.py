@@ -172,6 +172,27 @@ def _delta_entries(delta) -> int:
     return sum(len(change.get(k, b"")) // n for change in delta.lists_changed for k, n in sizes.items())
 
 
+def flat_totals(row: dict) -> dict[str, int]:
+    """A tenant's totals as the metrics keep them (packets, bytes, and a
+    drops dict by reason) as the flat counter names a CounterSummary
+    carries: packets, bytes, dropped_packets and each drop reason's name."""
+    drops = row.get("drops", {})
+    return {"packets": int(row.get("packets", 0)), "bytes": int(row.get("bytes", 0)),
+            "dropped_packets": int(sum(drops.values())), **{name: int(n) for name, n in drops.items()}}
+
+
+def interval_counts(rows: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) -> list[dict]:
+    """Per tenant (not "other"), the counts since `before` (flat_totals
+    rows); a counter that went back (slots reset) counts from zero."""
+    out = []
+    for tenant, totals in rows.items():
+        if not tenant.isdigit():
+            continue
+        earlier = before.get(tenant, {})
+        out.append({"tenant_id": int(tenant), **{k: max(0, v - earlier.get(k, 0)) for k, v in totals.items()}})
+    return out
+
+
 class ControllerMode:
     def __init__(self, daemon, config: AgentConfig):
         self.daemon, self.config, self.settings = daemon, config, config.controller
@@ -503,16 +524,10 @@ class ControllerMode:
 
     def _counter_summary(self) -> CounterSummary | None:
         """Per-tenant counts since the previous summary (from the metrics' per-tenant totals)."""
-        rows = getattr(self.daemon.metrics.tenants, "_rows", {})
-        tenants = []
-        for tenant, totals in rows.items():
-            if not tenant.isdigit():
-                continue
-            before = self._last_totals.get(tenant, {})
-            tenants.append({"tenant_id": int(tenant), **{k: max(0, int(v) - int(before.get(k, 0)))
-                                                          for k, v in totals.items()}})
+        rows = {tenant: flat_totals(row) for tenant, row in getattr(self.daemon.metrics.tenants, "_rows", {}).items()}
+        tenants = interval_counts(rows, self._last_totals)
         first = not self._last_totals
-        self._last_totals = {k: dict(v) for k, v in rows.items()}
+        self._last_totals = rows
         if first:
             return None   # totals since the start are no interval's counts
         seconds = max(1, round(self.settings.report_interval))
