@@ -101,9 +101,10 @@ def flip_versions():
     return held, versions
 
 
-def run_flips(flips: int):
-    held, versions = flip_versions()
-    frames = [tcp_ipv4_frame("203.0.113.250", destination, 40000, 443, "S") for destination in held]
+def flip_under_traffic(versions, frames, flips: int) -> tuple[list, int]:
+    """`frames` (each dropped by both versions) test-run in a loop while the
+    datapath flips between the two `versions`: the frames that passed, and
+    how many runs there were."""
     with PrivateDatapath(versions[0]) as datapath:
         fd = datapath.program.prog_fd
         for frame in frames:
@@ -126,6 +127,11 @@ def run_flips(flips: int):
             stop.set()
             sender.join()
         return passed, runs[0]
+
+
+def run_flips(flips: int):
+    held, versions = flip_versions()
+    return flip_under_traffic(versions, [tcp_ipv4_frame("203.0.113.250", d, 40000, 443, "S") for d in held], flips)
 
 
 def test_no_vip_held_by_both_versions_is_taken_for_no_vip_while_heads_change():
@@ -211,29 +217,7 @@ def port_flip_versions():
 
 def run_port_flips(flips: int):
     vips, versions = port_flip_versions()
-    frames = [tcp_ipv4_frame("203.0.113.250", vip, 40000, 25, "S") for vip in vips]
-    with PrivateDatapath(versions[0]) as datapath:
-        fd = datapath.program.prog_fd
-        for frame in frames:
-            assert test_run(fd, frame).retval == XDP_DROP
-        stop, passed, runs = threading.Event(), [], [0]
-
-        def traffic():
-            while not stop.is_set():
-                for frame in frames:
-                    if test_run(fd, frame).retval != XDP_DROP:
-                        passed.append(frame)
-                    runs[0] += 1
-
-        sender = threading.Thread(target=traffic)
-        sender.start()
-        try:
-            for i in range(flips):
-                datapath.apply(versions[(i + 1) % 2])
-        finally:
-            stop.set()
-            sender.join()
-        return passed, runs[0]
+    return flip_under_traffic(versions, [tcp_ipv4_frame("203.0.113.250", vip, 40000, 25, "S") for vip in vips], flips)
 
 
 def test_no_packet_reads_half_of_two_versions_of_a_tenants_port_ranges():
