@@ -209,27 +209,13 @@ class BpfMap:
     def items_packed(self) -> tuple[bytes, bytes]:
         """(keys, values) concatenated, for building an EntryTable without an
         object per entry: batched where the map type has it, else key by key."""
-        try:
-            chunk = max(1, min(self.max_entries, 65536))
-            keys = ffi.new("char[]", self.key_size * chunk)
-            values = ffi.new("char[]", self.value_size * chunk)
-            out_batch = ffi.new("char[]", max(8, self.key_size))
-            in_batch = ffi.NULL
-            count = ffi.new("__u32 *")
-            key_parts, value_parts = [], []
-            while True:
-                count[0] = chunk
-                rc = lib.ew_map_lookup_batch(self.fd, in_batch, out_batch, keys, values, count)
-                if rc < 0 and rc != -2:
-                    check(rc, f"batch read of {self.name}")
-                key_parts.append(ffi.buffer(keys, self.key_size * count[0])[:])
-                value_parts.append(ffi.buffer(values, self.value_size * count[0])[:])
-                if rc == -2:
-                    return b"".join(key_parts), b"".join(value_parts)
-                in_batch = ffi.new("char[]", ffi.buffer(out_batch)[:])
-        except BpfError as err:
-            if err.errno not in (22, 95, 524):
-                raise
+        key_parts, value_parts = [], []
+        for keys, values in self.packed_batches():
+            key_parts.append(bytes(keys))
+            value_parts.append(bytes(values))
+        return b"".join(key_parts), b"".join(value_parts)
+
+    def _items_one_by_one(self) -> tuple[bytes, bytes]:
         keys = list(self.keys())
         values = [self.lookup(k) for k in keys]
         present = [(k, v) for k, v in zip(keys, values) if v is not None]
@@ -250,7 +236,7 @@ class BpfMap:
             count[0] = chunk
             rc = lib.ew_map_lookup_batch(self.fd, in_batch, out_batch, keys, values, count)
             if rc in (-22, -95, -524) and in_batch == ffi.NULL:
-                yield self.items_packed()
+                yield self._items_one_by_one()
                 return
             if rc < 0 and rc != -2:
                 check(rc, f"batch read of {self.name}")
